@@ -1,0 +1,219 @@
+"""The counter-based noise contract, and its pure-torch reference implementation.
+
+Every random number EGGROLL uses is a pure function of integers, so that the forward pass, the update and any
+other device or process can regenerate it instead of storing it. This module is the reference; the Triton kernels
+in ``eggroll_rl.kernels`` reproduce it bit for bit (raw 32-bit words) and to float rounding (normals).
+
+Spec
+----
+Generator: Philox4x32-10 (Salmon et al., 2011), as in Random123, cuRAND and Triton:
+
+* constants ``M0 = 0xD2511F53``, ``M1 = 0xCD9E8D57``, ``W0 = 0x9E3779B9``, ``W1 = 0xBB67AE85``;
+* one round maps counter ``(c0, c1, c2, c3)`` and key ``(k0, k1)`` to
+  ``(hi(M1*c2) ^ c1 ^ k0, lo(M1*c2), hi(M0*c0) ^ c3 ^ k1, lo(M0*c0))``, then ``k0 += W0``, ``k1 += W1``
+  (all mod 2^32; ``hi``/``lo`` are the upper/lower 32 bits of the 64-bit product); ten rounds; output the counter.
+
+Key and counter of one call (all uint32, taken mod 2^32):
+
+* key     ``k0 = seed``, ``k1 = param_index`` (``k``: the parameter's position in discovery order);
+* counter ``c0 = block`` (position inside the stream, below), ``c1 = j`` (noise index: the antithetic pair, or the
+  member when antithetic sampling is off), ``c2 = t_eff`` (effective epoch), ``c3 = (stream << 16) | column``.
+
+Streams (``stream`` in ``c3``): ``0`` = factor ``A`` (output side, ``m x r``), ``1`` = factor ``B`` (input side,
+``n x r``), ``2`` = full-rank noise of a non-matrix parameter (flattened, ``column = 0``). For a factor, ``column``
+is the rank index ``c`` and the element index along the stream is the row ``a``; so every rank column of every
+factor is its own contiguous stream, and a kernel tile of consecutive rows needs consecutive counters.
+
+Gaussian noise (default): element ``e`` of a stream comes from the call with ``c0 = e // 4``, output word
+``x_{e % 4}``: all four words of every call are used. Words become uniforms on (0, 1), never 0 or 1::
+
+    u(x) = (2 * (x >> 9) + 1) * 2^-24            # exact in float32
+
+and each pair of words becomes two normals by Box-Muller, with the angle centred on zero::
+
+    rad   = sqrt(-2 * ln u(x0));   theta = pi * (2 * u(x1) - 1)
+    z0 = rad * cos(theta);          z1 = rad * sin(theta)          # same for (x2, x3) -> (z2, z3)
+
+Rademacher noise (``noise="rademacher"``): element ``e`` is bit ``e % 32`` of word ``(e // 32) % 4`` of the call
+with ``c0 = e // 128``; a set bit is ``+1``, a clear bit ``-1``. One call gives 128 elements.
+
+The two factors of a matrix parameter are i.i.d. N(0, 1) (or +-1) entries; scaling by ``sigma * s_i / sqrt(r)``
+happens outside the generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "NOISE_TYPES",
+    "STREAM_A",
+    "STREAM_B",
+    "STREAM_VECTOR",
+    "philox4x32",
+    "stream_words",
+    "uniform_from_bits",
+    "normal_stream",
+    "rademacher_stream",
+    "factor_noise",
+    "vector_noise",
+]
+
+NOISE_TYPES = ("gaussian", "rademacher")
+STREAM_A, STREAM_B, STREAM_VECTOR = 0, 1, 2
+
+_MASK32 = 0xFFFFFFFF
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85
+_PHILOX_ROUNDS = 10
+
+
+def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of ``m * x`` for uint32 values held in int64, without int64 overflow."""
+    x_lo = x & 0xFFFF
+    x_hi = x >> 16
+    p_lo = m * x_lo  # < 2^48
+    p_hi = m * x_hi  # < 2^48
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _MASK32
+    return hi, lo
+
+
+def philox4x32(
+    c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: int, k1: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Philox4x32-10 on uint32 values stored in int64 tensors (broadcastable). Returns the four output words."""
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) & _MASK32 for c in (c0, c1, c2, c3))
+    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
+    k0 &= _MASK32
+    k1 &= _MASK32
+    for _ in range(_PHILOX_ROUNDS):
+        hi0, lo0 = _mulhilo(_M0, c0)
+        hi1, lo1 = _mulhilo(_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _W0) & _MASK32
+        k1 = (k1 + _W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _as_index_tensor(values, device) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.int64, device=device).reshape(-1)
+
+
+def stream_words(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    stream: int,
+    column: int,
+    num_blocks: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Raw Philox words of ``num_blocks`` consecutive calls of one stream, for each noise index.
+
+    Args:
+        noise_ids: ``(J,)`` noise indices ``j`` (the ``c1`` word).
+    Returns:
+        ``(J, num_blocks, 4)`` int64 tensor of uint32 words; word ``w`` of block ``b`` is ``x_w`` of call ``c0 = b``.
+    """
+    device = noise_ids.device if device is None and isinstance(noise_ids, torch.Tensor) else device
+    j = _as_index_tensor(noise_ids, device).view(-1, 1)
+    blocks = torch.arange(num_blocks, dtype=torch.int64, device=device).view(1, -1)
+    c2 = torch.tensor(t_eff & _MASK32, dtype=torch.int64, device=device)
+    c3 = torch.tensor(((stream << 16) | column) & _MASK32, dtype=torch.int64, device=device)
+    x = philox4x32(blocks, j, c2, c3, seed, param_index)
+    return torch.stack(x, dim=-1)
+
+
+def uniform_from_bits(x: torch.Tensor) -> torch.Tensor:
+    """uint32 words (int64 tensor) -> float32 uniforms on (0, 1): ``(2 * (x >> 9) + 1) * 2^-24``."""
+    return ((x >> 9) * 2 + 1).to(torch.float32) * (2.0**-24)
+
+
+def _box_muller(x_a: torch.Tensor, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    u_a = uniform_from_bits(x_a)
+    u_b = uniform_from_bits(x_b)
+    rad = torch.sqrt(-2.0 * torch.log(u_a))
+    theta = math.pi * (2.0 * u_b - 1.0)
+    return rad * torch.cos(theta), rad * torch.sin(theta)
+
+
+def normal_stream(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    stream: int,
+    column: int,
+    length: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The first ``length`` standard normals of a stream, ``(J, length)`` float32."""
+    words = stream_words(seed, param_index, t_eff, noise_ids, stream, column, (length + 3) // 4, device)
+    z0, z1 = _box_muller(words[..., 0], words[..., 1])
+    z2, z3 = _box_muller(words[..., 2], words[..., 3])
+    z = torch.stack((z0, z1, z2, z3), dim=-1).reshape(words.shape[0], -1)
+    return z[:, :length]
+
+
+def rademacher_stream(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    stream: int,
+    column: int,
+    length: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The first ``length`` +-1 values of a stream, ``(J, length)`` float32."""
+    words = stream_words(seed, param_index, t_eff, noise_ids, stream, column, (length + 127) // 128, device)
+    shifts = torch.arange(32, dtype=torch.int64, device=words.device)
+    bits = (words.unsqueeze(-1) >> shifts) & 1  # (J, blocks, 4, 32): element = 128*b + 32*w + bit
+    signs = bits.reshape(words.shape[0], -1).to(torch.float32) * 2.0 - 1.0
+    return signs[:, :length]
+
+
+def _stream(noise: str):
+    if noise == "gaussian":
+        return normal_stream
+    if noise == "rademacher":
+        return rademacher_stream
+    raise ValueError(f"noise={noise!r} is not supported; expected one of {NOISE_TYPES}")
+
+
+def factor_noise(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    num_rows: int,
+    rank: int,
+    stream: int,
+    noise: str = "gaussian",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Unscaled low-rank factor ``A`` (``stream=STREAM_A``) or ``B`` (``STREAM_B``) for each noise index.
+
+    Returns:
+        ``(J, num_rows, rank)`` float32; entry ``[j, a, c]`` is element ``a`` of stream ``(stream, column=c)``.
+    """
+    gen = _stream(noise)
+    cols = [gen(seed, param_index, t_eff, noise_ids, stream, c, num_rows, device) for c in range(rank)]
+    return torch.stack(cols, dim=-1)
+
+
+def vector_noise(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    numel: int,
+    noise: str = "gaussian",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Full-rank noise of a non-matrix parameter, flattened: ``(J, numel)`` float32."""
+    return _stream(noise)(seed, param_index, t_eff, noise_ids, STREAM_VECTOR, 0, numel, device)
