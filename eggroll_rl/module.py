@@ -61,7 +61,12 @@ def _classify(module: nn.Module, local_name: str) -> str | None:
         return "vector"  # bias
     if isinstance(module, VECTOR_LAYERS):
         return "vector"
-    if not _is_torch_layer(module) or type(module) in (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict):
+    if not _is_torch_layer(module) or type(module) in (
+        nn.Module,
+        nn.Sequential,
+        nn.ModuleList,
+        nn.ModuleDict,
+    ):
         return "vector"  # a free parameter of a user module: used elementwise
     return None
 
