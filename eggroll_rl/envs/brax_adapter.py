@@ -1,0 +1,214 @@
+"""Brax and MJX envs: ``jit(vmap(reset/step))`` in JAX, tensors crossing to torch by DLPack without a host copy.
+
+- Physics backend: ``brax_backend`` is one of ``"generalized"``, ``"positional"``, ``"spring"``, ``"mjx"``
+  (``make_env(..., brax_backend=...)`` or the id form ``"brax:halfcheetah"``). Default ``"positional"``.
+- Compilation: the jitted batch functions are cached per (env, physics backend, episode length, env kwargs), and
+  JAX caches one executable per input shape, so a given ``(env, num_envs)`` compiles once per process.
+- Zero copy: actions go torch → JAX through ``jax.dlpack.from_dlpack`` and every output comes back through
+  ``torch.from_dlpack``; on the GPU both sides share the buffer (``tests/envs/test_env_brax.py`` checks the data
+  pointers). Outputs are fresh XLA buffers every step (nothing is donated), so tensors a caller keeps stay valid.
+- Memory: ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` is set before JAX is imported (here and in
+  ``eggroll_rl.envs``), so JAX allocates on demand and leaves the GPU memory to torch. If JAX was imported
+  earlier without it, a warning says so.
+- Episodes: the adapter counts steps; ``truncated`` is True when an episode reaches ``episode_length``.
+  ``terminated`` is the env's own ``done``. Autoreset is same-step and, as in Brax's ``AutoResetWrapper``,
+  restores the env's initial state drawn at the last ``reset()`` (so an env's later episodes start where its
+  first did; call ``reset(seed)`` for new starts).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .base import Box, StepResult, VecEnv, resolve_device
+
+__all__ = ["BraxVecEnv", "import_brax", "BRAX_BACKENDS"]
+
+BRAX_BACKENDS = ("generalized", "positional", "spring", "mjx")
+
+
+def _configure_jax_memory() -> None:
+    if "jax" in sys.modules:
+        if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() not in ("false", "0"):
+            warnings.warn(
+                "JAX was imported before eggroll_rl.envs without XLA_PYTHON_CLIENT_PREALLOCATE=false: it may "
+                "have preallocated most of the GPU memory that torch needs. Set the variable before importing "
+                "jax.",
+                stacklevel=3,
+            )
+    else:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def import_brax() -> tuple[Any, Any]:
+    """Import ``(jax, brax.envs)`` with on-demand GPU memory, or raise an ImportError naming the extra."""
+    _configure_jax_memory()
+    try:
+        import jax
+        from brax import envs as brax_envs
+    except ImportError as e:
+        raise ImportError("the 'brax' backend needs jax and brax: pip install eggroll-rl[brax]") from e
+    return jax, brax_envs
+
+
+_FN_CACHE: dict[tuple, tuple[Any, Callable, Callable]] = {}
+
+
+def _batch_functions(
+    env_name: str, brax_backend: str, episode_length: int, env_kwargs: dict[str, Any]
+) -> tuple[Any, Callable, Callable]:
+    """``(env, jit(vmap(reset)), jit(vmap(step) + counters + autoreset))``, cached per configuration."""
+    key = (env_name, brax_backend, episode_length, tuple(sorted((k, repr(v)) for k, v in env_kwargs.items())))
+    if key in _FN_CACHE:
+        return _FN_CACHE[key]
+    jax, brax_envs = import_brax()
+    import jax.numpy as jnp
+
+    env = brax_envs.get_environment(env_name, backend=brax_backend, **env_kwargs)
+
+    def reset(keys):
+        state = jax.vmap(env.reset)(keys)
+        return state, state.obs
+
+    def step(state, first_state, steps, actions):
+        nxt = jax.vmap(env.step)(state, actions)
+        steps = steps + 1
+        terminated = nxt.done > 0.5
+        truncated = steps >= episode_length
+        done = terminated | truncated
+
+        def restart(first, cur):
+            mask = done.reshape(done.shape + (1,) * (cur.ndim - 1))
+            return jnp.where(mask, first, cur)
+
+        pipeline_state = jax.tree_util.tree_map(restart, first_state.pipeline_state, nxt.pipeline_state)
+        obs = restart(first_state.obs, nxt.obs)
+        new_state = nxt.replace(pipeline_state=pipeline_state, obs=obs, done=jnp.zeros_like(nxt.done))
+        steps = jnp.where(done, 0, steps)
+        return new_state, steps, obs, nxt.reward, terminated, truncated, nxt.obs
+
+    fns = (env, jax.jit(reset), jax.jit(step))
+    _FN_CACHE[key] = fns
+    return fns
+
+
+class BraxVecEnv(VecEnv):
+    """A batch of Brax (or MJX) envs as a torch ``VecEnv``.
+
+    Args:
+        env_name: a Brax env name, e.g. ``"halfcheetah"``, ``"ant"``, ``"humanoid"``.
+        num_envs: batch size ``B``.
+        device: torch device; JAX runs on the matching device (``cuda:k`` → JAX GPU ``k``; ``cpu`` → JAX CPU).
+        seed: initial states for the first ``reset()`` come from ``jax.random.PRNGKey(seed)``.
+        brax_backend: ``"generalized"``, ``"positional"`` (default), ``"spring"`` or ``"mjx"``.
+        episode_length: time limit (steps) after which ``truncated`` is True.
+        check_finite: raise ``NonFiniteError`` on NaN/inf observations or rewards (one sync per step).
+        **env_kwargs: passed to the Brax env's constructor.
+
+    Actions are ``(B, action_size)`` floats in ``[-1, 1]``; observations ``(B, obs_size)`` float32.
+    """
+
+    backend = "brax"
+
+    def __init__(
+        self,
+        env_name: str,
+        num_envs: int = 1,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        brax_backend: str = "positional",
+        episode_length: int = 1000,
+        check_finite: bool = True,
+        **env_kwargs: Any,
+    ) -> None:
+        jax, brax_envs = import_brax()
+        if brax_backend not in BRAX_BACKENDS:
+            raise ValueError(f"brax_backend must be one of {BRAX_BACKENDS}, got {brax_backend!r}")
+        known = sorted(brax_envs._envs) if hasattr(brax_envs, "_envs") else None
+        if known is not None and env_name not in known:
+            raise ValueError(f"env_name {env_name!r} is not a Brax env; known: {known}")
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if int(episode_length) < 1:
+            raise ValueError(f"episode_length must be >= 1, got {episode_length}")
+        self._jax = jax
+        self.env_id = f"brax:{env_name}"
+        self.brax_backend = brax_backend
+        self.num_envs = num_envs
+        self.device = resolve_device(device)
+        self.check_finite = check_finite
+        self.episode_length = int(episode_length)
+        if self.device.type == "cuda":
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            if not gpus:
+                raise RuntimeError(
+                    f"device={self.device} but JAX sees no GPU (jax.devices() = {jax.devices()}); install a CUDA "
+                    "build of jax (pip install 'jax[cuda12]') or use device='cpu'"
+                )
+            self._jax_device = gpus[self.device.index or 0]
+        else:
+            self._jax_device = jax.devices("cpu")[0]
+        self._env, self._reset_fn, self._step_fn = _batch_functions(
+            env_name, brax_backend, self.episode_length, env_kwargs
+        )
+        act = int(self._env.action_size)
+        self.single_action_space = Box.from_bounds(-1.0, 1.0, (act,))
+        obs_size = self._env.observation_size
+        if not isinstance(obs_size, int):
+            raise TypeError(f"Brax env {env_name!r} has structured observations {obs_size}; expected a vector")
+        self.single_observation_space = Box.from_bounds(-float("inf"), float("inf"), (obs_size,))
+        self._key = jax.device_put(jax.random.PRNGKey(int(seed)), self._jax_device)
+        self._state = None
+        self._first_state = None
+        self._steps = None
+        # The JAX arrays behind the last tensors handed over (tests compare data pointers).
+        self.last_jax_obs: Any = None
+        self.last_jax_actions: Any = None
+
+    def _to_torch(self, x: Any) -> torch.Tensor:
+        return torch.from_dlpack(x)
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Draw new initial states (from ``seed`` if given); returns ``obs`` ``(num_envs, obs_dim)`` float32."""
+        jax = self._jax
+        if seed is not None:
+            self._key = jax.device_put(jax.random.PRNGKey(int(seed)), self._jax_device)
+        self._key, sub = jax.random.split(self._key)
+        keys = jax.random.split(sub, self.num_envs)
+        with jax.default_device(self._jax_device):
+            self._state, obs = self._reset_fn(keys)
+            self._steps = jax.numpy.zeros(self.num_envs, dtype=jax.numpy.int32)
+        self._first_state = self._state
+        self.last_jax_obs = obs
+        obs_t = self._to_torch(obs)
+        self._check_outputs(obs_t, None, "reset")
+        return obs_t
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """One transition of every env; see ``eggroll_rl.envs.base``. ``info["final_obs"]`` as documented there."""
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        self._check_actions(actions)
+        if actions.dtype != torch.float32 or not actions.is_contiguous():
+            actions = actions.to(torch.float32).contiguous()
+        jax_actions = self._jax.dlpack.from_dlpack(actions)
+        self.last_jax_actions = jax_actions
+        self._state, self._steps, obs, reward, terminated, truncated, final_obs = self._step_fn(
+            self._state, self._first_state, self._steps, jax_actions
+        )
+        self.last_jax_obs = obs
+        obs_t = self._to_torch(obs)
+        reward_t = self._to_torch(reward)
+        final_t = self._to_torch(final_obs)
+        self._check_outputs(final_t, reward_t, "step")
+        return obs_t, reward_t, self._to_torch(terminated), self._to_torch(truncated), {"final_obs": final_t}
+
+    def close(self) -> None:
+        self._state = self._first_state = self._steps = None
+        self.last_jax_obs = self.last_jax_actions = None

@@ -1,0 +1,128 @@
+"""Gymnasium vector envs (``gym.make_vec``, sync or async) behind the torch protocol of ``eggroll_rl.envs.base``.
+
+The vector env is built with Gymnasium's ``AutoresetMode.SAME_STEP``: on the step where an episode ends the
+sub-env is reset at once, the returned observation is the next episode's first, and gymnasium puts the final
+observation in ``info["final_obs"]`` — which this adapter turns into a dense ``(num_envs, obs_dim)`` tensor.
+Observations are converted to float32 tensors on ``device``; actions go back to numpy (int64 for discrete
+spaces, float32 for boxes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Discrete, StepResult, VecEnv, resolve_device, space_from_gymnasium
+
+__all__ = ["GymVecEnv", "import_gymnasium"]
+
+
+def import_gymnasium() -> Any:
+    """Import gymnasium (>= 1.1 for same-step autoreset) or raise an ImportError naming the extra."""
+    try:
+        import gymnasium
+        from gymnasium.vector import AutoresetMode  # noqa: F401 - added in gymnasium 1.1
+    except ImportError as e:
+        raise ImportError(
+            "the 'gym' backend needs gymnasium >= 1.1 (with MuJoCo for the locomotion envs): "
+            "pip install eggroll-rl[gym]"
+        ) from e
+    return gymnasium
+
+
+class GymVecEnv(VecEnv):
+    """A ``gym.make_vec`` vector env as a torch ``VecEnv``.
+
+    Args:
+        env_id: a gymnasium id, e.g. ``"CartPole-v1"`` or ``"HalfCheetah-v5"``.
+        num_envs: number of sub-envs ``B``.
+        device: where returned tensors live and actions must be (``None``: CUDA if available).
+        seed: sub-env ``i`` is seeded with ``seed + i`` on the first ``reset()``.
+        vectorization_mode: ``"sync"`` (one process) or ``"async"`` (one process per sub-env).
+        check_finite: raise ``NonFiniteError`` on NaN/inf observations or rewards.
+        **make_kwargs: passed to ``gym.make_vec`` (env kwargs such as ``max_episode_steps``).
+    """
+
+    backend = "gym"
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int = 1,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        vectorization_mode: str = "sync",
+        check_finite: bool = True,
+        **make_kwargs: Any,
+    ) -> None:
+        gym = import_gymnasium()
+        from gymnasium.vector import AutoresetMode
+
+        if vectorization_mode not in ("sync", "async"):
+            raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        vector_kwargs = dict(make_kwargs.pop("vector_kwargs", {}) or {})
+        vector_kwargs["autoreset_mode"] = AutoresetMode.SAME_STEP
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.device = resolve_device(device)
+        self.check_finite = check_finite
+        self.vectorization_mode = vectorization_mode
+        self._env = gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode=vectorization_mode,
+            vector_kwargs=vector_kwargs,
+            **make_kwargs,
+        )
+        self.single_observation_space = space_from_gymnasium(self._env.single_observation_space)
+        self.single_action_space = space_from_gymnasium(self._env.single_action_space)
+        self._seed: int | None = int(seed)
+
+    def _to_torch(self, x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(x)).to(device=self.device, dtype=dtype)
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Reset every sub-env (``seed + i`` for sub-env ``i``); returns ``obs`` ``(num_envs, obs_dim)`` float32."""
+        if seed is None:
+            seed, self._seed = self._seed, None
+        obs, _ = self._env.reset(seed=seed)
+        obs_t = self._to_torch(obs)
+        self._check_outputs(obs_t, None, "reset")
+        return obs_t
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """One transition of every sub-env; see ``eggroll_rl.envs.base`` for shapes and autoreset."""
+        self._check_actions(actions)
+        if isinstance(self.single_action_space, Discrete):
+            np_actions = actions.detach().to("cpu", torch.int64).numpy()
+        else:
+            np_actions = actions.detach().to("cpu", torch.float32).numpy()
+        obs, reward, terminated, truncated, info = self._env.step(np_actions)
+        obs = np.asarray(obs, dtype=np.float32)
+        done = np.logical_or(terminated, truncated)
+        final_obs = obs
+        if done.any():
+            final_obs = obs.copy()
+            mask = info.get("_final_obs", done)
+            for i in np.flatnonzero(mask):
+                final_obs[i] = info["final_obs"][i]
+        obs_t = self._to_torch(obs)
+        final_t = obs_t if final_obs is obs else self._to_torch(final_obs)
+        reward_t = self._to_torch(reward)
+        self._check_outputs(final_t, reward_t, "step")
+        out_info = {k: v for k, v in info.items() if k not in ("final_obs", "_final_obs")}
+        out_info["final_obs"] = final_t
+        return (
+            obs_t,
+            reward_t,
+            self._to_torch(terminated, torch.bool),
+            self._to_torch(truncated, torch.bool),
+            out_info,
+        )
+
+    def close(self) -> None:
+        self._env.close()
