@@ -1,0 +1,203 @@
+"""The noise contract of ``eggroll_rl.noise`` in Triton: Philox4x32-10 and its transforms, in registers.
+
+Every helper here reproduces the pure-torch reference bit for bit on the raw 32-bit words and to float rounding on
+the normals (``FAST_MATH`` uses the special-function unit's approximations; see ``_box_muller`` for the error
+budget). Blocks of noise are produced for several noise indices at once: ``j`` is a ``(P,)`` tensor and the result is
+``(P, NCOL)`` elements ``e0 .. e0 + NCOL - 1`` of one stream.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+# Philox4x32 constants (Salmon et al. 2011); literals in [2^31, 2^32) are typed uint32 by Triton.
+_M0: tl.constexpr = 0xD2511F53
+_M1: tl.constexpr = 0xCD9E8D57
+_W0: tl.constexpr = 0x9E3779B9
+_W1: tl.constexpr = 0xBB67AE85
+NOISE_GAUSSIAN: tl.constexpr = 0
+NOISE_RADEMACHER: tl.constexpr = 1
+
+
+@triton.jit
+def philox4x32(c0, c1, c2, c3, k0, k1):
+    """Ten Philox rounds on uint32 tensors (broadcastable); ``k0``/``k1`` uint32 scalars. Returns the 4 words."""
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, _M0)
+        lo0 = c0 * _M0
+        hi1 = tl.umulhi(c2, _M1)
+        lo1 = c2 * _M1
+        c0 = hi1 ^ c1 ^ k0
+        c1 = lo1
+        c2 = hi0 ^ c3 ^ k1
+        c3 = lo0
+        k0 = k0 + _W0
+        k1 = k1 + _W1
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _uniform(x):
+    # (2 * (x >> 9) + 1) * 2^-24, exactly: 1 + k 2^-23 built from bits, minus (1 - 2^-24); no int->float convert.
+    f = ((x >> 9) | 0x3F800000).to(tl.float32, bitcast=True)
+    return f - 0.99999994039535522
+
+
+@triton.jit
+def _lg2(x, FAST_MATH: tl.constexpr):
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _sin(x, FAST_MATH: tl.constexpr):
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.sin(x)
+
+
+@triton.jit
+def _cos(x, FAST_MATH: tl.constexpr):
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.cos(x)
+
+
+@triton.jit
+def _box_muller(xa, xb, FAST_MATH: tl.constexpr):
+    """Two normals from two words, per noise.py: ``sqrt(-2 ln u_a) * (cos, sin)(pi (2 u_b - 1))``.
+
+    Error budget with FAST_MATH: lg2.approx has an *absolute* error near 2^-22, ruinous when ``u_a -> 1`` (the log
+    is tiny); there ``-ln(u) = -ln(1 - v)`` with ``v = 1 - u`` exact is summed as a series (v < 1/64: truncation
+    < 1e-10). Elsewhere the radius is off by < 1e-6; sin/cos.approx add < 2^-20.5 * 5.8 (largest radius) < 4e-6.
+    """
+    ua = _uniform(xa)
+    ub = _uniform(xb)
+    v = 1.0 - ua  # exact: ua = (2k+1) 2^-24
+    series = 2.0 * v * (1.0 + v * (0.5 + v * (0.33333333333333333 + v * (0.25 + v * 0.2))))
+    minus2ln = -1.3862943611198906 * _lg2(ua, FAST_MATH)  # -2 ln(2) log2(u)
+    rad = tl.sqrt(tl.where(v < 0.015625, series, minus2ln))
+    theta = 3.1415926535897931 * (2.0 * ub - 1.0)
+    return rad * _cos(theta, FAST_MATH), rad * _sin(theta, FAST_MATH)
+
+
+@triton.jit
+def stream_words(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NB: tl.constexpr):
+    """Words of calls ``c0 = e0 + 0..NB-1`` for ``P`` noise indices ``j``: four ``(P, NB)`` uint32 tensors."""
+    blk = (e0 + tl.arange(0, NB)).to(tl.uint32)
+    c0 = tl.zeros([P, NB], dtype=tl.uint32) + blk[None, :]
+    c1 = tl.zeros([P, NB], dtype=tl.uint32) + j.to(tl.uint32)[:, None]
+    c2 = tl.zeros([P, NB], dtype=tl.uint32) + t_eff
+    c3b = tl.zeros([P, NB], dtype=tl.uint32) + c3
+    return philox4x32(c0, c1, c2, c3b, k0, k1)
+
+
+@triton.jit
+def gaussian_block(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NCOL: tl.constexpr, FAST_MATH: tl.constexpr):
+    """Normals ``e0 .. e0+NCOL-1`` (``e0 % 4 == 0``) of stream ``c3`` for each of ``P`` noise indices: (P, NCOL)."""
+    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff, c3, e0 // 4, P, NCOL // 4)
+    z0, z1 = _box_muller(x0, x1, FAST_MATH)
+    z2, z3 = _box_muller(x2, x3, FAST_MATH)
+    # element 4b + w is z_w of call b; join adds a trailing axis, so (P, NCOL/4, 2, 2)[..., q, p] = z_{2q+p}
+    z = tl.join(tl.join(z0, z2), tl.join(z1, z3))
+    return tl.reshape(z, [P, NCOL])
+
+
+@triton.jit
+def rademacher_block(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NCOL: tl.constexpr):
+    """Signs ``e0 .. e0+NCOL-1`` of stream ``c3`` as float32 (P, NCOL); NCOL divides 128 or is a multiple of it,
+    and ``e0 % min(NCOL, 128) == 0``."""
+    NB: tl.constexpr = (NCOL + 127) // 128
+    IC: tl.constexpr = NCOL // NB  # elements taken from each call
+    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff, c3, e0 // 128, P, NB)
+    i = (e0 % 128) + tl.arange(0, IC)  # position inside the call's 128 bits
+    w = (i // 32)[None, None, :]
+    word = tl.where(
+        w == 0,
+        x0[:, :, None],
+        tl.where(w == 1, x1[:, :, None], tl.where(w == 2, x2[:, :, None], x3[:, :, None])),
+    )
+    bit = (word >> (i % 32).to(tl.uint32)[None, None, :]) & 1
+    sign = tl.where(bit != 0, 1.0, -1.0)
+    return tl.reshape(sign, [P, NCOL])
+
+
+@triton.jit
+def noise_block(
+    k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NCOL: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr
+):
+    """(P, NCOL) float32 noise of the chosen kind (``NOISE``: 0 Gaussian, 1 Rademacher)."""
+    if NOISE == 0:
+        return gaussian_block(k0, k1, j, t_eff, c3, e0, P, NCOL, FAST_MATH)
+    else:
+        return rademacher_block(k0, k1, j, t_eff, c3, e0, P, NCOL)
+
+
+# --- test hooks: whole streams, for checking against noise.py ---
+
+
+@triton.jit
+def _words_kernel(
+    out_ptr,  # (J, NUM_BLOCKS, 4) int64
+    ids_ptr,
+    J,
+    num_blocks,
+    seed,
+    param_index,
+    t_eff,
+    c3,
+    P: tl.constexpr,
+    NB: tl.constexpr,
+):
+    pid_j = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    jj = pid_j * P + tl.arange(0, P)
+    j = tl.load(ids_ptr + jj, mask=jj < J, other=0)
+    k0 = seed.to(tl.uint32, bitcast=True)
+    k1 = param_index.to(tl.uint32, bitcast=True)
+    b0 = pid_b * NB
+    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff.to(tl.uint32, bitcast=True), c3, b0, P, NB)
+    bb = b0 + tl.arange(0, NB)
+    base = out_ptr + jj[:, None] * (num_blocks * 4) + bb[None, :] * 4
+    mask = (jj[:, None] < J) & (bb[None, :] < num_blocks)
+    tl.store(base + 0, x0.to(tl.int64), mask=mask)
+    tl.store(base + 1, x1.to(tl.int64), mask=mask)
+    tl.store(base + 2, x2.to(tl.int64), mask=mask)
+    tl.store(base + 3, x3.to(tl.int64), mask=mask)
+
+
+@triton.jit
+def _stream_kernel(
+    out_ptr,  # (J, length) float32
+    ids_ptr,
+    J,
+    length,
+    seed,
+    param_index,
+    t_eff,
+    c3,
+    P: tl.constexpr,
+    NCOL: tl.constexpr,
+    NOISE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+):
+    pid_j = tl.program_id(0)
+    pid_e = tl.program_id(1)
+    jj = pid_j * P + tl.arange(0, P)
+    j = tl.load(ids_ptr + jj, mask=jj < J, other=0)
+    k0 = seed.to(tl.uint32, bitcast=True)
+    k1 = param_index.to(tl.uint32, bitcast=True)
+    e0 = pid_e * NCOL
+    z = noise_block(k0, k1, j, t_eff.to(tl.uint32, bitcast=True), c3, e0, P, NCOL, NOISE, FAST_MATH)
+    ee = e0 + tl.arange(0, NCOL)
+    mask = (jj[:, None] < J) & (ee[None, :] < length)
+    tl.store(out_ptr + jj[:, None] * length + ee[None, :], z, mask=mask)

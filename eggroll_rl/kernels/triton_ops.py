@@ -1,0 +1,391 @@
+"""Host entry points of the Triton kernels: same signatures and results as the twins in ``reference.py``.
+
+Each wrapper checks its inputs, allocates, launches. Kernels live in ``triton_noise.py`` (the noise contract in
+registers), ``triton_linear.py`` (forward) and ``triton_update.py`` (update). Set ``TRITON_INTERPRET=1`` before
+importing to run them on the CPU (tests do); the interpreter uses exact ``log/sin/cos`` instead of the fast
+special-function approximations and a single small tile configuration instead of autotuning.
+
+Module settings (plain attributes, read at call time):
+
+* ``FORWARD_GEMM``: ``"triton"`` computes ``x W^T`` inside the perturbation kernel (one pass over ``y``);
+  ``"cublas"`` lets cuBLAS compute ``x W^T + b`` and a second kernel adds the perturbation (one extra read and write
+  of ``y``). Only for layers too wide for the single-launch kernel (``m > FUSE_MAX_OUT``).
+* ``UPDATE_DTYPE``: dtype of the regenerated factors fed to the update GEMM (``torch.bfloat16``: tensor cores at
+  full rate, fp32 accumulation and output, ~3e-3 relative error on ``G``; ``torch.float32``: exact-ish, slower).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from ..noise import NOISE_TYPES
+from .triton_linear import perturbed_linear_kernel, xb_kernel
+from .triton_noise import INTERPRET, _stream_kernel, _words_kernel
+from .triton_update import factor_stack_kernel, vector_update_kernel
+
+__all__ = [
+    "perturbed_linear_triton",
+    "lowrank_update_triton",
+    "vector_update_triton",
+    "noise_stream_triton",
+    "stream_words_triton",
+]
+
+FORWARD_GEMM = "triton"
+FUSE_MAX_OUT = 256
+UPDATE_DTYPE = torch.bfloat16
+# Bound on the regenerated factor elements held at once by the update (bf16: 128 MiB).
+UPDATE_CHUNK_ELEMENTS = 1 << 26
+FAST_MATH = not INTERPRET
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# --- autotuned launchers --------------------------------------------------------------------------------------
+
+
+def _cfg(bm, bn, bk, warps, stages, group=8):
+    kw = {"BLOCK_M": bm, "BLOCK_K": bk, "GROUP_M": group}
+    if bn is not None:
+        kw["BLOCK_N"] = bn
+    return triton.Config(kw, num_warps=warps, num_stages=stages)
+
+
+if INTERPRET:
+    _GEMM_CONFIGS = [_cfg(16, 128, 32, 4, 1)]
+    _ADD_CONFIGS = [_cfg(16, 128, 32, 4, 1)]
+    _FUSED_CONFIGS = [_cfg(16, None, 32, 4, 1)]
+else:
+    _GEMM_CONFIGS = [
+        _cfg(128, 128, 64, 4, 4),
+        _cfg(128, 128, 64, 8, 3),
+        _cfg(128, 256, 64, 8, 3),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(64, 256, 64, 8, 3),
+    ]
+    _ADD_CONFIGS = [_cfg(32, 128, 16, 4, 1), _cfg(64, 128, 16, 4, 1), _cfg(64, 256, 16, 8, 1), _cfg(16, 256, 16, 4, 1)]
+    _FUSED_CONFIGS = [_cfg(bm, None, bk, w, 3) for bm in (16, 32, 64, 128) for bk in (32, 64) for w in (4, 8)]
+
+
+def _prune_gemm(configs, named_args, **kwargs):
+    fp32 = named_args["x_ptr"].dtype == torch.float32
+    out = []
+    for c in configs:
+        kw = dict(c.kwargs)
+        if fp32:  # fp32 tiles are twice the bytes: halve BLOCK_K
+            kw["BLOCK_K"] = max(16, kw["BLOCK_K"] // 2)
+        out.append(triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages))
+    return out
+
+
+def _prune_fused(configs, named_args, **kwargs):
+    rows = named_args["R"]
+    k_dim = named_args["K"]
+    bm_cap = max(16, triton.next_power_of_2(rows))
+    bk_cap = max(16, triton.next_power_of_2(k_dim))
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= bm_cap and c.kwargs["BLOCK_K"] <= bk_cap]
+    return keep or configs[:1]
+
+
+_KEY = ["R", "M", "K", "RANK", "NOISE", "HAS_BIAS", "PERTURB_W", "PERTURB_B", "NUM_U"]
+_gemm_launch = triton.autotune(_GEMM_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_gemm})(
+    perturbed_linear_kernel
+)
+_add_launch = triton.autotune(_ADD_CONFIGS, key=_KEY)(perturbed_linear_kernel)
+_fused_launch = triton.autotune(_FUSED_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_fused})(
+    perturbed_linear_kernel
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device_index: int) -> int:
+    if INTERPRET or not torch.cuda.is_available():
+        return 4
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _i32(v: int) -> int:
+    """uint32 value as the signed int32 with the same bits (scalar kernel arguments stay int32: one compilation)."""
+    v = int(v) & 0xFFFFFFFF
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
+def _noise_code(noise: str) -> int:
+    if noise not in NOISE_TYPES:
+        raise ValueError(f"noise={noise!r} is not supported; expected one of {NOISE_TYPES}")
+    return NOISE_TYPES.index(noise)
+
+
+def _check_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+
+
+def _check_ids(name: str, ids: torch.Tensor, length: int | None, device: torch.device) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point or ids.is_complex():
+        raise ValueError(f"{name} must be a 1-D integer tensor, got {getattr(ids, 'shape', ids)!r}")
+    if length is not None and ids.numel() != length:
+        raise ValueError(f"{name} has {ids.numel()} entries; expected {length} (one per row of x)")
+    if ids.device != device:
+        raise ValueError(f"{name} is on {ids.device}; expected {device}")
+    return ids.to(torch.int64).contiguous()
+
+
+# --- forward ---------------------------------------------------------------------------------------------------
+
+
+def perturbed_linear_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    member_ids: torch.Tensor,
+    *,
+    seed: int,
+    weight_index: int | None,
+    bias_index: int | None,
+    t_eff: int,
+    sigma: float,
+    rank: int,
+    antithetic: bool,
+    noise: str = "gaussian",
+) -> torch.Tensor:
+    """Triton twin of ``reference.perturbed_linear_reference``: ``(R, n)`` rows -> ``(R, m)`` in ``x.dtype``."""
+    # -- check --
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (rows, in_features), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x has dtype {x.dtype}; expected one of {_FLOAT_DTYPES}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (out_features, {x.shape[1]})")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype}; expected x's dtype {x.dtype}")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != x.dtype):
+        raise ValueError(
+            f"bias has shape {tuple(bias.shape)} and dtype {bias.dtype}; expected ({weight.shape[0]},) {x.dtype}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}; expected x's device {x.device}")
+    ids = _check_ids("member_ids", member_ids, x.shape[0], x.device)
+    code = _noise_code(noise)
+    _check_int("rank", rank)
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    for name, v in (("seed", seed), ("t_eff", t_eff)):
+        _check_int(name, v)
+    if weight_index is None and bias_index is None:
+        return F.linear(x, weight, bias)
+
+    # -- allocate --
+    R, K = x.shape
+    M = weight.shape[0]
+    y = torch.empty((R, M), dtype=x.dtype, device=x.device)
+    if R == 0:
+        return y
+    perturb_w = weight_index is not None
+    rp = triton.next_power_of_2(rank)
+    common = dict(
+        seed=_i32(seed),
+        w_index=_i32(weight_index if perturb_w else 0),
+        b_index=_i32(bias_index if bias_index is not None else 0),
+        t_eff=_i32(t_eff),
+        scale=float(sigma) / math.sqrt(rank),
+        sigma=float(sigma),
+        RANK=rank,
+        RP=rp,
+        ANTITHETIC=bool(antithetic),
+        NOISE=code,
+        PERTURB_W=perturb_w,
+        PERTURB_B=bias_index is not None,
+        FAST_MATH=FAST_MATH,
+        IN_PRECISION="tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3",
+        DOT_FP32=INTERPRET and x.dtype == torch.bfloat16,
+    )
+    b_arg = bias if bias is not None else y  # dummy pointer, never read without HAS_BIAS
+    strides = (x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1))
+
+    # -- launch: one kernel when a column tile covers all outputs --
+    if perturb_w and M <= FUSE_MAX_OUT:
+        bn = max(16, triton.next_power_of_2(M))
+        grid = lambda meta: (triton.cdiv(R, meta["BLOCK_M"]),)  # noqa: E731
+        _fused_launch[grid](
+            x, weight, b_arg, y, y, ids, y, R, M, K, *strides,
+            NUM_U=0, HAS_BIAS=bias is not None, HAS_GEMM=True, BLOCK_N=bn, **common,
+        )  # fmt: skip
+        return y
+
+    # -- otherwise: u = (sigma s / sqrt r) x B_j first (tiny), then the tile kernel --
+    num_u = 0
+    u = y
+    if perturb_w:
+        block_k = min(128 if INTERPRET else 512, max(16, triton.next_power_of_2(K)))
+        block_r = 2
+        row_blocks = triton.cdiv(R, block_r)
+        k_blocks = triton.cdiv(K, block_k)
+        split = min(k_blocks, max(1, triton.cdiv(4 * _num_sms(x.device.index or 0), row_blocks)), 8)
+        k_per_split = triton.cdiv(k_blocks, split) * block_k
+        num_u = triton.cdiv(K, k_per_split)
+        u = torch.empty((num_u, R, rp), dtype=torch.float32, device=x.device)
+        xb_kernel[(row_blocks, num_u)](
+            x, ids, u, R, K, k_per_split, x.stride(0), x.stride(1),
+            common["seed"], common["w_index"], common["t_eff"], common["scale"],
+            RANK=rank, RP=rp, ANTITHETIC=bool(antithetic), NOISE=code, FAST_MATH=FAST_MATH,
+            BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4,
+        )  # fmt: skip
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_M"]) * triton.cdiv(M, meta["BLOCK_N"]),)  # noqa: E731
+    if FORWARD_GEMM == "cublas":
+        y_in = F.linear(x, weight, bias)
+        _add_launch[grid](
+            x, weight, b_arg, y_in, y, ids, u, R, M, K, *strides,
+            NUM_U=num_u, HAS_BIAS=False, HAS_GEMM=False, **common,
+        )  # fmt: skip
+    else:
+        _gemm_launch[grid](
+            x, weight, b_arg, y, y, ids, u, R, M, K, *strides,
+            NUM_U=num_u, HAS_BIAS=bias is not None, HAS_GEMM=True, **common,
+        )  # fmt: skip
+    return y
+
+
+# --- update ----------------------------------------------------------------------------------------------------
+
+
+def _check_update_args(seed, param_index, t_eff, noise_ids, weights):
+    for name, v in (("seed", seed), ("param_index", param_index), ("t_eff", t_eff)):
+        _check_int(name, v)
+    if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or not weights.dtype.is_floating_point:
+        raise ValueError(f"weights must be a 1-D float tensor, got {getattr(weights, 'shape', weights)!r}")
+    ids = _check_ids("noise_ids", noise_ids, weights.numel(), weights.device)
+    return ids, weights.to(torch.float32).contiguous()
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``a @ b`` (+ ``out``) with float32 accumulation and output, for bf16 or fp32 operands."""
+    if a.dtype == torch.float32 or a.device.type != "cuda":  # out_dtype is CUDA-only
+        a, b = a.float(), b.float()
+        return torch.mm(a, b) if out is None else out.addmm_(a, b)
+    if out is None:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.addmm(out, a, b, out_dtype=torch.float32)
+
+
+def lowrank_update_triton(
+    *,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+) -> torch.Tensor:
+    """Triton twin of ``reference.lowrank_update_reference``: ``sum_j w_j A_j B_j^T``, ``(m, n)`` float32."""
+    ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
+    code = _noise_code(noise)
+    for name, v in (("m", m), ("n", n), ("rank", rank)):
+        _check_int(name, v)
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    J = ids.numel()
+    device = w.device
+    if J == 0:
+        return torch.zeros(m, n, dtype=torch.float32, device=device)
+    chunk = max(1, min(J, UPDATE_CHUNK_ELEMENTS // (rank * (m + n))))
+    at_buf = torch.empty(chunk * rank, m, dtype=UPDATE_DTYPE, device=device)
+    bt_buf = torch.empty(chunk * rank, n, dtype=UPDATE_DTYPE, device=device)
+    block = 128 if INTERPRET else 1024
+    pj = 2
+    G = None
+    for lo in range(0, J, chunk):
+        hi = min(J, lo + chunk)
+        at, bt = at_buf[: (hi - lo) * rank], bt_buf[: (hi - lo) * rank]
+        grid = (triton.cdiv(max(m, n), block), triton.cdiv(hi - lo, pj))
+        factor_stack_kernel[grid](
+            at, bt, ids[lo:hi], w[lo:hi], hi - lo, m, n, _i32(seed), _i32(param_index), _i32(t_eff),
+            RANK=rank, NOISE=code, FAST_MATH=FAST_MATH, PJ=pj, BLOCK=block, num_warps=4,
+        )  # fmt: skip
+        G = _mm_f32(at.T, bt, G)
+    return G
+
+
+def vector_update_triton(
+    *,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    numel: int,
+    noise: str = "gaussian",
+) -> torch.Tensor:
+    """Triton twin of ``reference.vector_update_reference``: ``sum_j w_j eps_j``, ``(numel,)`` float32."""
+    ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
+    code = _noise_code(noise)
+    _check_int("numel", numel)
+    if numel < 0:
+        raise ValueError(f"numel must be >= 0, got {numel}")
+    J = ids.numel()
+    if J == 0 or numel == 0:
+        return torch.zeros(numel, dtype=torch.float32, device=w.device)
+    block = 128 if INTERPRET else 512
+    pj = 8
+    e_blocks = triton.cdiv(numel, block)
+    split = min(triton.cdiv(J, pj), max(1, triton.cdiv(2 * _num_sms(w.device.index or 0), e_blocks)))
+    j_per_split = triton.cdiv(triton.cdiv(J, split), pj) * pj
+    split = triton.cdiv(J, j_per_split)
+    out = torch.empty(split, numel, dtype=torch.float32, device=w.device)
+    vector_update_kernel[(e_blocks, split)](
+        out, ids, w, J, numel, j_per_split, _i32(seed), _i32(param_index), _i32(t_eff),
+        NOISE=code, FAST_MATH=FAST_MATH, PJ=pj, BLOCK=block, num_warps=4,
+    )  # fmt: skip
+    return out[0] if split == 1 else out.sum(0)
+
+
+# --- noise streams (tests and tools) ---------------------------------------------------------------------------
+
+
+def stream_words_triton(
+    seed: int, param_index: int, t_eff: int, noise_ids: torch.Tensor, stream: int, column: int, num_blocks: int
+) -> torch.Tensor:
+    """Triton twin of ``noise.stream_words``: ``(J, num_blocks, 4)`` int64 words."""
+    ids = _check_ids("noise_ids", noise_ids, None, noise_ids.device)
+    out = torch.empty(ids.numel(), num_blocks, 4, dtype=torch.int64, device=ids.device)
+    if out.numel():
+        p, nb = 4, 64
+        _words_kernel[(triton.cdiv(ids.numel(), p), triton.cdiv(num_blocks, nb))](
+            out, ids, ids.numel(), num_blocks, _i32(seed), _i32(param_index), _i32(t_eff),
+            ((stream << 16) | column) & 0x7FFFFFFF, P=p, NB=nb,
+        )  # fmt: skip
+    return out
+
+
+def noise_stream_triton(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    stream: int,
+    column: int,
+    length: int,
+    noise: str = "gaussian",
+    fast_math: bool | None = None,
+) -> torch.Tensor:
+    """Triton twin of ``noise.normal_stream`` / ``noise.rademacher_stream``: ``(J, length)`` float32."""
+    ids = _check_ids("noise_ids", noise_ids, None, noise_ids.device)
+    code = _noise_code(noise)
+    out = torch.empty(ids.numel(), length, dtype=torch.float32, device=ids.device)
+    if out.numel():
+        p, ncol = 4, 512
+        _stream_kernel[(triton.cdiv(ids.numel(), p), triton.cdiv(length, ncol))](
+            out, ids, ids.numel(), length, _i32(seed), _i32(param_index), _i32(t_eff),
+            ((stream << 16) | column) & 0x7FFFFFFF, P=p, NCOL=ncol, NOISE=code,
+            FAST_MATH=FAST_MATH if fast_math is None else fast_math,
+        )  # fmt: skip
+    return out
