@@ -71,9 +71,9 @@ def _xb_chunk(
     offs_k = k_start + tl.arange(0, BLOCK_K)
     rows = rows_e[:, None] + tl.arange(0, 2)[None, :]  # (P, 2)
     mask = (rows[:, :, None] < R) & (offs_k[None, None, :] < K)
-    x3 = tl.load(
-        x_ptr + rows[:, :, None] * stride_xr + offs_k[None, None, :] * stride_xk, mask=mask, other=0.0
-    ).to(tl.float32)
+    x3 = tl.load(x_ptr + rows[:, :, None] * stride_xr + offs_k[None, None, :] * stride_xk, mask=mask, other=0.0).to(
+        tl.float32
+    )
     cidx = tl.arange(0, RP)[None, None, :]
     acc = tl.zeros([P, 2, RP], dtype=tl.float32)
     if shared:

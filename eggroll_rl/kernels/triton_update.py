@@ -51,12 +51,14 @@ def factor_stack_kernel(
     ee = e0 + tl.arange(0, BLOCK)
     for c in tl.static_range(RANK):
         row = (jj * RANK + c)[:, None]
+        ok = j_ok[:, None] & (ee < M)[None, :]
         if e0 < M:
             a = noise_block(k0, k1, j, t, c, e0, PJ, BLOCK, NOISE, FAST_MATH) * wj[:, None]
-            tl.store(at_ptr + row * M + ee[None, :], a.to(at_ptr.dtype.element_ty), mask=j_ok[:, None] & (ee < M)[None, :])
+            tl.store(at_ptr + row * M + ee[None, :], a.to(at_ptr.dtype.element_ty), mask=ok)
         if e0 < N:
             b = noise_block(k0, k1, j, t, (1 << 16) | c, e0, PJ, BLOCK, NOISE, FAST_MATH)
-            tl.store(bt_ptr + row * N + ee[None, :], b.to(bt_ptr.dtype.element_ty), mask=j_ok[:, None] & (ee < N)[None, :])
+            ok_b = j_ok[:, None] & (ee < N)[None, :]
+            tl.store(bt_ptr + row * N + ee[None, :], b.to(bt_ptr.dtype.element_ty), mask=ok_b)
 
 
 @triton.jit
