@@ -1,0 +1,322 @@
+"""Configuration of an RL training run: one dataclass whose field docstrings become the CLI's help.
+
+``TrainConfig()`` holds generic defaults; ``TrainConfig.for_env(name, **overrides)`` starts from the defaults tuned
+for that environment (``ENV_DEFAULTS``) and applies the overrides. Every value is checked when the config is built,
+so a bad value fails before any environment is created.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ACTIVATIONS",
+    "ACTION_MODES",
+    "BACKENDS",
+    "DEVICES",
+    "ENV_DEFAULTS",
+    "SCHEDULES",
+    "TrainConfig",
+    "field_docs",
+    "load_config_file",
+]
+
+ACTIVATIONS = ("pqn", "tanh", "relu", "silu")
+ACTION_MODES = ("tanh", "clip")
+BACKENDS = ("auto", "torch", "gym", "envpool", "brax")
+DEVICES = ("auto", "cuda", "cpu")
+SCHEDULES = ("constant", "linear", "exponential")
+OPTIMIZERS = ("adam", "adamw", "sgd", "none")
+FITNESS_SHAPINGS = ("zscore", "centered_rank", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Field docstrings are the CLI help."""
+
+    env: str = "CartPole"
+    """Environment name from the registry (``eggroll-rl envs``), e.g. CartPole, Pendulum, HalfCheetah."""
+    backend: str = "auto"
+    """Environment backend: auto (fastest installed for the device), torch, gym, envpool or brax."""
+    device: str = "auto"
+    """Device for policy and (where the backend allows) environment: auto (cuda if available), cuda or cpu."""
+    seed: int = 0
+    """Seed of the noise, the environment resets and the policy's initial weights."""
+    env_kwargs: dict = field(default_factory=dict)
+    """Extra keyword arguments passed to ``make_env`` (e.g. brax's ``backend``)."""
+
+    # --- budget -------------------------------------------------------------------------------------------------
+    generations: int = 100
+    """Number of generations (ES updates). Ignored when total_steps > 0."""
+    total_steps: int = 0
+    """Stop once this many environment steps have been taken (0: use generations)."""
+    time_limit_s: float = 0.0
+    """Also stop after this much wall-clock training time in seconds (0: no limit). Not reproducible by design."""
+
+    # --- strategy -----------------------------------------------------------------------------------------------
+    population: int = 128
+    """Population size N (number of perturbed policies per generation); even when antithetic."""
+    rank: int = 4
+    """Rank r of the low-rank perturbations of weight matrices."""
+    sigma: float = 0.1
+    """Perturbation scale sigma (initial value when sigma_schedule is not constant)."""
+    lr: float = 0.05
+    """Learning rate (initial value when lr_schedule is not constant)."""
+    optimizer: str = "adam"
+    """Optimizer applied to the ES gradient: adam, adamw, sgd or none (plain p += lr * g)."""
+    antithetic: bool = True
+    """Mirrored sampling: members 2j and 2j+1 use noise +E_j and -E_j."""
+    fitness_shaping: str = "centered_rank"
+    """Fitness shaping: zscore, centered_rank or none."""
+    noise_reuse: int = 0
+    """Reuse the same noise for this many consecutive generations (0: fresh noise every generation)."""
+    group_size: int = 0
+    """Group-wise fitness normalization with groups of this size (0: global)."""
+    grad_clip: float = 0.0
+    """Clip the global norm of the ES gradient to this value (0: no clipping)."""
+    weight_decay: float = 0.0
+    """Weight decay of the optimizer."""
+    noise: str = "gaussian"
+    """Noise distribution of the perturbations: gaussian or rademacher."""
+    lr_schedule: str = "constant"
+    """Learning-rate schedule over the budget: constant, linear or exponential."""
+    lr_end_factor: float = 0.1
+    """Final learning rate as a fraction of lr (linear and exponential schedules)."""
+    sigma_schedule: str = "constant"
+    """Sigma schedule over the budget: constant, linear or exponential."""
+    sigma_end_factor: float = 0.1
+    """Final sigma as a fraction of sigma (linear and exponential schedules)."""
+
+    # --- policy -------------------------------------------------------------------------------------------------
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the MLP policy."""
+    activation: str = "pqn"
+    """Hidden activation: pqn (relu(layernorm(x))), tanh, relu or silu."""
+    action_mode: str = "tanh"
+    """Continuous actions: tanh (squash into the bounds) or clip (clip to the bounds)."""
+    obs_norm: bool = True
+    """Normalize observations with a running mean/std fed by the live steps of the whole population."""
+    obs_clip: float = 10.0
+    """Clip normalized observations to [-obs_clip, obs_clip] (0: no clipping)."""
+
+    # --- rollout and evaluation ---------------------------------------------------------------------------------
+    episodes_per_member: int = 1
+    """Episodes each population member plays per generation; its fitness is their mean return."""
+    max_episode_steps: int = 0
+    """Cap on episode length (0: the environment's own limit)."""
+    eval_every: int = 10
+    """Evaluate the mean (unperturbed) policy every this many generations (0: only at the end)."""
+    eval_episodes: int = 16
+    """Episodes per evaluation of the mean policy."""
+
+    cpu_threads: int = 0
+    """torch intra-op threads while training on the CPU (0: torch's default). Small policies run faster with 1."""
+
+    # --- output -------------------------------------------------------------------------------------------------
+    out_dir: str = ""
+    """Run directory for config, metrics, checkpoints and plots ('' : write nothing)."""
+    checkpoint_every: int = 10
+    """Write the last-policy checkpoint every this many generations (and at the end)."""
+    tensorboard: bool = True
+    """Write TensorBoard events to the run directory when tensorboard is installed."""
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        self.env_kwargs = dict(self.env_kwargs)
+        self.validate()
+
+    # --- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def for_env(cls, env: str, **overrides: Any) -> TrainConfig:
+        """The defaults tuned for ``env`` (see ``ENV_DEFAULTS``), then ``overrides``."""
+        values = dict(ENV_DEFAULTS.get(_canonical_env_key(env), {}))
+        values.update(overrides)
+        values["env"] = env
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. a config file); unknown keys are an error naming them."""
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"unknown config keys {unknown}; valid keys: {sorted(f.name for f in dataclasses.fields(cls))}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # --- derived values -----------------------------------------------------------------------------------------
+    @property
+    def num_envs(self) -> int:
+        """Environments stepped in parallel during training: population * episodes_per_member."""
+        return self.population * self.episodes_per_member
+
+    # --- validation ---------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field, its value and what is expected."""
+
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
+
+        if not isinstance(self.env, str) or not self.env:
+            raise bad("env", "a non-empty environment name")
+        choices = {
+            "backend": BACKENDS,
+            "device": DEVICES,
+            "optimizer": OPTIMIZERS,
+            "fitness_shaping": FITNESS_SHAPINGS,
+            "noise": ("gaussian", "rademacher"),
+            "lr_schedule": SCHEDULES,
+            "sigma_schedule": SCHEDULES,
+            "activation": ACTIVATIONS,
+            "action_mode": ACTION_MODES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"one of {list(allowed)}")
+        positive_ints = ("population", "rank", "episodes_per_member", "eval_episodes", "checkpoint_every")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "an integer >= 1")
+        for name in (
+            "generations",
+            "total_steps",
+            "noise_reuse",
+            "group_size",
+            "max_episode_steps",
+            "eval_every",
+            "cpu_threads",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(name, "an integer >= 0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**31:
+            raise bad("seed", "an integer in [0, 2**31)")
+        for name in ("sigma", "lr"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+                raise bad(name, "a finite number > 0")
+        for name in ("lr_end_factor", "sigma_end_factor"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value <= 1e6:
+                raise bad(name, "a number > 0")
+        for name in ("grad_clip", "weight_decay", "obs_clip", "time_limit_s"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise bad(name, "a finite number >= 0")
+        if self.generations == 0 and self.total_steps == 0:
+            raise ValueError("generations=0 and total_steps=0: give a budget (generations > 0 or total_steps > 0)")
+        if self.antithetic and self.population % 2:
+            raise bad("population", "an even number when antithetic=True (members come in +/- pairs)")
+        if self.group_size and self.population % self.group_size:
+            raise bad("group_size", f"a divisor of population={self.population}")
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise bad("hidden_sizes", "one or more positive layer widths")
+        if not isinstance(self.env_kwargs, dict):
+            raise bad("env_kwargs", "a dict")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _canonical_env_key(name: str) -> str:
+    # "HalfCheetah-v5", "halfcheetah" and "HalfCheetah" share defaults.
+    return name.split("-v")[0].replace("_", "").lower()
+
+
+# Per-environment defaults, keyed by the lower-case name without version suffix. Tuned so that
+# `eggroll-rl train <Env>` does well with no flags (numbers in benchmarks/results/train_*.md).
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cartpole": dict(
+        population=64,
+        rank=4,
+        sigma=0.1,
+        lr=0.05,
+        hidden_sizes=(16,),
+        activation="tanh",
+        generations=30,
+        eval_every=5,
+        eval_episodes=16,
+        cpu_threads=1,
+    ),
+    "pendulum": dict(
+        population=256,
+        rank=4,
+        sigma=0.1,
+        lr=0.03,
+        hidden_sizes=(64, 64),
+        activation="tanh",
+        generations=200,
+        eval_every=10,
+    ),
+    "halfcheetah": dict(
+        population=4096,
+        rank=4,
+        sigma=0.05,
+        lr=0.02,
+        hidden_sizes=(128, 128),
+        activation="pqn",
+        total_steps=400_000_000,
+        time_limit_s=540.0,
+        lr_schedule="linear",
+        lr_end_factor=0.2,
+        eval_every=10,
+        eval_episodes=64,
+        checkpoint_every=20,
+    ),
+}
+
+
+def field_docs(cls: type = TrainConfig) -> dict[str, str]:
+    """Map each dataclass field to the docstring written under it (used for CLI help and docs)."""
+    source = inspect.getsource(cls)
+    tree = ast.parse(source)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict of ``TrainConfig`` fields (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        values = json.loads(text)
+    else:
+        try:
+            import yaml
+        except ImportError as exc:  # pragma: no cover - pyyaml is a dependency of the CLI extras
+            raise ImportError(f"reading {path} needs pyyaml (pip install pyyaml), or use a .json config") from exc
+        values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config file {str(path)!r} must hold a mapping of field names to values, got {type(values).__name__}"
+        )
+    return values

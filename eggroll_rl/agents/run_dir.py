@@ -1,0 +1,195 @@
+"""The run directory of a training run: config, metrics (JSONL, CSV, TensorBoard), checkpoints, learning curve.
+
+Layout::
+
+    RUN_DIR/
+      config.yaml            the resolved TrainConfig (what `--resume` and `eval` read back)
+      metrics.jsonl          one JSON object per generation, flushed as it is written
+      metrics.csv            the same, one row per generation
+      tb/                    TensorBoard events (when tensorboard is installed)
+      checkpoints/last.pt    full training state, written atomically; last.prev.pt is the one before
+      checkpoints/best.pt    the policy with the best evaluation so far (a self-contained policy file)
+      learning_curve.png     train and eval return against environment steps
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from eggroll_rl.agents.checkpoint import atomic_write_text
+
+__all__ = ["RunDirectory", "CSV_COLUMNS", "read_metrics", "plot_learning_curve"]
+
+CSV_COLUMNS = (
+    "generation", "env_steps", "wall_time_s", "train_return_mean", "train_return_max", "train_return_min",
+    "train_return_std", "episode_length_mean", "eval_return", "eval_return_std", "lr", "sigma", "grad_norm",
+    "update_norm", "steps_per_s",
+)  # fmt: skip
+
+
+class RunDirectory:
+    """Writes one run's files. ``check_writable`` fails early, before any environment is built."""
+
+    def __init__(self, path: str | os.PathLike, tensorboard: bool = True) -> None:
+        self.path = Path(path)
+        self.tensorboard = tensorboard
+        self._jsonl: io.TextIOBase | None = None
+        self._tb: Any = None
+
+    # --- paths --------------------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def curve_path(self) -> Path:
+        return self.path / "learning_curve.png"
+
+    # --- setup --------------------------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Create the directory and probe that files can be written there; ``PermissionError``/``OSError`` if not."""
+        try:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise OSError(f"out_dir={str(self.path)!r} cannot be written: {exc.strerror or exc}") from exc
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        try:
+            import yaml
+
+            text = yaml.safe_dump(config, sort_keys=False)
+        except ImportError:  # JSON is valid YAML
+            text = json.dumps(config, indent=2)
+        atomic_write_text(text, self.config_path)
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{str(self.path)!r} is not a run directory: {self.config_path.name} is missing")
+        text = self.config_path.read_text()
+        try:
+            import yaml
+
+            return yaml.safe_load(text)
+        except ImportError:
+            return json.loads(text)
+
+    # --- metrics ------------------------------------------------------------------------------------------------
+    def start_metrics(self, history: list[dict[str, Any]], start_generation: int) -> None:
+        """Open the metrics files for a run that continues after ``history`` (generations < start_generation).
+
+        Lines of generations at or after ``start_generation`` (written after the last checkpoint of an interrupted
+        run) are dropped: those generations are run again and give the same values.
+        """
+        kept = [r for r in history if r["generation"] < start_generation]
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.metrics_path)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in kept:
+            writer.writerow(r)
+        atomic_write_text(buf.getvalue(), self.csv_path)
+        self._jsonl = open(self.metrics_path, "a", buffering=1)  # noqa: SIM115 - kept open for the run
+        self._csv_file = open(self.csv_path, "a", buffering=1, newline="")  # noqa: SIM115
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        if self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self._tb = None
+            else:
+                self._tb = SummaryWriter(str(self.path / "tb"), purge_step=start_generation)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one generation's record to every metrics sink and flush it."""
+        if self._jsonl is None:
+            raise RuntimeError("RunDirectory.log() before start_metrics()")
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        self._csv.writerow(record)
+        self._csv_file.flush()
+        if self._tb is not None:
+            step = record["generation"]
+            for key, value in record.items():
+                if key != "generation" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        for f in (self._jsonl, getattr(self, "_csv_file", None)):
+            if f is not None:
+                f.close()
+        self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl (a run directory or the file); a torn last line (a killed run) is skipped."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def plot_learning_curve(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> bool:
+    """Write a PNG of train (mean, max) and eval return against env steps; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not records:
+        return False
+    steps = [r["env_steps"] for r in records]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot(steps, [r["train_return_mean"] for r in records], label="train return (population mean)", lw=1.2)
+    ax.plot(steps, [r["train_return_max"] for r in records], label="train return (population max)", lw=0.8, alpha=0.6)
+    ev = [(r["env_steps"], r["eval_return"]) for r in records if r.get("eval_return") is not None]
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="eval return (mean policy)", lw=1.6, ms=3)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True

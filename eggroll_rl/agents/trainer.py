@@ -1,0 +1,477 @@
+"""RL training with EGGROLL: ``train(config, progress_fn=None) -> TrainResult``.
+
+One generation, top to bottom::
+
+    sigma, lr  <- schedules(progress)
+    with strategy.perturb(N, epoch=generation) as pop:       # N perturbed policies, noise regenerated on the fly
+        returns <- rollout(env, pop.batched_forward(policy, obs, member_ids))   # one episode per env, masked
+    policy.obs_norm.update(live observations of the whole population)
+    strategy.step(mean return of each member)                # ES gradient + optimizer
+    every eval_every generations: evaluate the mean policy over eval_episodes episodes
+
+Reproducibility: every generation resets the environments with a seed derived from ``(config.seed, generation)``
+and the policy is deterministic, so a generation depends only on the state saved in a checkpoint (strategy,
+optimizer, observation statistics). Resuming from ``checkpoints/last.pt`` therefore gives the same curve as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eggroll_rl.agents.checkpoint import CheckpointError, load_latest_checkpoint, rotate_and_save
+from eggroll_rl.agents.config import TrainConfig
+from eggroll_rl.agents.policy import POLICY_FORMAT, MLPPolicy, make_policy, save_policy
+from eggroll_rl.agents.run_dir import RunDirectory, plot_learning_curve
+from eggroll_rl.agents.schedules import schedule_value
+
+__all__ = [
+    "TrainResult",
+    "train",
+    "evaluate",
+    "resolve_device",
+    "build_env",
+    "generation_seed",
+    "CHECKPOINT_FORMAT",
+    "RESUMABLE_OVERRIDES",
+]
+
+CHECKPOINT_FORMAT = "eggroll_rl.train_checkpoint/1"
+# Fields a resumed run may change: they alter the budget or the outputs, not the curve.
+RESUMABLE_OVERRIDES = frozenset(
+    {
+        "generations",
+        "total_steps",
+        "time_limit_s",
+        "eval_every",
+        "eval_episodes",
+        "checkpoint_every",
+        "out_dir",
+        "tensorboard",
+        "device",
+    }
+)
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` made: the trained policy (mean of the search distribution), its strategy and the metrics."""
+
+    policy: MLPPolicy
+    strategy: Any
+    config: TrainConfig
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    best_eval_return: float = -math.inf
+    best_policy: MLPPolicy | None = None
+    run_dir: Path | None = None
+
+    @property
+    def final_eval_return(self) -> float | None:
+        evals = [r["eval_return"] for r in self.metrics if r.get("eval_return") is not None]
+        return evals[-1] if evals else None
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu (with a ``RuntimeWarning``); ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        warnings.warn(
+            "no CUDA GPU found: training on the CPU through EGGROLL's pure-torch path (much slower on large "
+            "populations). Pass --device cpu to silence this warning.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was requested but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+        return torch.device("cuda", torch.cuda.current_device())
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device={device!r} is invalid: expected 'auto', 'cuda' or 'cpu'")
+
+
+def generation_seed(seed: int, generation: int, salt: int = 0) -> int:
+    """Seed of the env resets of one generation (``salt`` separates evaluation from training)."""
+    return (seed * 1_000_003 + generation * 7_919 + salt * 104_729 + 12_345) % (2**31 - 1)
+
+
+def build_env(config: TrainConfig, num_envs: int, device: torch.device, seed: int) -> Any:
+    """The environment of ``config`` with ``num_envs`` parallel copies, through ``eggroll_rl.envs.make_env``."""
+    kwargs = dict(config.env_kwargs)
+    if config.max_episode_steps:
+        kwargs.setdefault("max_episode_steps", config.max_episode_steps)
+    return _make_env(config.env, backend=config.backend, num_envs=num_envs, device=device, seed=seed, **kwargs)
+
+
+def _make_env(name: str, backend: str, num_envs: int, device: torch.device, seed: int, **kwargs: Any) -> Any:
+    try:
+        from eggroll_rl.envs import make_env
+    except ImportError:  # registry not there yet: torch-native envs only
+        from eggroll_rl.envs import torch_native
+
+        classes = (
+            {c.__name__.lower(): c for c in torch_native.TORCH_ENVS.values()}
+            if hasattr(torch_native, "TORCH_ENVS")
+            else {}
+        )
+        key = name.split("-v")[0].lower()
+        if key not in classes or backend not in ("auto", "torch"):
+            raise ValueError(f"env={name!r} with backend={backend!r} is not available") from None
+        return classes[key](num_envs=num_envs, device=device, seed=seed, **kwargs)
+    return make_env(name, backend=backend, num_envs=num_envs, device=device, seed=seed, **kwargs)
+
+
+@dataclass
+class _Episodes:
+    returns: torch.Tensor  # (num_envs,) float32
+    lengths: torch.Tensor  # (num_envs,) int64
+    obs_count: float
+    obs_mean: torch.Tensor | None  # (obs_dim,) float64
+    obs_var: torch.Tensor | None
+
+
+@torch.no_grad()
+def _run_episodes(
+    env: Any, act: Callable[[torch.Tensor], torch.Tensor], seed: int, max_steps: int, obs_stats: bool
+) -> _Episodes:
+    """One episode in every env: returns and lengths with done masking, moments of the live observations."""
+    obs = env.reset(seed=seed)
+    n = env.num_envs
+    device = obs.device
+    returns = torch.zeros(n, dtype=torch.float32, device=device)
+    lengths = torch.zeros(n, dtype=torch.int64, device=device)
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    obs_dim = obs.reshape(n, -1).shape[1]
+    s1 = torch.zeros(obs_dim, dtype=torch.float64, device=device)
+    s2 = torch.zeros(obs_dim, dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    for t in range(max_steps):
+        if obs_stats:
+            o = obs.reshape(n, -1).to(torch.float64) * alive[:, None]
+            s1 += o.sum(0)
+            s2 += o.square().sum(0)
+            count += alive.sum()
+        actions = act(obs)
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        returns += reward * alive
+        lengths += alive
+        alive &= ~(terminated | truncated)
+        # A host sync every few steps for the early exit (every step would stall a GPU pipeline).
+        if (t % 8 == 7 or t == max_steps - 1) and not bool(alive.any()):
+            break
+    if obs_stats and float(count) > 0:
+        mean = s1 / count
+        var = (s2 / count - mean.square()).clamp_min(0.0)
+        return _Episodes(returns, lengths, float(count), mean, var)
+    return _Episodes(returns, lengths, 0.0, None, None)
+
+
+def _episode_limit(env: Any, config: TrainConfig) -> int:
+    limit = config.max_episode_steps or getattr(env, "max_episode_steps", None) or 0
+    return int(limit) if limit else 1000
+
+
+def evaluate(policy: MLPPolicy, env: Any, seed: int = 0, max_steps: int = 1000) -> dict[str, float]:
+    """Return statistics of the deterministic ``policy`` over one episode in each of ``env``'s envs.
+
+    Returns:
+        ``{"return_mean", "return_std", "return_min", "return_max", "length_mean", "episodes"}``.
+    """
+    was_training = policy.training
+    policy.eval()
+    ep = _run_episodes(env, lambda obs: policy(obs), seed=seed, max_steps=max_steps, obs_stats=False)
+    policy.train(was_training)
+    r = ep.returns.double()
+    return {
+        "return_mean": float(r.mean()),
+        "return_std": float(r.std(unbiased=False)),
+        "return_min": float(r.min()),
+        "return_max": float(r.max()),
+        "length_mean": float(ep.lengths.double().mean()),
+        "episodes": int(r.numel()),
+    }
+
+
+def _strategy(config: TrainConfig, device: torch.device):
+    from eggroll_rl import EggrollStrategy
+
+    return EggrollStrategy(
+        sigma=config.sigma,
+        lr=config.lr,
+        rank=config.rank,
+        optimizer=None if config.optimizer == "none" else config.optimizer,
+        antithetic=config.antithetic,
+        noise_reuse=config.noise_reuse,
+        fitness_shaping=config.fitness_shaping,
+        group_size=config.group_size,
+        grad_clip=config.grad_clip or None,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        allow_cpu=device.type == "cpu",
+        noise=config.noise,
+    )
+
+
+def _progress(config: TrainConfig, generation: int, env_steps: int, wall_time_s: float) -> float:
+    """Fraction of the budget used; schedules use the reproducible part (generations or steps) only."""
+    if config.total_steps:
+        return min(env_steps / config.total_steps, 1.0)
+    return min(generation / config.generations, 1.0)
+
+
+def _budget_left(config: TrainConfig, generation: int, env_steps: int, wall_time_s: float) -> bool:
+    if config.time_limit_s and wall_time_s >= config.time_limit_s:
+        return False
+    if config.total_steps:
+        return env_steps < config.total_steps
+    return generation < config.generations
+
+
+def check_resume_config(stored: dict[str, Any], config: TrainConfig) -> TrainConfig:
+    """The config a resumed run continues with: the stored one, with budget/output overrides from ``config``.
+
+    Raises ``ValueError`` when ``config`` is for another environment or changes a field that alters the curve.
+    """
+    stored_cfg = TrainConfig.from_dict(stored)
+    if stored_cfg.env != config.env:
+        raise ValueError(
+            f"resume: the run directory was trained on env={stored_cfg.env!r}, but env={config.env!r} was given; "
+            "resume it with the same env or start a new run in another directory"
+        )
+    changes = {}
+    for name, value in config.to_dict().items():
+        old = stored_cfg.to_dict()[name]
+        if value == old:
+            continue
+        if name not in RESUMABLE_OVERRIDES:
+            raise ValueError(
+                f"resume: {name}={value!r} differs from the run being resumed ({name}={old!r}); a resumed run keeps "
+                f"its settings except {sorted(RESUMABLE_OVERRIDES)}"
+            )
+        changes[name] = value
+    return stored_cfg.replace(**changes) if changes else stored_cfg
+
+
+# ----------------------------------------------------------------------------------------------------- train
+def train(
+    config: TrainConfig,
+    progress_fn: Callable[[dict[str, Any]], None] | None = None,
+    resume: str | Path | None = None,
+) -> TrainResult:
+    """Train an MLP policy on ``config.env`` with EGGROLL.
+
+    Args:
+        config: the run's settings (``TrainConfig.for_env(name)`` gives tuned defaults).
+        progress_fn: called after every generation with that generation's record (the metrics.jsonl line plus
+            ``progress``, the fraction of the budget used, and ``best_eval_return``).
+        resume: a run directory to continue from its last checkpoint (``config`` must be for the same env and
+            may change only the budget and output fields, see ``RESUMABLE_OVERRIDES``). The run keeps writing to
+            that directory.
+    Returns:
+        ``TrainResult`` with the final mean policy, the best evaluated policy, the strategy and all metrics.
+    """
+    # --- everything that can fail on bad input, before any work -------------------------------------------------
+    checkpoint = None
+    if resume is not None:
+        run = RunDirectory(resume, tensorboard=config.tensorboard)
+        stored = run.read_config()
+        config = check_resume_config(stored, config.replace(out_dir=str(resume)))
+        checkpoint, _ = load_latest_checkpoint(run.last_checkpoint)
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{run.last_checkpoint} is not an eggroll_rl training checkpoint")
+    run = RunDirectory(config.out_dir, tensorboard=config.tensorboard) if config.out_dir else None
+    if run is not None:
+        run.check_writable()
+    device = resolve_device(config.device)
+
+    # --- environment, policy, strategy ---------------------------------------------------------------------------
+    env = build_env(config, config.num_envs, device, seed=config.seed)
+    eval_env = None
+    torch.manual_seed(config.seed)  # the policy's initial weights
+    policy = make_policy(
+        env.single_observation_space,
+        env.single_action_space,
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+        action_mode=config.action_mode,
+        obs_norm=config.obs_norm,
+        obs_clip=config.obs_clip,
+    ).to(device)
+    strategy = _strategy(config, device)
+    strategy.setup(policy)
+    max_steps = _episode_limit(env, config)
+    member_ids = torch.arange(config.num_envs, device=device) % config.population  # env i plays member i % N
+
+    generation, env_steps, wall_offset = 0, 0, 0.0
+    history: list[dict[str, Any]] = []
+    best_eval = -math.inf
+    if checkpoint is not None:
+        strategy.load_state_dict(checkpoint["strategy"])
+        policy.load_state_dict(checkpoint["policy"]["state_dict"])
+        generation, env_steps = checkpoint["generation"], checkpoint["env_steps"]
+        wall_offset, best_eval = checkpoint["wall_time_s"], checkpoint["best_eval_return"]
+        history = list(checkpoint["history"])
+    if run is not None:
+        run.write_config(config.to_dict())
+        run.start_metrics(history, generation)
+
+    def save_last() -> None:
+        if run is None:
+            return
+        rotate_and_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": config.to_dict(),
+                "generation": generation,
+                "env_steps": env_steps,
+                "wall_time_s": wall_time_s,
+                "best_eval_return": best_eval,
+                "history": history,
+                "strategy": strategy.state_dict(),
+                "policy": _policy_payload(policy),
+            },
+            run.last_checkpoint,
+        )
+
+    best_policy: MLPPolicy | None = None
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu" and config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    start = time.perf_counter() - wall_offset
+    wall_time_s = wall_offset
+    done = not _budget_left(config, generation, env_steps, wall_time_s)
+    try:
+        while not done:
+            gen_start = time.perf_counter()
+            progress = _progress(config, generation, env_steps, wall_time_s)
+            strategy.sigma = schedule_value(config.sigma_schedule, config.sigma, config.sigma_end_factor, progress)
+            strategy.lr = schedule_value(config.lr_schedule, config.lr, config.lr_end_factor, progress)
+
+            # 1. perturb + rollout: every env plays one episode as its member.
+            with strategy.perturb(population_size=config.population, epoch=generation) as pop:
+                episodes = _run_episodes(
+                    env,
+                    lambda obs: pop.batched_forward(policy, obs, member_ids=member_ids),
+                    seed=generation_seed(config.seed, generation),
+                    max_steps=max_steps,
+                    obs_stats=policy.obs_norm is not None,
+                )
+            # 2. observation statistics from the live steps of the whole population.
+            if policy.obs_norm is not None and episodes.obs_mean is not None:
+                policy.obs_norm.update_moments(episodes.obs_count, episodes.obs_mean, episodes.obs_var)
+            # 3. ES update from each member's mean return.
+            fitness = episodes.returns.view(config.episodes_per_member, config.population).mean(0)
+            stats = strategy.step(fitness)
+
+            generation += 1
+            gen_steps = int(episodes.lengths.sum())
+            env_steps += gen_steps
+            returns = episodes.returns.double()
+            record: dict[str, Any] = {
+                "generation": generation - 1,
+                "env_steps": env_steps,
+                "train_return_mean": float(returns.mean()),
+                "train_return_max": float(returns.max()),
+                "train_return_min": float(returns.min()),
+                "train_return_std": float(returns.std(unbiased=False)),
+                "episode_length_mean": float(episodes.lengths.double().mean()),
+                "lr": stats["lr"],
+                "sigma": stats["sigma"],
+                "grad_norm": stats["grad_norm"],
+                "update_norm": stats["update_norm"],
+            }
+            if not math.isfinite(record["train_return_mean"]):
+                raise FloatingPointError(f"generation {generation - 1}: non-finite training return")
+
+            # 4. evaluation of the mean policy.
+            done = not _budget_left(config, generation, env_steps, time.perf_counter() - start)
+            if done or (config.eval_every and generation % config.eval_every == 0):
+                if eval_env is None:
+                    eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
+                ev = evaluate(
+                    policy,
+                    eval_env,
+                    seed=generation_seed(config.seed, generation, salt=1),
+                    max_steps=_episode_limit(eval_env, config),
+                )
+                record["eval_return"] = ev["return_mean"]
+                record["eval_return_std"] = ev["return_std"]
+                if ev["return_mean"] > best_eval:
+                    best_eval = ev["return_mean"]
+                    best_policy = _clone_policy(policy)
+                    if run is not None:
+                        save_policy(
+                            policy,
+                            run.best_checkpoint,
+                            extra={
+                                "eval_return": best_eval,
+                                "generation": generation - 1,
+                                "env": config.env,
+                                "backend": getattr(env, "backend", config.backend),
+                                "env_id": getattr(env, "env_id", config.env),
+                            },
+                        )
+            now = time.perf_counter()
+            wall_time_s = now - start
+            record["wall_time_s"] = wall_time_s
+            record["steps_per_s"] = gen_steps / max(now - gen_start, 1e-9)
+            history.append(record)
+            if run is not None:
+                run.log(record)
+                if done or generation % config.checkpoint_every == 0:
+                    save_last()
+            if progress_fn is not None:
+                progress_fn(
+                    dict(
+                        record,
+                        progress=max(
+                            _progress(config, generation, env_steps, wall_time_s),
+                            wall_time_s / config.time_limit_s if config.time_limit_s else 0.0,
+                        ),
+                        best_eval_return=best_eval,
+                    )
+                )
+    finally:
+        torch.set_num_threads(threads_before)
+        if run is not None:
+            run.close()
+            plot_learning_curve(history, run.curve_path, title=f"EGGROLL on {config.env}")
+        env.close()
+        if eval_env is not None:
+            eval_env.close()
+
+    return TrainResult(
+        policy=policy,
+        strategy=strategy,
+        config=config,
+        metrics=history,
+        best_eval_return=best_eval,
+        best_policy=best_policy if best_policy is not None else policy,
+        run_dir=run.path if run is not None else None,
+    )
+
+
+def _policy_payload(policy: MLPPolicy) -> dict[str, Any]:
+    return {
+        "format": POLICY_FORMAT,
+        "spec": dict(policy.spec),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
+        "extra": {},
+    }
+
+
+def _clone_policy(policy: MLPPolicy) -> MLPPolicy:
+    clone = MLPPolicy(**policy.spec).to(next(policy.parameters()).device)
+    clone.load_state_dict(policy.state_dict())
+    return clone
