@@ -1,0 +1,96 @@
+"""Brax adapter on the CPU (and the GPU where there is one): same numbers as raw jit(vmap(step)), zero-copy
+DLPack, time limit and same-step autoreset."""
+
+import pytest
+import torch
+
+pytest.importorskip("brax")
+jax = pytest.importorskip("jax")
+
+from eggroll_rl.envs import make_env  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _mujoco_log_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo's model compiler writes MUJOCO_LOG.TXT into the working directory
+
+
+def _run(device: str):
+    num, seed, length = 4, 7, 6
+    env = make_env(
+        "brax:inverted_pendulum",
+        num_envs=num,
+        device=device,
+        seed=seed,
+        brax_backend="positional",
+        episode_length=length,
+    )
+    assert env.backend == "brax" and env.obs_shape == (4,) and env.single_action_space.shape == (1,)
+    obs = env.reset()
+    assert obs.dtype == torch.float32 and obs.shape == (num, 4) and obs.device.type == device
+    # Zero copy: the tensor is a view of the JAX buffer.
+    assert obs.data_ptr() == env.last_jax_obs.unsafe_buffer_pointer()
+
+    # Reference: the raw Brax env, jit(vmap(reset/step)), from the same keys.
+    raw = env._env
+    key = jax.random.PRNGKey(seed)
+    _, sub = jax.random.split(key)
+    keys = jax.random.split(sub, num)
+    ref_state = jax.jit(jax.vmap(raw.reset))(keys)
+    ref_first = ref_state
+    ref_step = jax.jit(jax.vmap(raw.step))
+    torch.testing.assert_close(obs.cpu(), torch.from_dlpack(ref_state.obs).cpu(), atol=1e-6, rtol=0)
+
+    g = torch.Generator().manual_seed(0)
+    steps = torch.zeros(num, dtype=torch.long)
+    terminated_seen = 0
+    for _ in range(14):
+        acts = (torch.rand(num, 1, generator=g) * 2 - 1).to(device)
+        obs, rew, term, trunc, info = env.step(acts)
+        assert acts.data_ptr() == env.last_jax_actions.unsafe_buffer_pointer()
+        assert obs.data_ptr() == env.last_jax_obs.unsafe_buffer_pointer()
+        assert rew.device.type == device and term.dtype == torch.bool and trunc.dtype == torch.bool
+        ref_next = ref_step(ref_state, jax.numpy.asarray(acts.cpu().numpy()))
+        ref_obs = torch.from_dlpack(ref_next.obs).cpu()
+        torch.testing.assert_close(info["final_obs"].cpu(), ref_obs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(rew.cpu(), torch.from_dlpack(ref_next.reward).cpu(), atol=1e-5, rtol=0)
+        ref_term = torch.from_dlpack(ref_next.done).cpu() > 0.5
+        assert torch.equal(term.cpu(), ref_term)
+        steps += 1
+        assert torch.equal(trunc.cpu(), steps >= length)
+        done = (term | trunc).cpu()
+        steps[done] = 0
+        terminated_seen += int(term.sum())
+        # Same-step autoreset to the initial state drawn at reset().
+        first_obs = torch.from_dlpack(ref_first.obs).cpu()
+        torch.testing.assert_close(obs.cpu()[done], first_obs[done], atol=0, rtol=0)
+        torch.testing.assert_close(obs.cpu()[~done], ref_obs[~done], atol=1e-5, rtol=0)
+        mask = jax.numpy.asarray(done.numpy())
+
+        def restart(a, b, mask=mask):
+            return jax.numpy.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+
+        ref_state = ref_next.replace(
+            pipeline_state=jax.tree_util.tree_map(restart, ref_first.pipeline_state, ref_next.pipeline_state),
+            obs=restart(ref_first.obs, ref_next.obs),
+        )
+    with pytest.raises(ValueError, match=r"expected \(4, 1\)"):
+        env.step(torch.zeros(4, 2, device=device))
+    env.close()
+
+
+@pytest.mark.slow
+def test_brax_cpu_matches_raw_jax():
+    _run("cpu")
+
+
+@pytest.mark.gpu
+def test_brax_gpu_zero_copy_matches_raw_jax():
+    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("needs CUDA for torch and JAX")
+    _run("cuda")
+
+
+def test_unknown_brax_backend():
+    with pytest.raises(ValueError, match="brax_backend must be one of"):
+        make_env("brax:halfcheetah", num_envs=1, device="cpu", brax_backend="warp")
