@@ -108,24 +108,29 @@ def stream_words(
     t_eff: int,
     noise_ids: torch.Tensor,
     stream: int,
-    column: int,
+    column,
     num_blocks: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Raw Philox words of ``num_blocks`` consecutive calls of one stream, for each noise index.
+    """Raw Philox words of ``num_blocks`` consecutive calls of one or several streams, for each noise index.
 
     Args:
         noise_ids: ``(J,)`` noise indices ``j`` (the ``c1`` word).
+        column: an int, or a ``(C,)`` sequence of columns (rank indices) generated together.
     Returns:
-        ``(J, num_blocks, 4)`` int64 tensor of uint32 words; word ``w`` of block ``b`` is ``x_w`` of call ``c0 = b``.
+        ``(J, num_blocks, 4)`` int64 tensor of uint32 words (``(J, C, num_blocks, 4)`` for several columns);
+        word ``w`` of block ``b`` is ``x_w`` of the call with ``c0 = b``.
     """
-    device = noise_ids.device if device is None and isinstance(noise_ids, torch.Tensor) else device
-    j = _as_index_tensor(noise_ids, device).view(-1, 1)
-    blocks = torch.arange(num_blocks, dtype=torch.int64, device=device).view(1, -1)
+    if device is None:
+        device = noise_ids.device if isinstance(noise_ids, torch.Tensor) else None
+    j = _as_index_tensor(noise_ids, device).view(-1, 1, 1)
+    single = isinstance(column, int)
+    cols = _as_index_tensor([column] if single else column, device).view(1, -1, 1)
+    blocks = torch.arange(num_blocks, dtype=torch.int64, device=device).view(1, 1, -1)
     c2 = torch.tensor(t_eff & _MASK32, dtype=torch.int64, device=device)
-    c3 = torch.tensor(((stream << 16) | column) & _MASK32, dtype=torch.int64, device=device)
-    x = philox4x32(blocks, j, c2, c3, seed, param_index)
-    return torch.stack(x, dim=-1)
+    c3 = ((stream << 16) | cols) & _MASK32
+    x = torch.stack(philox4x32(blocks, j, c2, c3, seed, param_index), dim=-1)  # (J, C, blocks, 4)
+    return x[:, 0] if single else x
 
 
 def uniform_from_bits(x: torch.Tensor) -> torch.Tensor:
@@ -151,12 +156,13 @@ def normal_stream(
     length: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The first ``length`` standard normals of a stream, ``(J, length)`` float32."""
+    """The first ``length`` standard normals of a stream, ``(J, length)`` float32 (``(J, C, length)`` when
+    ``column`` is a sequence of ``C`` columns)."""
     words = stream_words(seed, param_index, t_eff, noise_ids, stream, column, (length + 3) // 4, device)
     z0, z1 = _box_muller(words[..., 0], words[..., 1])
     z2, z3 = _box_muller(words[..., 2], words[..., 3])
-    z = torch.stack((z0, z1, z2, z3), dim=-1).reshape(words.shape[0], -1)
-    return z[:, :length]
+    z = torch.stack((z0, z1, z2, z3), dim=-1).flatten(-2)  # (..., blocks * 4)
+    return z[..., :length]
 
 
 def rademacher_stream(
@@ -169,12 +175,13 @@ def rademacher_stream(
     length: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The first ``length`` +-1 values of a stream, ``(J, length)`` float32."""
+    """The first ``length`` +-1 values of a stream, ``(J, length)`` float32 (``(J, C, length)`` for ``C``
+    columns)."""
     words = stream_words(seed, param_index, t_eff, noise_ids, stream, column, (length + 127) // 128, device)
     shifts = torch.arange(32, dtype=torch.int64, device=words.device)
-    bits = (words.unsqueeze(-1) >> shifts) & 1  # (J, blocks, 4, 32): element = 128*b + 32*w + bit
-    signs = bits.reshape(words.shape[0], -1).to(torch.float32) * 2.0 - 1.0
-    return signs[:, :length]
+    bits = (words.unsqueeze(-1) >> shifts) & 1  # (..., blocks, 4, 32): element = 128*b + 32*w + bit
+    signs = bits.flatten(-3).to(torch.float32) * 2.0 - 1.0
+    return signs[..., :length]
 
 
 def _stream(noise: str):
@@ -201,9 +208,8 @@ def factor_noise(
     Returns:
         ``(J, num_rows, rank)`` float32; entry ``[j, a, c]`` is element ``a`` of stream ``(stream, column=c)``.
     """
-    gen = _stream(noise)
-    cols = [gen(seed, param_index, t_eff, noise_ids, stream, c, num_rows, device) for c in range(rank)]
-    return torch.stack(cols, dim=-1)
+    z = _stream(noise)(seed, param_index, t_eff, noise_ids, stream, list(range(rank)), num_rows, device)
+    return z.transpose(1, 2)  # (J, rank, rows) -> (J, rows, rank)
 
 
 def vector_noise(

@@ -404,8 +404,8 @@ class PerturbationContext:
         st = self.strategy
         sign, j = self._sign_and_noise(member_id)
         ids = torch.tensor([j], device=spec.param.device)
-        A = factor_noise(st.seed, spec.index, self.t_eff, ids, spec.m, st.rank, STREAM_A, st.noise)[0]
-        B = factor_noise(st.seed, spec.index, self.t_eff, ids, spec.n, st.rank, STREAM_B, st.noise)[0]
+        A = self._noise(spec, "A", ids)[0]
+        B = self._noise(spec, "B", ids)[0]
         return A * (st.sigma * sign / math.sqrt(st.rank)), B
 
     def perturbation(self, member_id: int, param_name: str) -> torch.Tensor:
@@ -415,11 +415,9 @@ class PerturbationContext:
         if spec.kind == "matrix":
             A, B = self.get_factors(member_id, param_name)
             return (A @ B.T).view(spec.param.shape)
-        st = self.strategy
         sign, j = self._sign_and_noise(member_id)
-        ids = torch.tensor([j], device=spec.param.device)
-        eps = vector_noise(st.seed, spec.index, self.t_eff, ids, spec.param.numel(), st.noise)[0]
-        return (st.sigma * sign * eps).view(spec.param.shape)
+        eps = self._noise(spec, "eps", torch.tensor([j], device=spec.param.device))[0]
+        return (self.strategy.sigma * sign * eps).view(spec.param.shape)
 
     # ------------------------------------------------------------- evaluation
     def _check_model(self, model: nn.Module) -> None:
