@@ -30,6 +30,7 @@ import torch
 from eggroll_rl.agents.checkpoint import CheckpointError, load_latest_checkpoint, rotate_and_save
 from eggroll_rl.agents.config import TrainConfig
 from eggroll_rl.agents.policy import POLICY_FORMAT, MLPPolicy, make_policy, save_policy
+from eggroll_rl.agents.rollout import rollout
 from eggroll_rl.agents.run_dir import RunDirectory, plot_learning_curve
 from eggroll_rl.agents.schedules import schedule_value
 
@@ -107,98 +108,43 @@ def generation_seed(seed: int, generation: int, salt: int = 0) -> int:
 
 
 def build_env(config: TrainConfig, num_envs: int, device: torch.device, seed: int) -> Any:
-    """The environment of ``config`` with ``num_envs`` parallel copies, through ``eggroll_rl.envs.make_env``."""
-    kwargs = dict(config.env_kwargs)
-    if config.max_episode_steps:
-        kwargs.setdefault("max_episode_steps", config.max_episode_steps)
-    return _make_env(config.env, backend=config.backend, num_envs=num_envs, device=device, seed=seed, **kwargs)
+    """The environment of ``config`` with ``num_envs`` parallel copies (``eggroll_rl.envs.make_env``)."""
+    from eggroll_rl.envs import make_env
+
+    return make_env(
+        config.env, backend=config.backend, num_envs=num_envs, device=device, seed=seed, **config.env_kwargs
+    )
 
 
-def _make_env(name: str, backend: str, num_envs: int, device: torch.device, seed: int, **kwargs: Any) -> Any:
-    try:
-        from eggroll_rl.envs import make_env
-    except ImportError:  # registry not there yet: torch-native envs only
-        from eggroll_rl.envs import torch_native
-
-        classes = (
-            {c.__name__.lower(): c for c in torch_native.TORCH_ENVS.values()}
-            if hasattr(torch_native, "TORCH_ENVS")
-            else {}
-        )
-        key = name.split("-v")[0].lower()
-        if key not in classes or backend not in ("auto", "torch"):
-            raise ValueError(f"env={name!r} with backend={backend!r} is not available") from None
-        return classes[key](num_envs=num_envs, device=device, seed=seed, **kwargs)
-    return make_env(name, backend=backend, num_envs=num_envs, device=device, seed=seed, **kwargs)
-
-
-@dataclass
-class _Episodes:
-    returns: torch.Tensor  # (num_envs,) float32
-    lengths: torch.Tensor  # (num_envs,) int64
-    obs_count: float
-    obs_mean: torch.Tensor | None  # (obs_dim,) float64
-    obs_var: torch.Tensor | None
-
-
-@torch.no_grad()
-def _run_episodes(
-    env: Any, act: Callable[[torch.Tensor], torch.Tensor], seed: int, max_steps: int, obs_stats: bool
-) -> _Episodes:
-    """One episode in every env: returns and lengths with done masking, moments of the live observations."""
-    obs = env.reset(seed=seed)
-    n = env.num_envs
-    device = obs.device
-    returns = torch.zeros(n, dtype=torch.float32, device=device)
-    lengths = torch.zeros(n, dtype=torch.int64, device=device)
-    alive = torch.ones(n, dtype=torch.bool, device=device)
-    obs_dim = obs.reshape(n, -1).shape[1]
-    s1 = torch.zeros(obs_dim, dtype=torch.float64, device=device)
-    s2 = torch.zeros(obs_dim, dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    for t in range(max_steps):
-        if obs_stats:
-            o = obs.reshape(n, -1).to(torch.float64) * alive[:, None]
-            s1 += o.sum(0)
-            s2 += o.square().sum(0)
-            count += alive.sum()
-        actions = act(obs)
-        obs, reward, terminated, truncated, _ = env.step(actions)
-        returns += reward * alive
-        lengths += alive
-        alive &= ~(terminated | truncated)
-        # A host sync every few steps for the early exit (every step would stall a GPU pipeline).
-        if (t % 8 == 7 or t == max_steps - 1) and not bool(alive.any()):
-            break
-    if obs_stats and float(count) > 0:
-        mean = s1 / count
-        var = (s2 / count - mean.square()).clamp_min(0.0)
-        return _Episodes(returns, lengths, float(count), mean, var)
-    return _Episodes(returns, lengths, 0.0, None, None)
-
-
-def _episode_limit(env: Any, config: TrainConfig) -> int:
-    limit = config.max_episode_steps or getattr(env, "max_episode_steps", None) or 0
+def episode_limit(env: Any, config: TrainConfig) -> int:
+    """Most env steps of one rollout: ``config.max_episode_steps`` or the env's own time limit."""
+    limit = config.max_episode_steps or getattr(env, "max_episode_steps", 0) or getattr(env, "episode_length", 0)
+    if not limit and getattr(env, "backend", "") in ("gym", "envpool"):
+        limit = 100_000  # gymnasium/EnvPool envs truncate themselves (TimeLimit); this is only a safety cap
     return int(limit) if limit else 1000
 
 
 def evaluate(policy: MLPPolicy, env: Any, seed: int = 0, max_steps: int = 1000) -> dict[str, float]:
-    """Return statistics of the deterministic ``policy`` over one episode in each of ``env``'s envs.
+    """Statistics of the deterministic ``policy`` over one episode in each of ``env``'s envs.
 
     Returns:
         ``{"return_mean", "return_std", "return_min", "return_max", "length_mean", "episodes"}``.
     """
+    from eggroll_rl.agents.rollout import rollout
+
     was_training = policy.training
     policy.eval()
-    ep = _run_episodes(env, lambda obs: policy(obs), seed=seed, max_steps=max_steps, obs_stats=False)
+    result = rollout(
+        env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs, max_steps=max_steps, seed=seed
+    )
     policy.train(was_training)
-    r = ep.returns.double()
+    r = result.episode_returns.reshape(-1).double()
     return {
         "return_mean": float(r.mean()),
         "return_std": float(r.std(unbiased=False)),
         "return_min": float(r.min()),
         "return_max": float(r.max()),
-        "length_mean": float(ep.lengths.double().mean()),
+        "length_mean": float(result.episode_lengths.double().mean()),
         "episodes": int(r.numel()),
     }
 
@@ -310,8 +256,7 @@ def train(
     ).to(device)
     strategy = _strategy(config, device)
     strategy.setup(policy)
-    max_steps = _episode_limit(env, config)
-    member_ids = torch.arange(config.num_envs, device=device) % config.population  # env i plays member i % N
+    max_steps = episode_limit(env, config)
 
     generation, env_steps, wall_offset = 0, 0, 0.0
     history: list[dict[str, Any]] = []
@@ -358,24 +303,25 @@ def train(
             strategy.sigma = schedule_value(config.sigma_schedule, config.sigma, config.sigma_end_factor, progress)
             strategy.lr = schedule_value(config.lr_schedule, config.lr, config.lr_end_factor, progress)
 
-            # 1. perturb + rollout: every env plays one episode as its member.
+            # 1. perturb + rollout: member i plays episodes_per_member episodes in its own envs.
             with strategy.perturb(population_size=config.population, epoch=generation) as pop:
-                episodes = _run_episodes(
+                episodes = rollout(
                     env,
-                    lambda obs: pop.batched_forward(policy, obs, member_ids=member_ids),
-                    seed=generation_seed(config.seed, generation),
+                    lambda obs, ids: pop.batched_forward(policy, obs, member_ids=ids),
+                    num_members=config.population,
+                    envs_per_member=config.episodes_per_member,
                     max_steps=max_steps,
-                    obs_stats=policy.obs_norm is not None,
+                    seed=generation_seed(config.seed, generation),
+                    record_obs=policy.obs_norm is not None,
                 )
             # 2. observation statistics from the live steps of the whole population.
-            if policy.obs_norm is not None and episodes.obs_mean is not None:
+            if policy.obs_norm is not None and episodes.obs_count > 0:
                 policy.obs_norm.update_moments(episodes.obs_count, episodes.obs_mean, episodes.obs_var)
             # 3. ES update from each member's mean return.
-            fitness = episodes.returns.view(config.episodes_per_member, config.population).mean(0)
-            stats = strategy.step(fitness)
+            stats = strategy.step(episodes.returns)
 
             generation += 1
-            gen_steps = int(episodes.lengths.sum())
+            gen_steps = episodes.num_steps
             env_steps += gen_steps
             returns = episodes.returns.double()
             record: dict[str, Any] = {
@@ -403,7 +349,7 @@ def train(
                     policy,
                     eval_env,
                     seed=generation_seed(config.seed, generation, salt=1),
-                    max_steps=_episode_limit(eval_env, config),
+                    max_steps=episode_limit(eval_env, config),
                 )
                 record["eval_return"] = ev["return_mean"]
                 record["eval_return_std"] = ev["return_std"]
