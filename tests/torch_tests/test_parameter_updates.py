@@ -1,0 +1,140 @@
+"""The ES update equals the formula of DESIGN.md: g = 1/(N sigma) sum_i z_i E_i, then the optimizer."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import make_strategy
+
+from eggroll_rl.fitness import shape_fitness
+
+
+def _explicit_gradient(model, s, fitness, num_members, epoch, shaping, group_size=0):
+    z = shape_fitness(fitness, shaping, group_size)
+    grads = {}
+    with s.perturb(num_members, epoch=epoch) as pop:
+        for spec in s.specs:
+            # perturbation() is sigma * E_i, so sum_i z_i E_i / (N sigma) = sum_i z_i delta_i / (N sigma^2).
+            total = sum(z[i] * pop.perturbation(i, spec.name) for i in range(num_members))
+            grads[spec.name] = total / (num_members * s.sigma**2)
+    return grads
+
+
+@pytest.mark.parametrize("shaping, group_size", [("zscore", 0), ("centered_rank", 0), ("none", 0), ("zscore", 4)])
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_sgd_update_equals_the_formula(device, shaping, group_size, antithetic):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).to(device)
+    lr, n = 0.05, 8
+    s = make_strategy(
+        device, optimizer="sgd", lr=lr, sigma=0.2, rank=2, fitness_shaping=shaping, group_size=group_size,
+        antithetic=antithetic,
+    )  # fmt: skip
+    s.setup(model)
+    f = torch.randn(n, device=device)
+    grads = _explicit_gradient(model, s, f, n, epoch=4, shaping=shaping, group_size=group_size)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with s.perturb(n, epoch=4):
+        pass
+    metrics = s.step(f)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach() - before[name], lr * grads[name], rtol=1e-4, atol=1e-6)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+    assert metrics["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
+
+
+def test_plain_update_and_weight_decay(device):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).to(device)
+    s = make_strategy(device, optimizer=None, lr=0.5, weight_decay=0.1, rank=1)
+    s.setup(model)
+    f = torch.randn(6, device=device)
+    grads = _explicit_gradient(model, s, f, 6, 0, "zscore")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with s.perturb(6):
+        pass
+    s.step(f)
+    for name, p in model.named_parameters():
+        expected = before[name] * (1 - 0.5 * 0.1) + 0.5 * grads[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_clip_bounds_the_step(device):
+    torch.manual_seed(0)
+    model = nn.Linear(8, 8).to(device)
+    s = make_strategy(device, optimizer=None, lr=1.0, grad_clip=0.01, fitness_shaping="none")
+    s.setup(model)
+    with s.perturb(8):
+        pass
+    metrics = s.step(torch.randn(8, device=device) * 100)
+    assert metrics["grad_norm"] > 0.01
+    assert metrics["update_norm"] == pytest.approx(0.01, rel=1e-4)
+
+
+def test_adam_first_step_moves_each_weight_by_lr(device):
+    """Adam's first step is lr * g / (|g| + eps): every coordinate moves by ~lr along the ES gradient."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 4).to(device)
+    s = make_strategy(device, optimizer="adam", lr=0.01)
+    s.setup(model)
+    f = torch.randn(8, device=device)
+    grads = _explicit_gradient(model, s, f, 8, 0, "zscore")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with s.perturb(8):
+        pass
+    s.step(f)
+    for name, p in model.named_parameters():
+        expected = 0.01 * grads[name] / (grads[name].abs() + 1e-8)
+        torch.testing.assert_close(p.detach() - before[name], expected, rtol=1e-3, atol=1e-6)
+
+
+def test_frozen_parameters_do_not_move(device, simple_mlp):
+    from eggroll_rl import ESModule
+
+    es = ESModule(simple_mlp)
+    es.freeze_parameter("0.weight")
+    s = make_strategy(device)
+    s.setup(es)
+    w = simple_mlp[0].weight.detach().clone()
+    with s.perturb(4) as pop:
+        y = pop.batched_forward(es, torch.randn(4, 8, device=device))
+        with pytest.raises(KeyError):
+            pop.get_factors(0, "0.weight")
+    s.step(y.sum(1))
+    assert torch.equal(simple_mlp[0].weight, w)
+
+
+def test_state_dict_round_trip_continues_identically(device, tmp_path):
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2)).to(device)
+
+    def generation(model, s, epoch):
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(epoch)).to(device)
+        with s.perturb(8, epoch=epoch) as pop:
+            f = -pop.batched_forward(model, x).pow(2).sum(1)
+        s.step(f)
+
+    model_a = build()
+    s_a = make_strategy(device, optimizer="adam", lr=0.05)
+    s_a.setup(model_a)
+    for e in range(3):
+        generation(model_a, s_a, e)
+    path = tmp_path / "ckpt.pt"
+    torch.save(s_a.state_dict(), path)
+    for e in range(3, 6):
+        generation(model_a, s_a, e)
+
+    model_b = build()
+    s_b = make_strategy(device, optimizer="adam", lr=0.05)
+    s_b.setup(model_b)
+    s_b.load_state_dict(torch.load(path, weights_only=False))
+    assert s_b.num_steps == 3
+    for e in range(3, 6):
+        generation(model_b, s_b, e)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+    assert copy.deepcopy(s_b.state_dict())["num_steps"] == 6
