@@ -87,7 +87,7 @@ def resolve_device(device: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         warnings.warn(
-            "no CUDA GPU found: training on the CPU through EGGROLL's pure-torch path (much slower on large "
+            "no CUDA GPU found: running on the CPU through EGGROLL's pure-torch path (much slower on large "
             "populations). Pass --device cpu to silence this warning.",
             RuntimeWarning,
             stacklevel=3,
@@ -114,6 +114,15 @@ def build_env(config: TrainConfig, num_envs: int, device: torch.device, seed: in
     return make_env(
         config.env, backend=config.backend, num_envs=num_envs, device=device, seed=seed, **config.env_kwargs
     )
+
+
+def _check_env_name(name: str) -> None:
+    """Raise ``ValueError`` (with close matches) for a name the env registry does not know."""
+    from eggroll_rl.envs import registry
+
+    lookup = getattr(registry, "_lookup", None)
+    if lookup is not None:
+        lookup(name)
 
 
 def episode_limit(env: Any, config: TrainConfig) -> int:
@@ -236,8 +245,14 @@ def train(
         checkpoint, _ = load_latest_checkpoint(run.last_checkpoint)
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{run.last_checkpoint} is not an eggroll_rl training checkpoint")
+    _check_env_name(config.env)
     run = RunDirectory(config.out_dir, tensorboard=config.tensorboard) if config.out_dir else None
     if run is not None:
+        if resume is None and run.config_path.exists():
+            raise ValueError(
+                f"out_dir={config.out_dir!r} already holds a run (config.yaml); resume it with resume=/--resume "
+                "or choose another directory"
+            )
         run.check_writable()
     device = resolve_device(config.device)
 

@@ -1,0 +1,167 @@
+"""Record one episode of a trained policy: mp4 (or gif) through gymnasium's renderer, html for Brax envs.
+
+Torch-native and EnvPool envs are rendered with gymnasium's env of the same id (same dynamics); MuJoCo envs use
+``MUJOCO_GL=egl`` by default (set it to ``osmesa`` on a machine without a GPU driver). Brax envs are written with
+``brax.io.html`` — an interactive 3D page, no renderer needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eggroll_rl.agents.config import TrainConfig
+from eggroll_rl.agents.policy import MLPPolicy
+
+__all__ = ["record_video", "video_env_id"]
+
+
+def video_env_id(config: TrainConfig) -> tuple[str, str]:
+    """``(kind, id)`` used to render ``config.env``: ``("brax", name)`` or ``("gym", gymnasium_id)``."""
+    from eggroll_rl.envs.registry import ENV_SPECS
+
+    name = config.env
+    if ":" in name:
+        prefix, _, ident = name.partition(":")
+        if prefix == "brax":
+            return "brax", ident
+        spec = next((s for s in ENV_SPECS.values() if ident in (s.gym, s.envpool, s.torch)), None)
+        if spec is None or spec.gym is None:
+            if prefix == "gym":
+                return "gym", ident
+            raise ValueError(f"no gymnasium renderer for env {name!r}")
+        return "gym", spec.gym
+    key = "".join(ch for ch in name.lower() if ch not in "-_ ")
+    spec = next(
+        (
+            s
+            for s in ENV_SPECS.values()
+            if key
+            in {
+                "".join(c for c in (i or "").lower() if c not in "-_ ")
+                for i in (s.name, s.gym, s.envpool, s.brax, s.torch)
+            }
+        ),
+        None,
+    )
+    if spec is None:
+        raise ValueError(f"unknown env {name!r}")
+    if config.backend == "brax" or (config.backend == "auto" and spec.gym is None and spec.brax is not None):
+        return "brax", spec.brax
+    if spec.gym is None:
+        raise ValueError(f"env {name!r} has no gymnasium version to render")
+    return "gym", spec.gym
+
+
+def record_video(
+    policy: MLPPolicy,
+    config: TrainConfig,
+    path: str | os.PathLike,
+    seed: int = 0,
+    max_steps: int = 1000,
+    backend: str | None = None,
+) -> dict[str, Any]:
+    """Play one episode of ``policy`` and write it to ``path``.
+
+    Args:
+        policy: a trained policy (e.g. ``load_policy(run_dir / "checkpoints/best.pt")``).
+        config: the run's config (env name, backend, env kwargs).
+        path: ``.mp4`` or ``.gif`` for gymnasium/MuJoCo envs, ``.html`` for Brax envs.
+        backend: the backend the policy was trained on (``"brax"`` forces the Brax renderer).
+    Returns:
+        ``{"path", "return", "length", "format"}``.
+    """
+    path = Path(path)
+    kind, env_id = video_env_id(config if backend is None else config.replace(backend=backend))
+    if kind == "brax":
+        if path.suffix.lower() != ".html":
+            raise ValueError(f"video={str(path)!r}: Brax envs are recorded as .html, not {path.suffix or 'no suffix'}")
+        return _record_brax(policy, config, env_id, path, seed, max_steps)
+    if path.suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError(f"video={str(path)!r}: expected a .mp4 or .gif file for gymnasium envs")
+    return _record_gym(policy, env_id, path, seed, max_steps)
+
+
+@torch.no_grad()
+def _record_gym(policy: MLPPolicy, env_id: str, path: Path, seed: int, max_steps: int) -> dict[str, Any]:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import gymnasium as gym
+
+    try:
+        import imageio.v2 as imageio
+    except ImportError as exc:
+        raise ImportError(
+            "writing a video needs imageio (and imageio-ffmpeg for mp4): pip install imageio[ffmpeg]"
+        ) from exc
+    env = gym.make(env_id, render_mode="rgb_array")
+    device = next(policy.parameters()).device
+    obs, _ = env.reset(seed=seed)
+    try:
+        frames = [env.render()]
+    except gym.error.DependencyNotInstalled as exc:
+        env.close()
+        raise ImportError(f"rendering {env_id} needs an extra package: {exc}") from exc
+    except Exception as exc:  # MuJoCo's GL context (egl/osmesa/glfw) failing to start
+        env.close()
+        raise RuntimeError(
+            f"rendering {env_id} failed ({type(exc).__name__}: {exc}); for MuJoCo envs set MUJOCO_GL to a "
+            "renderer this machine has (egl with a GPU driver, osmesa without)"
+        ) from exc
+    total, length = 0.0, 0
+    for _ in range(max_steps):
+        action = policy(torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=device)[None])[0]
+        action = action.cpu().numpy()
+        obs, reward, terminated, truncated, _ = env.step(int(action) if policy.discrete else action)
+        total += float(reward)
+        length += 1
+        frames.append(env.render())
+        if terminated or truncated:
+            break
+    fps = int(env.metadata.get("render_fps", 30))
+    env.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".mp4":
+        try:
+            imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+        except (ImportError, ValueError, RuntimeError) as exc:
+            raise ImportError(f"writing {path} needs an mp4 writer: pip install imageio[ffmpeg] ({exc})") from exc
+    else:
+        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+    return {"path": str(path), "return": total, "length": length, "format": path.suffix[1:]}
+
+
+@torch.no_grad()
+def _record_brax(
+    policy: MLPPolicy, config: TrainConfig, env_name: str, path: Path, seed: int, max_steps: int
+) -> dict[str, Any]:
+    import jax
+    from brax import envs as brax_envs
+    from brax.io import html
+
+    kwargs = dict(config.env_kwargs)
+    brax_backend = kwargs.pop("brax_backend", "positional")
+    episode_length = int(kwargs.pop("episode_length", max_steps))
+    kwargs.pop("check_finite", None)
+    env = brax_envs.get_environment(env_name, backend=brax_backend, **kwargs)
+    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    state = reset(jax.random.PRNGKey(seed))
+    device = next(policy.parameters()).device
+    states = [state.pipeline_state]
+    total, length = 0.0, 0
+    for _ in range(min(max_steps, episode_length)):
+        obs = torch.as_tensor(np.asarray(state.obs), dtype=torch.float32, device=device)[None]
+        action = policy(obs)[0].cpu().numpy()
+        state = step(state, jax.numpy.asarray(action))
+        states.append(state.pipeline_state)
+        total += float(state.reward)
+        length += 1
+        if float(state.done) > 0.5:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page = html.render(env.sys.tree_replace({"opt.timestep": env.dt}), states)
+    path.write_text(page)
+    return {"path": str(path), "return": total, "length": length, "format": "html"}
