@@ -91,7 +91,11 @@ def _batch_functions(
         obs = restart(first_state.obs, nxt.obs)
         new_state = nxt.replace(pipeline_state=pipeline_state, obs=obs, done=jnp.zeros_like(nxt.done))
         steps = jnp.where(done, 0, steps)
-        return new_state, steps, obs, nxt.reward, terminated, truncated, nxt.obs
+        # NaN checks fused into the step: one tiny output read by the host instead of extra torch kernels.
+        status = jnp.stack(
+            [~jnp.isfinite(actions).all(), ~(jnp.isfinite(nxt.obs).all() & jnp.isfinite(nxt.reward).all())]
+        )
+        return new_state, steps, obs, nxt.reward, terminated, truncated, nxt.obs, status
 
     fns = (env, jax.jit(reset), jax.jit(step))
     _FN_CACHE[key] = fns
@@ -194,19 +198,29 @@ class BraxVecEnv(VecEnv):
         """One transition of every env; see ``eggroll_rl.envs.base``. ``info["final_obs"]`` as documented there."""
         if self._state is None:
             raise RuntimeError("call reset() before step()")
-        self._check_actions(actions)
+        # Shape/dtype/device on the host; NaN actions and outputs inside the jitted step (``status``).
+        self._check_actions(actions, check_values=False)
         if actions.dtype != torch.float32 or not actions.is_contiguous():
             actions = actions.to(torch.float32).contiguous()
         jax_actions = self._jax.dlpack.from_dlpack(actions)
         self.last_jax_actions = jax_actions
-        self._state, self._steps, obs, reward, terminated, truncated, final_obs = self._step_fn(
+        self._state, self._steps, obs, reward, terminated, truncated, final_obs, status = self._step_fn(
             self._state, self._first_state, self._steps, jax_actions
         )
         self.last_jax_obs = obs
         obs_t = self._to_torch(obs)
         reward_t = self._to_torch(reward)
         final_t = self._to_torch(final_obs)
-        self._check_outputs(final_t, reward_t, "step")
+        if self.check_finite:
+            bad_actions, bad_outputs = (bool(v) for v in self._jax.device_get(status))
+            if bad_actions:
+                rows = (~torch.isfinite(actions).all(1)).nonzero().flatten()[:5].tolist()
+                raise ValueError(
+                    f"actions contain NaN/inf in rows {rows}; expected finite values (these envs' states are now "
+                    "invalid: call reset())"
+                )
+            if bad_outputs:
+                self._check_outputs(final_t, reward_t, "step")
         return obs_t, reward_t, self._to_torch(terminated), self._to_torch(truncated), {"final_obs": final_t}
 
     def close(self) -> None:

@@ -76,6 +76,8 @@ def _run(device: str):
         )
     with pytest.raises(ValueError, match=r"expected \(4, 1\)"):
         env.step(torch.zeros(4, 2, device=device))
+    with pytest.raises(ValueError, match=r"NaN/inf in rows \[2\]"):
+        env.step(torch.tensor([[0.0], [0.0], [float("nan")], [0.0]], device=device))
     env.close()
 
 
