@@ -10,11 +10,6 @@ jax = pytest.importorskip("jax")
 from eggroll_rl.envs import make_env  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _mujoco_log_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # MuJoCo's model compiler writes MUJOCO_LOG.TXT into the working directory
-
-
 def _run(device: str):
     num, seed, length = 4, 7, 6
     env = make_env(
