@@ -126,31 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------------------------ train
 def _train_config(args: argparse.Namespace):
+    """The run's config: per-env defaults (or, with --resume, the run's stored config) < --config FILE < flags."""
     from eggroll_rl.agents.config import TrainConfig, load_config_file
+    from eggroll_rl.agents.run_dir import RunDirectory
 
-    given = {
-        k: v for k, v in vars(args).items() if k != "env" and k in {f.name for f in dataclasses.fields(TrainConfig)}
-    }
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
     if args.config:
         values.update(load_config_file(args.config))
         values.pop("env", None)
-    values.update(given)
-    # An explicit budget replaces the env's default budget (steps, generations and time limit together).
+    values.update({k: v for k, v in vars(args).items() if k != "env" and k in names})
+    # An explicit budget replaces the default budget (steps, generations and time limit together).
     if any(k in values for k in _BUDGET_FIELDS):
         values.setdefault("total_steps", 0)
         values.setdefault("time_limit_s", 0.0)
         if values["total_steps"] == 0:
             values.setdefault("generations", TrainConfig.generations)
-    if args.resume:
-        if "out_dir" in values and Path(values["out_dir"]).resolve() != Path(args.resume).resolve():
-            raise ValueError(
-                f"--out {values['out_dir']} and --resume {args.resume} differ; a resumed run writes "
-                "to its own directory"
-            )
-        values["out_dir"] = args.resume
-    cfg = TrainConfig.for_env(args.env, **values)
-    return cfg, given
+    if not args.resume:
+        return TrainConfig.for_env(args.env, **values)
+    if "out_dir" in values and Path(values["out_dir"]).resolve() != Path(args.resume).resolve():
+        raise ValueError(
+            f"--out {values['out_dir']} and --resume {args.resume} differ; a resumed run writes to its own directory"
+        )
+    stored = RunDirectory(args.resume).read_config()
+    return TrainConfig.from_dict({**stored, **values, "env": args.env, "out_dir": args.resume})
 
 
 def _progress_bar(quiet: bool):
@@ -213,7 +212,7 @@ def _progress_bar(quiet: bool):
 def _cmd_train(args: argparse.Namespace) -> int:
     from eggroll_rl.agents.trainer import train
 
-    config, _ = _train_config(args)
+    config = _train_config(args)
     if not config.out_dir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config = config.replace(out_dir=str(Path("runs") / f"{config.env.replace(':', '_')}_s{config.seed}_{stamp}"))

@@ -139,7 +139,7 @@ class TrainConfig:
         values = dict(ENV_DEFAULTS.get(_canonical_env_key(env), {}))
         values.update(overrides)
         values["env"] = env
-        return cls(**values)
+        return cls.from_dict(values)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

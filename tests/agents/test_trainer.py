@@ -1,0 +1,185 @@
+"""Trainer: learning on CartPole, bit-exact resume, truncated checkpoints, interrupted runs, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from eggroll_rl.agents.checkpoint import CheckpointError, load_checkpoint_file
+from eggroll_rl.agents.config import TrainConfig
+from eggroll_rl.agents.policy import load_policy
+from eggroll_rl.agents.run_dir import read_metrics
+from eggroll_rl.agents.trainer import train
+
+DROP = ("wall_time_s", "steps_per_s")
+
+
+def tiny(**overrides) -> TrainConfig:
+    values = dict(
+        device="cpu",
+        population=8,
+        hidden_sizes=(8,),
+        generations=6,
+        eval_every=2,
+        eval_episodes=4,
+        max_episode_steps=60,
+        checkpoint_every=1,
+        tensorboard=False,
+        cpu_threads=1,
+    )
+    values.update(overrides)
+    return TrainConfig.for_env("CartPole", **values)
+
+
+def curve(records, eval_generations=None):
+    out = []
+    for r in records:
+        r = {k: v for k, v in r.items() if k not in DROP}
+        if eval_generations is not None and r["generation"] not in eval_generations:
+            r.pop("eval_return", None)
+            r.pop("eval_return_std", None)
+        out.append(r)
+    return out
+
+
+def test_cartpole_learns_and_records_metrics(tmp_path):
+    cfg = tiny(population=32, hidden_sizes=(16,), generations=8, max_episode_steps=200, out_dir=str(tmp_path / "r"))
+    seen = []
+    result = train(cfg, progress_fn=seen.append)
+    assert [r["generation"] for r in seen] == list(range(8))
+    assert 0 < seen[-1]["progress"] <= 1.0
+    first, last = result.metrics[0], result.metrics[-1]
+    assert last["train_return_mean"] > 2 * first["train_return_mean"]
+    assert result.final_eval_return is not None and result.final_eval_return > 100
+    # returns are lengths in CartPole (reward 1 per step), capped at max_episode_steps
+    assert all(r["train_return_max"] <= 200 for r in result.metrics)
+    run = tmp_path / "r"
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "learning_curve.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (run / name).is_file(), name
+    lines = read_metrics(run)
+    assert curve(lines) == curve(result.metrics)
+    required = {"generation", "env_steps", "wall_time_s", "train_return_mean", "train_return_max"}
+    assert all(required <= set(r) for r in lines)
+    assert [r["generation"] for r in lines if "eval_return" in r] == [1, 3, 5, 7]
+    csv_lines = (run / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 9 and csv_lines[0].startswith("generation,env_steps,wall_time_s")
+    # env steps are the live steps: the sum of the members' episode lengths
+    assert lines[0]["env_steps"] == pytest.approx(lines[0]["episode_length_mean"] * 32)
+    # the best policy file is self-contained and reproduces the recorded evaluation's ranking
+    best = load_policy(run / "checkpoints" / "best.pt")
+    assert best.obs_norm is not None and float(best.obs_norm.count) > 0
+
+
+def test_resume_is_bit_exact(tmp_path):
+    full = train(tiny(out_dir=str(tmp_path / "full")))
+    train(tiny(generations=3, out_dir=str(tmp_path / "part")))
+    resumed = train(tiny(generations=6), resume=tmp_path / "part")
+    evals = {1, 3, 5}
+    assert curve(read_metrics(tmp_path / "part"), evals) == curve(read_metrics(tmp_path / "full"), evals)
+    for name, p in full.policy.state_dict().items():
+        assert torch.equal(p, resumed.policy.state_dict()[name]), name
+
+
+def test_interrupted_run_keeps_metrics_and_resumes(tmp_path):
+    run = tmp_path / "r"
+
+    def stop_at_4(record):
+        if record["generation"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(checkpoint_every=2, out_dir=str(run)), progress_fn=stop_at_4)
+    lines = read_metrics(run)
+    assert [r["generation"] for r in lines] == [0, 1, 2, 3, 4]  # flushed as written
+    ckpt = load_checkpoint_file(run / "checkpoints" / "last.pt")
+    assert ckpt["generation"] == 4  # generations 0..3 are in the checkpoint
+    train(tiny(checkpoint_every=2), resume=run)
+    reference = train(tiny(out_dir=str(tmp_path / "ref")))
+    assert curve(read_metrics(run)) == curve(reference.metrics)
+
+
+def test_truncated_checkpoint_falls_back_to_previous(tmp_path):
+    run = tmp_path / "r"
+    train(tiny(generations=3, out_dir=str(run)))
+    last = run / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint_file(last)
+    with pytest.warns(RuntimeWarning, match="Using the previous checkpoint"):
+        resumed = train(tiny(generations=6), resume=run)
+    # the previous checkpoint was written after generation 1, so generations 2.. were run again
+    assert [r["generation"] for r in resumed.metrics] == list(range(6))
+    reference = train(tiny(out_dir=str(tmp_path / "ref")))
+    assert curve(resumed.metrics, {1, 3, 5}) == curve(reference.metrics, {1, 3, 5})
+
+
+def test_bad_input_fails_before_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot be written"):
+        train(tiny(out_dir=str(blocker / "run")))
+    with pytest.raises(ValueError, match="unknown env name"):
+        train(tiny().replace(env="CartPol", out_dir=str(tmp_path / "never")))
+    assert not (tmp_path / "never").exists()
+    run = tmp_path / "cp"
+    train(tiny(generations=1, out_dir=str(run)))
+    with pytest.raises(ValueError, match="trained on env='CartPole'"):
+        train(TrainConfig.for_env("Pendulum", device="cpu"), resume=run)
+    with pytest.raises(ValueError, match="sigma"):
+        train(tiny(sigma=0.5), resume=run)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny(out_dir=str(run)))
+
+
+def test_schedules_reach_the_strategy():
+    result = train(
+        tiny(
+            generations=4,
+            lr_schedule="linear",
+            lr_end_factor=0.5,
+            sigma_schedule="exponential",
+            sigma_end_factor=0.25,
+            eval_every=0,
+        )
+    )
+    lrs = [r["lr"] for r in result.metrics]
+    sigmas = [r["sigma"] for r in result.metrics]
+    assert lrs == pytest.approx([0.05 * (1 - 0.5 * g / 4) for g in range(4)])
+    assert sigmas == pytest.approx([0.1 * 0.25 ** (g / 4) for g in range(4)])
+    assert result.strategy.optimizer.param_groups[0]["lr"] == pytest.approx(lrs[-1])
+    assert [r["generation"] for r in result.metrics if "eval_return" in r] == [3]  # at the end only
+
+
+def test_continuous_env_total_steps_budget():
+    cfg = TrainConfig.for_env(
+        "Pendulum",
+        device="cpu",
+        population=4,
+        hidden_sizes=(8,),
+        total_steps=1000,
+        eval_episodes=2,
+        max_episode_steps=100,
+        tensorboard=False,
+    )
+    result = train(cfg)
+    assert [r["env_steps"] for r in result.metrics] == [400, 800, 1200]
+    assert all(math.isfinite(r["train_return_mean"]) and r["train_return_mean"] < 0 for r in result.metrics)
+
+
+def test_gym_backend(tmp_path):
+    pytest.importorskip("gymnasium")
+    cfg = tiny(backend="gym", generations=2, out_dir=str(tmp_path / "g"))
+    result = train(cfg)
+    assert len(result.metrics) == 2
+    assert json.loads((tmp_path / "g" / "metrics.jsonl").read_text().splitlines()[-1])["eval_return"] > 0
