@@ -84,7 +84,7 @@ def test_supervised_quick_start_learns(device):
             return float(((model(X) - y) ** 2).mean())
 
     start = mse()
-    for epoch in range(15):
+    for _epoch in range(15):
         for x_batch, y_batch in loader:
             x_flat = x_batch.unsqueeze(0).expand(population_size, -1, -1).reshape(-1, x_batch.shape[-1])
             member_ids = torch.arange(population_size, device=device).repeat_interleave(len(x_batch))
