@@ -19,9 +19,9 @@ import triton.language as tl
 
 from .triton_noise import noise_block
 
-STREAM_A: tl.constexpr = 0
-STREAM_B: tl.constexpr = 1
-STREAM_VECTOR: tl.constexpr = 2
+STREAM_A = tl.constexpr(0)
+STREAM_B = tl.constexpr(1)
+STREAM_VECTOR = tl.constexpr(2)
 
 
 @triton.jit
@@ -78,19 +78,19 @@ def _xb_chunk(
     acc = tl.zeros([P, 2, RP], dtype=tl.float32)
     if shared:
         for c in tl.static_range(RANK):
-            b = noise_block(k0, k1, j_e, t_eff, (STREAM_B << 16) | c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
-            part = tl.sum(x3 * b[:, None, :], axis=2)
-            acc += tl.where(cidx == c, part[:, :, None], 0.0)
+            b_s = noise_block(k0, k1, j_e, t_eff, (STREAM_B << 16) | c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+            part_s = tl.sum(x3 * b_s[:, None, :], axis=2)
+            acc += tl.where(cidx == c, part_s[:, :, None], 0.0)
     else:
         j_all = tl.reshape(tl.join(j_e, j_o), [2 * P])
         for c in tl.static_range(RANK):
-            b = noise_block(k0, k1, j_all, t_eff, (STREAM_B << 16) | c, k_start, 2 * P, BLOCK_K, NOISE, FAST_MATH)
-            part = tl.sum(x3 * tl.reshape(b, [P, 2, BLOCK_K]), axis=2)
-            acc += tl.where(cidx == c, part[:, :, None], 0.0)
+            b_r = noise_block(k0, k1, j_all, t_eff, (STREAM_B << 16) | c, k_start, 2 * P, BLOCK_K, NOISE, FAST_MATH)
+            part_r = tl.sum(x3 * tl.reshape(b_r, [P, 2, BLOCK_K]), axis=2)
+            acc += tl.where(cidx == c, part_r[:, :, None], 0.0)
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "w_index", "t_eff"])
 def xb_kernel(
     # pointers
     x_ptr,
@@ -166,12 +166,12 @@ def _delta_tile(
         d = tl.zeros([P, 2, BLOCK_N], dtype=tl.float32)
         if PERTURB_W:
             for c in tl.static_range(RANK):
-                a = noise_block(k0, k1_w, j_e, t_eff, (STREAM_A << 16) | c, col0, P, BLOCK_N, NOISE, FAST_MATH)
-                uc = tl.sum(tl.where(cidx == c, u3, 0.0), axis=2)
-                d += uc[:, :, None] * a[:, None, :]
+                a_s = noise_block(k0, k1_w, j_e, t_eff, (STREAM_A << 16) | c, col0, P, BLOCK_N, NOISE, FAST_MATH)
+                uc_s = tl.sum(tl.where(cidx == c, u3, 0.0), axis=2)
+                d += uc_s[:, :, None] * a_s[:, None, :]
         if PERTURB_B:
-            eps = noise_block(k0, k1_b, j_e, t_eff, STREAM_VECTOR << 16, col0, P, BLOCK_N, NOISE, FAST_MATH)
-            d += sig2[:, :, None] * eps[:, None, :]
+            eps_s = noise_block(k0, k1_b, j_e, t_eff, STREAM_VECTOR << 16, col0, P, BLOCK_N, NOISE, FAST_MATH)
+            d += sig2[:, :, None] * eps_s[:, None, :]
         delta = tl.reshape(d, [2 * P, BLOCK_N])
     else:
         j_all = tl.reshape(tl.join(j_e, j_o), [2 * P])
@@ -179,16 +179,16 @@ def _delta_tile(
         if PERTURB_W:
             u2 = tl.reshape(u3, [2 * P, RP])
             for c in tl.static_range(RANK):
-                a = noise_block(k0, k1_w, j_all, t_eff, (STREAM_A << 16) | c, col0, 2 * P, BLOCK_N, NOISE, FAST_MATH)
-                uc = tl.sum(tl.where(tl.arange(0, RP)[None, :] == c, u2, 0.0), axis=1)
-                delta += uc[:, None] * a
+                a_r = noise_block(k0, k1_w, j_all, t_eff, (STREAM_A << 16) | c, col0, 2 * P, BLOCK_N, NOISE, FAST_MATH)
+                uc_r = tl.sum(tl.where(tl.arange(0, RP)[None, :] == c, u2, 0.0), axis=1)
+                delta += uc_r[:, None] * a_r
         if PERTURB_B:
-            eps = noise_block(k0, k1_b, j_all, t_eff, STREAM_VECTOR << 16, col0, 2 * P, BLOCK_N, NOISE, FAST_MATH)
-            delta += tl.reshape(sig2, [2 * P])[:, None] * eps
+            eps_r = noise_block(k0, k1_b, j_all, t_eff, STREAM_VECTOR << 16, col0, 2 * P, BLOCK_N, NOISE, FAST_MATH)
+            delta += tl.reshape(sig2, [2 * P])[:, None] * eps_r
     return delta
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "w_index", "b_index", "t_eff"])
 def perturbed_linear_kernel(
     # pointers
     x_ptr,

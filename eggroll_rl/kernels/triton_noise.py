@@ -16,12 +16,12 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 # Philox4x32 constants (Salmon et al. 2011); literals in [2^31, 2^32) are typed uint32 by Triton.
-_M0: tl.constexpr = 0xD2511F53
-_M1: tl.constexpr = 0xCD9E8D57
-_W0: tl.constexpr = 0x9E3779B9
-_W1: tl.constexpr = 0xBB67AE85
-NOISE_GAUSSIAN: tl.constexpr = 0
-NOISE_RADEMACHER: tl.constexpr = 1
+_M0 = tl.constexpr(0xD2511F53)
+_M1 = tl.constexpr(0xCD9E8D57)
+_W0 = tl.constexpr(0x9E3779B9)
+_W1 = tl.constexpr(0xBB67AE85)
+NOISE_GAUSSIAN = tl.constexpr(0)
+NOISE_RADEMACHER = tl.constexpr(1)
 
 
 @triton.jit
@@ -145,7 +145,7 @@ def noise_block(
 # --- test hooks: whole streams, for checking against noise.py ---
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "param_index", "t_eff"])
 def _words_kernel(
     out_ptr,  # (J, NUM_BLOCKS, 4) int64
     ids_ptr,
@@ -175,7 +175,7 @@ def _words_kernel(
     tl.store(base + 3, x3.to(tl.int64), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "param_index", "t_eff"])
 def _stream_kernel(
     out_ptr,  # (J, length) float32
     ids_ptr,

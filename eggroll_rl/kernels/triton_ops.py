@@ -7,9 +7,10 @@ special-function approximations and a single small tile configuration instead of
 
 Module settings (plain attributes, read at call time):
 
-* ``FORWARD_GEMM``: ``"triton"`` computes ``x W^T`` inside the perturbation kernel (one pass over ``y``);
-  ``"cublas"`` lets cuBLAS compute ``x W^T + b`` and a second kernel adds the perturbation (one extra read and write
-  of ``y``). Only for layers too wide for the single-launch kernel (``m > FUSE_MAX_OUT``).
+* ``FORWARD_GEMM``: ``"cublas"`` (default) lets cuBLAS compute ``x W^T + b`` and a second kernel adds the
+  perturbation (one extra read and write of ``y``); ``"triton"`` computes ``x W^T`` inside the perturbation kernel
+  (one pass over ``y``, but Triton's GEMM trails cuBLAS at the paper's shape: see benchmarks/results/kernels.md).
+  Only for layers too wide for the single-launch kernel (``m > FUSE_MAX_OUT``).
 * ``UPDATE_DTYPE``: dtype of the regenerated factors fed to the update GEMM (``torch.bfloat16``: tensor cores at
   full rate, fp32 accumulation and output, ~3e-3 relative error on ``G``; ``torch.float32``: exact-ish, slower).
 """
@@ -36,7 +37,7 @@ __all__ = [
     "stream_words_triton",
 ]
 
-FORWARD_GEMM = "triton"
+FORWARD_GEMM = "cublas"
 FUSE_MAX_OUT = 256
 UPDATE_DTYPE = torch.bfloat16
 # Bound on the regenerated factor elements held at once by the update (bf16: 128 MiB).
@@ -61,15 +62,15 @@ if INTERPRET:
     _ADD_CONFIGS = [_cfg(16, 128, 32, 4, 1)]
     _FUSED_CONFIGS = [_cfg(16, None, 32, 4, 1)]
 else:
-    _GEMM_CONFIGS = [
-        _cfg(128, 128, 64, 4, 4),
-        _cfg(128, 128, 64, 8, 3),
-        _cfg(128, 256, 64, 8, 3),
-        _cfg(64, 128, 64, 4, 4),
-        _cfg(64, 256, 64, 8, 3),
+    # first entry of each list: the fixed choice of set_autotune(False), valid for every dtype
+    _GEMM_CONFIGS = [_cfg(64, 128, 32, 4, 3), _cfg(128, 128, 64, 8, 3), _cfg(128, 256, 64, 8, 3)]
+    _ADD_CONFIGS = [_cfg(32, 128, 16, 4, 1), _cfg(64, 128, 16, 4, 1), _cfg(16, 256, 16, 4, 1)]
+    _FUSED_CONFIGS = [
+        _cfg(32, None, 32, 4, 3),
+        _cfg(16, None, 64, 4, 3),
+        _cfg(64, None, 64, 4, 3),
+        _cfg(128, None, 32, 8, 3),
     ]
-    _ADD_CONFIGS = [_cfg(32, 128, 16, 4, 1), _cfg(64, 128, 16, 4, 1), _cfg(64, 256, 16, 8, 1), _cfg(16, 256, 16, 4, 1)]
-    _FUSED_CONFIGS = [_cfg(bm, None, bk, w, 3) for bm in (16, 32, 64, 128) for bk in (32, 64) for w in (4, 8)]
 
 
 def _prune_gemm(configs, named_args, **kwargs):
@@ -77,8 +78,8 @@ def _prune_gemm(configs, named_args, **kwargs):
     out = []
     for c in configs:
         kw = dict(c.kwargs)
-        if fp32:  # fp32 tiles are twice the bytes: halve BLOCK_K
-            kw["BLOCK_K"] = max(16, kw["BLOCK_K"] // 2)
+        if fp32:  # fp32 tiles are twice the bytes: halve BLOCK_K (shared memory)
+            kw["BLOCK_K"] = min(kw["BLOCK_K"], 32)
         out.append(triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages))
     return out
 
@@ -100,6 +101,17 @@ _add_launch = triton.autotune(_ADD_CONFIGS, key=_KEY)(perturbed_linear_kernel)
 _fused_launch = triton.autotune(_FUSED_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_fused})(
     perturbed_linear_kernel
 )
+
+
+_ALL_CONFIGS = {id(a): list(a.configs) for a in (_gemm_launch, _add_launch, _fused_launch)}
+
+
+def set_autotune(enabled: bool) -> None:
+    """Autotune over every tile configuration (default) or use each kernel's first one (tests: fewer compiles)."""
+    for launcher in (_gemm_launch, _add_launch, _fused_launch):
+        configs = _ALL_CONFIGS[id(launcher)]
+        launcher.configs = list(configs) if enabled else configs[:1]
+        launcher.cache.clear()
 
 
 @functools.lru_cache(maxsize=8)

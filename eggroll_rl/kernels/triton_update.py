@@ -16,7 +16,7 @@ import triton.language as tl
 from .triton_noise import noise_block
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "param_index", "t_eff"])
 def factor_stack_kernel(
     # pointers
     at_ptr,  # (J * RANK, M) out
@@ -61,7 +61,7 @@ def factor_stack_kernel(
             tl.store(bt_ptr + row * N + ee[None, :], b.to(bt_ptr.dtype.element_ty), mask=ok_b)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "param_index", "t_eff"])
 def vector_update_kernel(
     # pointers
     out_ptr,  # (SPLIT, NUMEL) float32 partial sums
