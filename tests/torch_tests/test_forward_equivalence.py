@@ -30,6 +30,7 @@ def _models():
             lambda: nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.ReLU(), FreeScale(8), nn.Linear(8, 2)),
             (5,),
         ),
+        "rmsnorm": (lambda: nn.Sequential(nn.Linear(4, 6), nn.RMSNorm(6), nn.Linear(6, 2)), (3, 4)),
         "conv1d": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Flatten()), (2, 6)),
         "conv2d": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Flatten(), nn.Linear(16, 2)), (3, 5, 5)),
         "sequence": (lambda: nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), (5, 4)),
