@@ -50,7 +50,11 @@ class TrainConfig:
     seed: int = 0
     """Seed of the noise, the environment resets and the policy's initial weights."""
     env_kwargs: dict = field(default_factory=dict)
-    """Extra keyword arguments passed to ``make_env`` (e.g. brax's ``backend``)."""
+    """Extra keyword arguments passed to ``make_env`` (backend-specific, e.g. gym's ``vectorization_mode``)."""
+    brax_backend: str = "positional"
+    """Physics pipeline when the env runs on Brax: generalized, positional, spring or mjx."""
+    env_checks: bool = True
+    """Check every step's outputs for NaN/inf (one host sync per step); off is faster on a GPU."""
 
     # --- budget -------------------------------------------------------------------------------------------------
     generations: int = 100
@@ -184,6 +188,7 @@ class TrainConfig:
             "sigma_schedule": SCHEDULES,
             "activation": ACTIVATIONS,
             "action_mode": ACTION_MODES,
+            "brax_backend": ("generalized", "positional", "spring", "mjx"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -266,18 +271,18 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         eval_every=10,
     ),
     "halfcheetah": dict(
-        population=4096,
+        population=2048,
         rank=4,
-        sigma=0.05,
-        lr=0.02,
-        hidden_sizes=(128, 128),
+        sigma=0.02,
+        lr=0.01,
+        hidden_sizes=(64, 64),
         activation="pqn",
-        total_steps=400_000_000,
+        brax_backend="spring",
+        env_checks=False,
+        generations=1000,
         time_limit_s=540.0,
-        lr_schedule="linear",
-        lr_end_factor=0.2,
         eval_every=10,
-        eval_episodes=64,
+        eval_episodes=128,
         checkpoint_every=20,
     ),
 }

@@ -73,6 +73,8 @@ class TrainResult:
     best_eval_return: float = -math.inf
     best_policy: MLPPolicy | None = None
     run_dir: Path | None = None
+    env_info: dict[str, Any] = field(default_factory=dict)
+    """The env that was built: ``backend``, ``env_id`` and (Brax) ``brax_backend``."""
 
     @property
     def final_eval_return(self) -> float | None:
@@ -108,12 +110,23 @@ def generation_seed(seed: int, generation: int, salt: int = 0) -> int:
 
 
 def build_env(config: TrainConfig, num_envs: int, device: torch.device, seed: int) -> Any:
-    """The environment of ``config`` with ``num_envs`` parallel copies (``eggroll_rl.envs.make_env``)."""
+    """The environment of ``config`` with ``num_envs`` parallel copies (``eggroll_rl.envs.make_env``).
+
+    ``config.brax_backend`` reaches the env only when it runs on Brax (``backend="auto"`` may pick Brax on a GPU
+    and EnvPool or gymnasium on a CPU, which do not take that argument).
+    """
     from eggroll_rl.envs import make_env
 
-    return make_env(
-        config.env, backend=config.backend, num_envs=num_envs, device=device, seed=seed, **config.env_kwargs
-    )
+    kwargs = dict(config.env_kwargs)
+    kwargs.setdefault("check_finite", config.env_checks)
+    brax_kwargs = {"brax_backend": config.brax_backend} if "brax_backend" not in kwargs else {}
+    if config.backend == "brax" or config.env.startswith("brax:"):
+        kwargs.update(brax_kwargs)
+    env = make_env(config.env, backend=config.backend, num_envs=num_envs, device=device, seed=seed, **kwargs)
+    if getattr(env, "backend", "") == "brax" and brax_kwargs and env.brax_backend != config.brax_backend:
+        env.close()  # auto picked Brax: build it again with the configured physics pipeline (nothing compiled yet)
+        env = make_env(config.env, backend="brax", num_envs=num_envs, device=device, seed=seed, **kwargs, **brax_kwargs)
+    return env
 
 
 def _check_env_name(name: str) -> None:
@@ -420,6 +433,7 @@ def train(
         best_eval_return=best_eval,
         best_policy=best_policy if best_policy is not None else policy,
         run_dir=run.path if run is not None else None,
+        env_info={k: getattr(env, k) for k in ("backend", "env_id", "brax_backend") if hasattr(env, k)},
     )
 
 

@@ -143,7 +143,7 @@ def _record_brax(
     from brax.io import html
 
     kwargs = dict(config.env_kwargs)
-    brax_backend = kwargs.pop("brax_backend", "positional")
+    brax_backend = kwargs.pop("brax_backend", config.brax_backend)
     episode_length = int(kwargs.pop("episode_length", max_steps))
     kwargs.pop("check_finite", None)
     env = brax_envs.get_environment(env_name, backend=brax_backend, **kwargs)

@@ -183,3 +183,31 @@ def test_gym_backend(tmp_path):
     result = train(cfg)
     assert len(result.metrics) == 2
     assert json.loads((tmp_path / "g" / "metrics.jsonl").read_text().splitlines()[-1])["eval_return"] > 0
+
+
+def test_build_env_gives_brax_its_physics_backend(monkeypatch):
+    import eggroll_rl.envs as envs
+    from eggroll_rl.agents.trainer import build_env
+
+    calls = []
+
+    class FakeBrax:
+        backend = "brax"
+
+        def __init__(self, brax_backend="positional", **kwargs):
+            self.brax_backend = brax_backend
+
+        def close(self):
+            pass
+
+    def fake_make_env(name, backend="auto", **kwargs):
+        calls.append((backend, dict(kwargs)))
+        return FakeBrax(brax_backend=kwargs.get("brax_backend", "positional"))
+
+    monkeypatch.setattr(envs, "make_env", fake_make_env)
+    cfg = TrainConfig.for_env("HalfCheetah", device="cpu")
+    env = build_env(cfg, 4, torch.device("cpu"), seed=0)
+    assert env.brax_backend == "spring"
+    assert calls[0][0] == "auto" and "brax_backend" not in calls[0][1]  # auto could pick EnvPool/gymnasium
+    assert calls[1][0] == "brax" and calls[1][1]["brax_backend"] == "spring"
+    assert calls[1][1]["check_finite"] is False

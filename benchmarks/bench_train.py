@@ -1,0 +1,164 @@
+"""End-to-end training benchmark: `train()` with an env's tuned defaults, time to a target return.
+
+    python benchmarks/bench_train.py --env CartPole --device cpu --target 475
+    python benchmarks/bench_train.py --env HalfCheetah --device cuda --target 3000 --set time_limit_s=500
+
+Writes ``<results>/train_<env>_<device>.{json,md,png}`` (the run's metrics, curve, config, device and versions)
+and prints a summary table. Wall-clock figures count from the call of ``train()`` — environment construction and
+every compilation (Triton kernels, JAX jit) included. Tests never assert on these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eggroll_rl.agents.config import TrainConfig  # noqa: E402
+from eggroll_rl.agents.run_dir import plot_learning_curve  # noqa: E402
+from eggroll_rl.agents.trainer import train  # noqa: E402
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("triton", "jax", "brax", "gymnasium", "mujoco", "envpool"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # not installed or no version attribute
+            pass
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    return f"CPU ({cpu}, {torch.get_num_threads()} torch threads max, {__import__('os').cpu_count()} cores)"
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--env", default="CartPole")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--target", type=float, default=None, help="eval return to time (default: none)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where json/md/png go")
+    p.add_argument("--run-dir", default=None, help="keep the run directory here (default: a temporary one)")
+    p.add_argument("--tag", default="", help="suffix of the result file names")
+    args = p.parse_args()
+
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = _parse_value(value)
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="bench_train_")) / "run"
+    config = TrainConfig.for_env(args.env, device=args.device, out_dir=str(run_dir), **overrides)
+
+    t0 = time.perf_counter()
+    reached: dict = {}
+    last_print = [0.0]
+
+    def progress(record: dict) -> None:
+        now = time.perf_counter() - t0
+        ev = record.get("eval_return")
+        if ev is not None and args.target is not None and ev >= args.target and not reached:
+            reached.update(
+                generation=record["generation"],
+                env_steps=record["env_steps"],
+                total_s=now,
+                train_wall_s=record["wall_time_s"],
+                eval_return=ev,
+            )
+        if ev is not None or now - last_print[0] > 15:
+            last_print[0] = now
+            print(
+                f"[{now:7.1f}s] gen {record['generation']:5d} steps {record['env_steps']:>12,} "
+                f"train {record['train_return_mean']:9.2f} (max {record['train_return_max']:9.2f}) "
+                f"eval {'' if ev is None else f'{ev:9.2f}'} {record['steps_per_s']:>12,.0f} steps/s",
+                flush=True,
+            )
+
+    result = train(config, progress_fn=progress)
+    total_s = time.perf_counter() - t0
+    metrics = result.metrics
+    evals = [
+        (r["generation"], r["env_steps"], r["wall_time_s"], r["eval_return"])
+        for r in metrics
+        if r.get("eval_return") is not None
+    ]
+    device_kind = "cpu" if str(next(result.policy.parameters()).device) == "cpu" else "cuda"
+    name = f"train_{args.env.replace(':', '_').lower()}_{device_kind}{'_' + args.tag if args.tag else ''}"
+    summary = {
+        "env": args.env,
+        "device": _device_name(device_kind),
+        "versions": _versions(),
+        "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
+        "config": config.to_dict(),
+        "env_info": result.env_info,
+        "total_wall_s": total_s,
+        "generations": len(metrics),
+        "env_steps": metrics[-1]["env_steps"] if metrics else 0,
+        "final_eval_return": result.final_eval_return,
+        "best_eval_return": result.best_eval_return,
+        "target": args.target,
+        "target_reached": reached or None,
+        "mean_steps_per_s": (metrics[-1]["env_steps"] / metrics[-1]["wall_time_s"]) if metrics else 0.0,
+        "evals": evals,
+        "metrics": metrics,
+    }
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    plot_learning_curve(metrics, results / f"{name}.png", title=f"EGGROLL on {args.env} ({summary['device']})")
+    reached_txt = (
+        (
+            f"{reached['eval_return']:.1f} at {reached['total_s']:.1f} s total "
+            f"(generation {reached['generation']}, {reached['env_steps']:,} env steps)"
+        )
+        if reached
+        else "no"
+    )
+    rows = [
+        ("env", args.env),
+        ("device", summary["device"]),
+        ("versions", ", ".join(f"{k} {v}" for k, v in summary["versions"].items())),
+        ("command", f"`{summary['command']}`"),
+        ("population / rank / sigma / lr", f"{config.population} / {config.rank} / {config.sigma} / {config.lr}"),
+        ("policy", f"MLP {list(config.hidden_sizes)} {config.activation}, obs_norm={config.obs_norm}"),
+        ("env backend", ", ".join(f"{k}={v}" for k, v in result.env_info.items())),
+        ("generations / env steps", f"{len(metrics)} / {summary['env_steps']:,}"),
+        ("total wall time (incl. env build and compilation)", f"{total_s:.1f} s"),
+        ("mean env steps/s (training loop)", f"{summary['mean_steps_per_s']:,.0f}"),
+        ("final eval return", f"{result.final_eval_return}"),
+        ("best eval return", f"{result.best_eval_return:.2f}"),
+        (f"first eval >= {args.target}", reached_txt),
+    ]
+    md = [f"# Training benchmark: {args.env}", "", "| | |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in rows]
+    md += ["", "Evaluations (generation, env steps, training wall s, eval return):", ""]
+    md += [f"- {g}, {s:,}, {w:.1f}, {e:.2f}" for g, s, w, e in evals]
+    (results / f"{name}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(f"{k:>50}: {v}" for k, v in rows))
+    if not args.run_dir:
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
