@@ -53,6 +53,36 @@ def _parse_value(text: str):
         return text
 
 
+def _check_kernels(config: TrainConfig) -> str:
+    """Compare the Triton and pure-torch paths on this config's policy; fall back to torch if they disagree."""
+    import os
+
+    from eggroll_rl import EggrollStrategy, kernels
+    from eggroll_rl.agents.policy import MLPPolicy
+
+    if not torch.cuda.is_available():
+        return "no CUDA: pure-torch path"
+    try:
+        policy = MLPPolicy(17, 6, discrete=False, hidden_sizes=config.hidden_sizes, activation=config.activation)
+        policy = policy.cuda()
+        strategy = EggrollStrategy(sigma=config.sigma, lr=config.lr, rank=config.rank)
+        strategy.setup(policy)
+        x = torch.randn(512, 17, device="cuda")
+        ids = torch.arange(512, device="cuda") % 256
+        with strategy.perturb(256, epoch=3) as pop:
+            a = pop.batched_forward(policy, x, member_ids=ids)
+            os.environ["EGGROLL_DISABLE_TRITON"] = "1"
+            b = pop.batched_forward(policy, x, member_ids=ids)
+            del os.environ["EGGROLL_DISABLE_TRITON"]
+        diff = float((a - b).abs().max())
+        if diff > 1e-2:
+            raise AssertionError(f"Triton and torch paths differ by {diff}")
+        return f"triton={kernels.use_triton(x.device)}, max |triton - torch| = {diff:.2e}"
+    except Exception as exc:  # report and continue on the pure-torch path
+        os.environ["EGGROLL_DISABLE_TRITON"] = "1"
+        return f"kernel check failed ({type(exc).__name__}: {exc}); using the pure-torch path"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="CartPole")
@@ -62,6 +92,7 @@ def main() -> None:
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where json/md/png go")
     p.add_argument("--run-dir", default=None, help="keep the run directory here (default: a temporary one)")
     p.add_argument("--tag", default="", help="suffix of the result file names")
+    p.add_argument("--check-kernels", action="store_true", help="compare Triton with the torch path first")
     args = p.parse_args()
 
     overrides = {}
@@ -71,6 +102,8 @@ def main() -> None:
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="bench_train_")) / "run"
     config = TrainConfig.for_env(args.env, device=args.device, out_dir=str(run_dir), **overrides)
 
+    kernel_check = _check_kernels(config) if args.check_kernels else "not run"
+    print(f"kernel check: {kernel_check}", flush=True)
     t0 = time.perf_counter()
     reached: dict = {}
     last_print = [0.0]
@@ -112,6 +145,7 @@ def main() -> None:
         "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
         "config": config.to_dict(),
         "env_info": result.env_info,
+        "kernel_check": kernel_check,
         "total_wall_s": total_s,
         "generations": len(metrics),
         "env_steps": metrics[-1]["env_steps"] if metrics else 0,
