@@ -3,3 +3,11 @@
 from .rollout import RolloutResult, default_action_fn, population_act, rollout, rollout_iterate
 
 __all__ = ["RolloutResult", "default_action_fn", "population_act", "rollout", "rollout_iterate"]
+
+# RL trainer, policies and config (issue #5).
+from .config import ENV_DEFAULTS, TrainConfig  # noqa: E402
+from .policy import MLPPolicy, ObservationNormalizer, load_policy, make_policy, save_policy  # noqa: E402
+from .trainer import TrainResult, evaluate, train  # noqa: E402
+
+__all__ += ["ENV_DEFAULTS", "TrainConfig", "MLPPolicy", "ObservationNormalizer", "load_policy", "make_policy",
+            "save_policy", "TrainResult", "evaluate", "train"]
