@@ -142,6 +142,9 @@ class VecEnv(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release backend resources."""
 
+    def flush_checks(self) -> None:  # noqa: B027 - optional hook
+        """Raise now for any deferred check (NaN outputs) that has not been read yet; a no-op by default."""
+
     @property
     def obs_shape(self) -> tuple[int, ...]:
         return self.single_observation_space.shape

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .base import Box, StepResult, VecEnv, resolve_device
+from .base import Box, NonFiniteError, StepResult, VecEnv, resolve_device
 
 __all__ = ["BraxVecEnv", "import_brax", "BRAX_BACKENDS"]
 
@@ -76,7 +76,7 @@ def _batch_functions(
         state = jax.vmap(env.reset)(keys)
         return state, state.obs
 
-    def step(state, first_state, steps, actions):
+    def step(state, first_state, steps, actions, flags):
         nxt = jax.vmap(env.step)(state, actions)
         steps = steps + 1
         terminated = nxt.done > 0.5
@@ -95,7 +95,7 @@ def _batch_functions(
         status = jnp.stack(
             [~jnp.isfinite(actions).all(), ~(jnp.isfinite(nxt.obs).all() & jnp.isfinite(nxt.reward).all())]
         )
-        return new_state, steps, obs, nxt.reward, terminated, truncated, nxt.obs, status
+        return new_state, steps, obs, nxt.reward, terminated, truncated, nxt.obs, flags | status
 
     fns = (env, jax.jit(reset), jax.jit(step))
     _FN_CACHE[key] = fns
@@ -112,7 +112,11 @@ class BraxVecEnv(VecEnv):
         seed: initial states for the first ``reset()`` come from ``jax.random.PRNGKey(seed)``.
         brax_backend: ``"generalized"``, ``"positional"`` (default), ``"spring"`` or ``"mjx"``.
         episode_length: time limit (steps) after which ``truncated`` is True.
-        check_finite: raise ``NonFiniteError`` on NaN/inf observations or rewards (one sync per step).
+        check_finite: raise on NaN/inf actions, observations or rewards (checked inside the jitted step).
+        check_every: read the NaN flags on the host every this many steps (1: every step, the default). Each read
+            is a host sync that stops JAX from queueing the next step early; with ``k > 1`` a NaN raises within
+            ``k`` steps of appearing, and ``flush_checks()`` (which ``rollout`` calls before returning) reads them
+            at once.
         **env_kwargs: passed to the Brax env's constructor.
 
     Actions are ``(B, action_size)`` floats in ``[-1, 1]``; observations ``(B, obs_size)`` float32.
@@ -129,9 +133,14 @@ class BraxVecEnv(VecEnv):
         brax_backend: str = "positional",
         episode_length: int = 1000,
         check_finite: bool = True,
+        check_every: int = 1,
         **env_kwargs: Any,
     ) -> None:
         jax, brax_envs = import_brax()
+        if not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"check_every must be a positive int, got {check_every!r}")
+        self.check_every = check_every
+        self._since_check = 0
         if brax_backend not in BRAX_BACKENDS:
             raise ValueError(f"brax_backend must be one of {BRAX_BACKENDS}, got {brax_backend!r}")
         known = sorted(brax_envs._envs) if hasattr(brax_envs, "_envs") else None
@@ -189,6 +198,9 @@ class BraxVecEnv(VecEnv):
             self._state, obs = self._reset_fn(keys)
             self._steps = jax.numpy.zeros(self.num_envs, dtype=jax.numpy.int32)
         self._first_state = self._state
+        self._flags = jax.device_put(jax.numpy.zeros(2, dtype=bool), self._jax_device)
+        self._no_flags = self._flags
+        self._since_check = 0
         self.last_jax_obs = obs
         obs_t = self._to_torch(obs)
         self._check_outputs(obs_t, None, "reset")
@@ -204,24 +216,46 @@ class BraxVecEnv(VecEnv):
             actions = actions.to(torch.float32).contiguous()
         jax_actions = self._jax.dlpack.from_dlpack(actions)
         self.last_jax_actions = jax_actions
-        self._state, self._steps, obs, reward, terminated, truncated, final_obs, status = self._step_fn(
-            self._state, self._first_state, self._steps, jax_actions
+        self._state, self._steps, obs, reward, terminated, truncated, final_obs, self._flags = self._step_fn(
+            self._state, self._first_state, self._steps, jax_actions, self._flags
         )
         self.last_jax_obs = obs
         obs_t = self._to_torch(obs)
         reward_t = self._to_torch(reward)
         final_t = self._to_torch(final_obs)
-        if self.check_finite:
-            bad_actions, bad_outputs = (bool(v) for v in self._jax.device_get(status))
-            if bad_actions:
-                rows = (~torch.isfinite(actions).all(1)).nonzero().flatten()[:5].tolist()
-                raise ValueError(
-                    f"actions contain NaN/inf in rows {rows}; expected finite values (these envs' states are now "
-                    "invalid: call reset())"
-                )
-            if bad_outputs:
-                self._check_outputs(final_t, reward_t, "step")
+        self._since_check += 1
+        if self.check_finite and self._since_check >= self.check_every:
+            self.flush_checks(actions, final_t, reward_t)
         return obs_t, reward_t, self._to_torch(terminated), self._to_torch(truncated), {"final_obs": final_t}
+
+    def flush_checks(
+        self,
+        actions: torch.Tensor | None = None,
+        final_obs: torch.Tensor | None = None,
+        reward: torch.Tensor | None = None,
+    ) -> None:
+        """Read the NaN flags accumulated since the last read (one host sync); raise if any is set."""
+        if not self.check_finite or self._state is None or self._since_check == 0:
+            return
+        steps, self._since_check = self._since_check, 0
+        bad_actions, bad_outputs = (bool(v) for v in self._jax.device_get(self._flags))
+        self._flags = self._no_flags
+        when = "" if steps == 1 else f" during the last {steps} steps"
+        if bad_actions:
+            rows = []
+            if actions is not None and steps == 1:
+                rows = (~torch.isfinite(actions).all(1)).nonzero().flatten()[:5].tolist()
+            raise ValueError(
+                f"actions contained NaN/inf{when}{f' in rows {rows}' if rows else ''}; expected finite values "
+                "(the envs' states are now invalid: call reset())"
+            )
+        if bad_outputs:
+            if final_obs is not None and reward is not None and steps == 1:
+                self._check_outputs(final_obs, reward, "step")
+            raise NonFiniteError(
+                f"{type(self).__name__}({self.env_id!r}): the env returned NaN/inf observations or rewards{when}; "
+                "expected finite values. The simulation probably diverged (check the actions' scale)."
+            )
 
     def close(self) -> None:
         self._state = self._first_state = self._steps = None
