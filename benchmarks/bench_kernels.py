@@ -345,10 +345,13 @@ def write_md(path: Path, meta: dict, records: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--cases", default="rl_4096,rl_65536,paper_r1,paper_r4,update,noise")
+    ap.add_argument("--cases", default="paper_r1,paper_r4,rl_4096,rl_65536,update,noise")
     ap.add_argument("--noises", default="gaussian,rademacher")
-    ap.add_argument("--variants", default="triton,cublas", help="forward GEMM variants for the wide layer")
+    ap.add_argument("--variants", default="cublas,triton", help="forward GEMM variants for the wide layer")
+    ap.add_argument("--no-autotune", action="store_true", help="first tile config only (much less compile time)")
     args = ap.parse_args()
+    if args.no_autotune:
+        triton_ops.set_autotune(False)
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels.py needs a CUDA GPU")
     device = torch.device("cuda")
