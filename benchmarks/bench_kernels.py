@@ -349,7 +349,10 @@ def main() -> None:
     ap.add_argument("--noises", default="gaussian,rademacher")
     ap.add_argument("--variants", default="cublas,triton", help="forward GEMM variants for the wide layer")
     ap.add_argument("--no-autotune", action="store_true", help="first tile config only (much less compile time)")
+    ap.add_argument("--fuse-max-out", type=int, default=None, help="override triton_ops.FUSE_MAX_OUT")
     args = ap.parse_args()
+    if args.fuse_max_out is not None:
+        triton_ops.FUSE_MAX_OUT = args.fuse_max_out
     if args.no_autotune:
         triton_ops.set_autotune(False)
     if not torch.cuda.is_available():
