@@ -9,6 +9,7 @@ spaces, float32 for boxes).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,9 @@ class GymVecEnv(VecEnv):
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         vector_kwargs = dict(make_kwargs.pop("vector_kwargs", {}) or {})
         vector_kwargs["autoreset_mode"] = AutoresetMode.SAME_STEP
+        if vectorization_mode == "async" and "jax" in sys.modules:
+            # Forking a process that runs JAX's threads can deadlock the children: start them fresh instead.
+            vector_kwargs.setdefault("context", "spawn")
         self.env_id = env_id
         self.num_envs = num_envs
         self.device = resolve_device(device)
