@@ -103,10 +103,17 @@ def member_sign(num_rows: int, device) -> tuple[torch.Tensor, torch.Tensor, torc
     return ids, j, s
 
 
+def set_variant(v: str) -> None:
+    """``delta``: row-wise delta kernel + cuBLAS addmm; ``cublas``/``triton``/``tiles``: the tile kernels."""
+    triton_ops.FORWARD_MODE = "delta" if v == "delta" else "tiles"
+    triton_ops.FORWARD_GEMM = "triton" if v == "triton" else "cublas"
+
+
 def eggroll_layer(x, lin, ids, k_w, k_b, rank, noise):
+    # ids = arange(rows) with antithetic pairs: rows 2q, 2q+1 share their noise (paired=True).
     return triton_ops.perturbed_linear_triton(
         x, lin.weight, lin.bias, ids, seed=SEED, weight_index=k_w, bias_index=k_b, t_eff=0, sigma=SIGMA,
-        rank=rank, antithetic=True, noise=noise,
+        rank=rank, antithetic=True, noise=noise, paired=True,
     )  # fmt: skip
 
 
@@ -153,15 +160,15 @@ def case_linear(name, rows, features, rank, noise, dtype, device, variants):
         rec["plain_ms"] = timed([lambda x=x: F.linear(x, lin.weight, lin.bias) for x in xs], graph=False)
         best = None
         for v in variants:
-            triton_ops.FORWARD_GEMM = v
+            set_variant(v)
             t = timed([lambda x=x: eggroll_layer(x, lin, ids, 0, 1, rank, noise) for x in xs], graph=False)
             rec[f"eggroll_{v}_ms"] = t
             if t is not None and (best is None or t < best[0]):
                 best = (t, v)
         rec["eggroll_ms"], rec["eggroll_variant"] = best
-        triton_ops.FORWARD_GEMM = best[1]
+        set_variant(best[1])
         rec["kernels_us"] = kernel_breakdown(lambda: eggroll_layer(xs[0], lin, ids, 0, 1, rank, noise))
-        triton_ops.FORWARD_GEMM = "cublas"
+        set_variant("delta")
         if noise == "gaussian":
             for label, per_call in (("naive_stored_ms", False), ("naive_randn_ms", True)):
                 try:
@@ -190,7 +197,7 @@ class MLP(nn.Module):
         return x
 
 
-def case_mlp(name, members, rank, noise, device, with_strategy: bool):
+def case_mlp(name, members, rank, noise, device, with_strategy: bool, variants=("delta", "tiles")):
     torch.manual_seed(0)
     dtype = torch.float32
     sizes = (17, 256, 256, 256, 6)
@@ -210,8 +217,15 @@ def case_mlp(name, members, rank, noise, device, with_strategy: bool):
 
     with torch.no_grad():
         rec["plain_ms"] = timed([lambda x=x: model(x) for x in xs], graph=True)
-        rec["eggroll_ms"] = timed([lambda x=x: eggroll(x) for x in xs], graph=True)
-        rec["eggroll_variant"] = "kernels"
+        best = None
+        for v in variants:
+            set_variant(v)
+            t = timed([lambda x=x: eggroll(x) for x in xs], graph=True)
+            rec[f"eggroll_{v}_ms"] = t
+            if t is not None and (best is None or t < best[0]):
+                best = (t, v)
+        rec["eggroll_ms"], rec["eggroll_variant"] = best
+        set_variant(best[1])
         rec["kernels_us"] = kernel_breakdown(lambda: eggroll(xs[0]))
         if with_strategy:
             try:
@@ -226,6 +240,7 @@ def case_mlp(name, members, rank, noise, device, with_strategy: bool):
             except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
                 rec["batched_forward_ms"] = None
                 rec["batched_forward_error"] = repr(exc)[:200]
+        set_variant("delta")
         if noise == "gaussian":
             for label, per_call in (("naive_stored_ms", False), ("naive_randn_ms", True)):
                 facs = [naive_factors(lin, members, rank, dtype, device, per_call) for lin in layers]
@@ -347,7 +362,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cases", default="paper_r1,paper_r4,rl_4096,rl_65536,update,noise")
     ap.add_argument("--noises", default="gaussian,rademacher")
-    ap.add_argument("--variants", default="cublas,triton", help="forward GEMM variants for the wide layer")
+    ap.add_argument("--variants", default="delta,cublas", help="forward variants for the wide layer (delta, cublas, "
+                    "triton)")  # fmt: skip
     ap.add_argument("--no-autotune", action="store_true", help="first tile config only (much less compile time)")
     ap.add_argument("--fuse-max-out", type=int, default=None, help="override triton_ops.FUSE_MAX_OUT")
     args = ap.parse_args()

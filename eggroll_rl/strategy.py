@@ -464,7 +464,7 @@ class PerturbationContext:
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise TypeError("batched_forward: x must be a tensor with a leading batch axis (R, ...)")
         ids = self._member_ids(x, member_ids)
-        with torch.no_grad(), _PopulationMode(self, ids):
+        with torch.no_grad(), _PopulationMode(self, ids, ordered=member_ids is None):
             return model(x)
 
     def iterate(self) -> Iterator[int]:
@@ -521,8 +521,9 @@ def _leading(x: torch.Tensor, rows: int, func: str) -> None:
 class _PopulationMode(TorchFunctionMode):
     """Intercepts the functional calls that use evolved parameters and adds each row's perturbation."""
 
-    def __init__(self, ctx: PerturbationContext, member_ids: torch.Tensor):
+    def __init__(self, ctx: PerturbationContext, member_ids: torch.Tensor, ordered: bool = False):
         super().__init__()
+        self.ordered = ordered  # member_ids is arange(R)
         self.ctx = ctx
         self.st = ctx.strategy
         self.ids = member_ids
@@ -580,13 +581,15 @@ class _PopulationMode(TorchFunctionMode):
         ws, bs = self._spec(weight), self._spec(bias)
         if ws is None and bs is None:
             return F.linear(x, weight, bias)
-        ids, _ = self._expand_ids(x, "linear")
+        ids, per_row = self._expand_ids(x, "linear")
         x2 = x.reshape(-1, x.shape[-1])
         if kernels.use_triton(x.device):
+            # Rows 2q and 2q+1 share a noise index: antithetic members in order, or an even count of rows each.
+            paired = per_row % 2 == 0 or (self.ordered and self.st.antithetic)
             y = kernels.perturbed_linear(
                 x2, weight, bias, ids, seed=self.st.seed, weight_index=ws.index if ws else None,
                 bias_index=bs.index if bs else None, t_eff=self.ctx.t_eff, sigma=self.st.sigma,
-                rank=self.st.rank, antithetic=self.st.antithetic, noise=self.st.noise,
+                rank=self.st.rank, antithetic=self.st.antithetic, noise=self.st.noise, paired=paired,
             )  # fmt: skip
             return y.reshape(*x.shape[:-1], -1)
         # Torch path: same math as kernels.reference, with the population's noise cached per perturb() block.

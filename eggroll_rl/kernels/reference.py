@@ -38,6 +38,7 @@ def perturbed_linear_reference(
     rank: int,
     antithetic: bool,
     noise: str = "gaussian",
+    paired: bool = False,
 ) -> torch.Tensor:
     """``y = x W^T + b + (sigma s/sqrt(r)) (x B_j) A_j^T + sigma s eps_j`` for every row.
 
@@ -47,6 +48,8 @@ def perturbed_linear_reference(
         member_ids: ``(R,)`` int64 member of each row.
         weight_index / bias_index: the parameters' indices ``k`` in the noise contract, or None when that
             parameter is not evolved (no noise added for it).
+        paired: a hint that rows ``2q`` and ``2q+1`` share their noise index (the kernels then generate it once);
+            the result does not depend on it.
     Returns:
         ``(R, m)`` in ``x.dtype``.
     """

@@ -7,6 +7,9 @@ special-function approximations and a single small tile configuration instead of
 
 Module settings (plain attributes, read at call time):
 
+* ``FORWARD_MODE``: ``"delta"`` (default) writes each row's perturbation (plus bias) with ``lowrank_delta_kernel``
+  and lets cuBLAS add ``x W^T`` into it in place; ``"tiles"`` uses the tile kernels of ``triton_linear.py``
+  (settings below).
 * ``FORWARD_GEMM``: ``"cublas"`` (default) lets cuBLAS compute ``x W^T + b`` and a second kernel adds the
   perturbation (one extra read and write of ``y``); ``"triton"`` computes ``x W^T`` inside the perturbation kernel
   (one pass over ``y``, but Triton's GEMM trails cuBLAS at the paper's shape: see benchmarks/results/kernels.md).
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 import triton
 
 from ..noise import NOISE_TYPES
+from .triton_delta import lowrank_delta_kernel
 from .triton_linear import perturbed_linear_kernel, xb_kernel
 from .triton_noise import INTERPRET, _stream_kernel, _words_kernel
 from .triton_update import factor_stack_kernel, vector_update_kernel
@@ -37,6 +41,7 @@ __all__ = [
     "stream_words_triton",
 ]
 
+FORWARD_MODE = "delta"
 FORWARD_GEMM = "cublas"
 FUSE_MAX_OUT = 256
 UPDATE_DTYPE = torch.bfloat16
@@ -165,8 +170,13 @@ def perturbed_linear_triton(
     rank: int,
     antithetic: bool,
     noise: str = "gaussian",
+    paired: bool = False,
 ) -> torch.Tensor:
-    """Triton twin of ``reference.perturbed_linear_reference``: ``(R, n)`` rows -> ``(R, m)`` in ``x.dtype``."""
+    """Triton twin of ``reference.perturbed_linear_reference``: ``(R, n)`` rows -> ``(R, m)`` in ``x.dtype``.
+
+    ``paired=True`` promises that rows ``2q`` and ``2q+1`` share their noise index (antithetic members in order,
+    or an even number of consecutive rows per member): their noise is then generated once.
+    """
     # -- check --
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (rows, in_features), got shape {tuple(x.shape)}")
@@ -196,6 +206,9 @@ def perturbed_linear_triton(
     # -- allocate --
     R, K = x.shape
     M = weight.shape[0]
+    if FORWARD_MODE == "delta":
+        return _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, sigma, rank, antithetic,
+                              code, paired)  # fmt: skip
     y = torch.empty((R, M), dtype=x.dtype, device=x.device)
     if R == 0:
         return y
@@ -262,6 +275,36 @@ def perturbed_linear_triton(
             NUM_U=num_u, HAS_BIAS=bias is not None, HAS_GEMM=True, **common,
         )  # fmt: skip
     return y
+
+
+def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, sigma, rank, antithetic, code, paired):
+    R, K = x.shape
+    M = weight.shape[0]
+    d = torch.empty((R, M), dtype=x.dtype, device=x.device)
+    if R == 0:
+        return d
+    paired = bool(paired) and R % 2 == 0
+    block_k = min(1024, max(8, triton.next_power_of_2(K)))
+    block_m = min(1024, max(8, triton.next_power_of_2(M)))
+    if INTERPRET:
+        block_k, block_m = min(block_k, 32), min(block_m, 32)
+    rows_per_prog = max(1, min(16, 1024 // max(block_k, block_m)))
+    units = R // 2 if paired else R
+    grid = (triton.cdiv(units, rows_per_prog),)
+    lowrank_delta_kernel[grid](
+        x, ids, bias if bias is not None else d, d, R, M, K,
+        x.stride(0), x.stride(1), d.stride(0), d.stride(1),
+        _i32(seed), _i32(weight_index if weight_index is not None else 0),
+        _i32(bias_index if bias_index is not None else 0), _i32(t_eff),
+        float(sigma) / math.sqrt(rank), float(sigma),
+        RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=bool(antithetic), PAIRED=paired, NOISE=code,
+        FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None, PERTURB_W=weight_index is not None,
+        PERTURB_B=bias_index is not None, P=rows_per_prog, BLOCK_K=block_k, BLOCK_M=block_m, num_warps=4,
+    )  # fmt: skip
+    if INTERPRET and x.dtype != torch.float32:
+        # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
+        return (d.float() + x.float() @ weight.float().T).to(x.dtype)
+    return d.addmm_(x, weight.T)
 
 
 # --- update ----------------------------------------------------------------------------------------------------

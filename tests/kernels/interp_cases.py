@@ -74,28 +74,43 @@ FORWARD = [  # R, n, m, dtype, rank, antithetic, noise, bias, weight_index, bias
     (6, 40, 260, torch.float16, 1, False, "gaussian", True, None, 4, None, "cublas"),
 ]
 
-for R, n, m, dtype, rank, anti, noise, has_bias, wi, bi, ids, gemm in FORWARD:
-    name = f"forward R={R} n={n} m={m} {dtype} r={rank} anti={anti} {noise} bias={has_bias} w={wi} b={bi} {gemm}"
-    name += " shuffled" if ids is not None else ""
 
-    @case(name)
-    def _(R=R, n=n, m=m, dtype=dtype, rank=rank, anti=anti, noise=noise, has_bias=has_bias, wi=wi, bi=bi, ids=ids,
-          gemm=gemm):  # fmt: skip
-        triton_ops.FORWARD_GEMM = gemm
-        g = torch.Generator().manual_seed(R * 1000 + n)
-        x = torch.randn(R, n, generator=g).to(dtype)
-        w = (torch.randn(m, n, generator=g) / n**0.5).to(dtype)
-        b = torch.randn(m, generator=g).to(dtype) if has_bias else None
-        member_ids = torch.arange(R) if ids is None else torch.tensor(ids)
-        kw = dict(seed=99, weight_index=wi, bias_index=bi, t_eff=3, sigma=0.4, rank=rank, antithetic=anti, noise=noise)
-        y = triton_ops.perturbed_linear_triton(x, w, b, member_ids, **kw)
-        assert y.dtype == dtype and y.shape == (R, m), (y.dtype, y.shape)
-        exact = reference.perturbed_linear_reference(
-            x.double(), w.double(), None if b is None else b.double(), member_ids, **kw
-        )
-        twin = reference.perturbed_linear_reference(x, w, b, member_ids, **kw)
-        err = _max_abs(y, exact)
-        return err, 3 * _max_abs(twin, exact) + (1e-5 if dtype == torch.float32 else 1e-3)
+def _modes(R, anti, ids, gemm):
+    """(FORWARD_MODE, FORWARD_GEMM, paired) variants valid for one case."""
+    out = [("tiles", gemm, False), ("delta", gemm, False)]
+    if ids is None and anti and R % 2 == 0:
+        out.append(("delta", gemm, True))  # rows 2q, 2q+1 are an antithetic pair
+    return out
+
+
+for R, n, m, dtype, rank, anti, noise, has_bias, wi, bi, ids, gemm in FORWARD:
+    for mode, gemm_mode, paired in _modes(R, anti, ids, gemm):
+        name = f"forward {mode} paired={paired} R={R} n={n} m={m} {dtype} r={rank} anti={anti} {noise} "
+        name += f"bias={has_bias} w={wi} b={bi} {gemm_mode}" + (" shuffled" if ids is not None else "")
+
+        @case(name)
+        def _(R=R, n=n, m=m, dtype=dtype, rank=rank, anti=anti, noise=noise, has_bias=has_bias, wi=wi, bi=bi,
+              ids=ids, mode=mode, gemm=gemm_mode, paired=paired):  # fmt: skip
+            triton_ops.FORWARD_MODE = mode
+            triton_ops.FORWARD_GEMM = gemm
+            g = torch.Generator().manual_seed(R * 1000 + n)
+            x = torch.randn(R, n, generator=g).to(dtype)
+            w = (torch.randn(m, n, generator=g) / n**0.5).to(dtype)
+            b = torch.randn(m, generator=g).to(dtype) if has_bias else None
+            member_ids = torch.arange(R) if ids is None else torch.tensor(ids)
+            kw = dict(seed=99, weight_index=wi, bias_index=bi, t_eff=3, sigma=0.4, rank=rank, antithetic=anti,
+                      noise=noise)  # fmt: skip
+            y = triton_ops.perturbed_linear_triton(x, w, b, member_ids, paired=paired, **kw)
+            assert y.dtype == dtype and y.shape == (R, m), (y.dtype, y.shape)
+            exact = reference.perturbed_linear_reference(
+                x.double(), w.double(), None if b is None else b.double(), member_ids, **kw
+            )
+            twin = reference.perturbed_linear_reference(x, w, b, member_ids, **kw)
+            err = _max_abs(y, exact)
+            return err, 3 * _max_abs(twin, exact) + (1e-5 if dtype == torch.float32 else 1e-3)
+
+
+triton_ops.FORWARD_MODE = "delta"
 
 
 # --- update --------------------------------------------------------------------------------------------------
