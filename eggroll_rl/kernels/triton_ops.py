@@ -42,6 +42,11 @@ __all__ = [
 ]
 
 FORWARD_MODE = "delta"
+# Delta kernel launch shape: feature blocks of at most DELTA_BLOCK_MAX, rows per program so that a tile holds about
+# DELTA_TILE elements, DELTA_WARPS warps (tuned on the H100 with benchmarks/tune_delta.py).
+DELTA_BLOCK_MAX = 1024
+DELTA_TILE = 1024
+DELTA_WARPS = 4
 FORWARD_GEMM = "cublas"
 FUSE_MAX_OUT = 256
 UPDATE_DTYPE = torch.bfloat16
@@ -284,11 +289,11 @@ def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, 
     if R == 0:
         return d
     paired = bool(paired) and R % 2 == 0
-    block_k = min(1024, max(8, triton.next_power_of_2(K)))
-    block_m = min(1024, max(8, triton.next_power_of_2(M)))
+    block_k = min(DELTA_BLOCK_MAX, max(8, triton.next_power_of_2(K)))
+    block_m = min(DELTA_BLOCK_MAX, max(8, triton.next_power_of_2(M)))
     if INTERPRET:
         block_k, block_m = min(block_k, 32), min(block_m, 32)
-    rows_per_prog = max(1, min(16, 1024 // max(block_k, block_m)))
+    rows_per_prog = max(1, min(16, DELTA_TILE // max(block_k, block_m)))
     units = R // 2 if paired else R
     grid = (triton.cdiv(units, rows_per_prog),)
     lowrank_delta_kernel[grid](
@@ -299,7 +304,8 @@ def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, 
         float(sigma) / math.sqrt(rank), float(sigma),
         RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=bool(antithetic), PAIRED=paired, NOISE=code,
         FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None, PERTURB_W=weight_index is not None,
-        PERTURB_B=bias_index is not None, P=rows_per_prog, BLOCK_K=block_k, BLOCK_M=block_m, num_warps=4,
+        PERTURB_B=bias_index is not None, P=rows_per_prog, BLOCK_K=block_k, BLOCK_M=block_m,
+        num_warps=DELTA_WARPS,
     )  # fmt: skip
     if INTERPRET and x.dtype != torch.float32:
         # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
