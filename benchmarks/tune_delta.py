@@ -28,13 +28,14 @@ def main() -> None:
         ids = torch.arange(rows, device="cuda")
         kw = dict(seed=1, weight_index=0, bias_index=1, t_eff=0, sigma=0.1, rank=rank, antithetic=True, noise=noise,
                   paired=True)  # fmt: skip
-        plain = triton.testing.do_bench(lambda: torch.nn.functional.linear(x, w, b), return_mode="median")
+        plain = triton.testing.do_bench(lambda x=x, w=w, b=b: torch.nn.functional.linear(x, w, b), return_mode="median")
         for block, tile, warps in configs:
             triton_ops.DELTA_BLOCK_MAX, triton_ops.DELTA_TILE, triton_ops.DELTA_WARPS = block, tile, warps
-            ms = triton.testing.do_bench(lambda: triton_ops.perturbed_linear_triton(x, w, b, ids, **kw),
+            ms = triton.testing.do_bench(lambda x=x, w=w, b=b, ids=ids, kw=kw: triton_ops.perturbed_linear_triton(x, w, b, ids, **kw),
                                          return_mode="median")  # fmt: skip
             print(f"rows={rows} feat={feat} {str(dtype)[6:]} r={rank} {noise:10s} block={block} tile={tile} "
-                  f"warps={warps}: {ms * 1e3:8.1f} us  plain {plain * 1e3:7.1f} us  ratio {plain / ms:.3f}", flush=True)  # fmt: skip
+                  f"warps={warps}: {ms * 1e3:8.1f} us  plain {plain * 1e3:7.1f} us  ratio {plain / ms:.3f}",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
