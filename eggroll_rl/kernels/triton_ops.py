@@ -43,10 +43,19 @@ __all__ = [
 
 FORWARD_MODE = "delta"
 # Delta kernel launch shape: feature blocks of at most DELTA_BLOCK_MAX, rows per program so that a tile holds about
-# DELTA_TILE elements, DELTA_WARPS warps (tuned on the H100 with benchmarks/tune_delta.py).
-DELTA_BLOCK_MAX = 1024
-DELTA_TILE = 1024
-DELTA_WARPS = 4
+# DELTA_TILE elements, DELTA_WARPS warps. None = the heuristic of _delta_launch_shape, from the sweep of
+# benchmarks/tune_delta.py on the H100 (2026-11-24): wide layers like wide blocks and 8 warps, narrow ones small tiles.
+DELTA_BLOCK_MAX: int | None = None
+DELTA_TILE: int | None = None
+DELTA_WARPS: int | None = None
+
+
+def _delta_launch_shape(K: int, M: int, rank: int) -> tuple[int, int, int]:
+    wide = max(K, M) >= 4096
+    block_max = DELTA_BLOCK_MAX or ((2048 if rank <= 2 else 1024) if wide else 1024)
+    tile = DELTA_TILE or (block_max if wide else 512)
+    warps = DELTA_WARPS or (8 if wide else 4)
+    return block_max, tile, warps
 FORWARD_GEMM = "cublas"
 FUSE_MAX_OUT = 256
 UPDATE_DTYPE = torch.bfloat16
@@ -289,11 +298,12 @@ def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, 
     if R == 0:
         return d
     paired = bool(paired) and R % 2 == 0
-    block_k = min(DELTA_BLOCK_MAX, max(8, triton.next_power_of_2(K)))
-    block_m = min(DELTA_BLOCK_MAX, max(8, triton.next_power_of_2(M)))
+    block_max, tile, warps = _delta_launch_shape(K, M, rank)
+    block_k = min(block_max, max(8, triton.next_power_of_2(K)))
+    block_m = min(block_max, max(8, triton.next_power_of_2(M)))
     if INTERPRET:
-        block_k, block_m = min(block_k, 32), min(block_m, 32)
-    rows_per_prog = max(1, min(16, DELTA_TILE // max(block_k, block_m)))
+        block_k, block_m, warps = min(block_k, 32), min(block_m, 32), 4
+    rows_per_prog = max(1, min(16, tile // max(block_k, block_m)))
     units = R // 2 if paired else R
     grid = (triton.cdiv(units, rows_per_prog),)
     lowrank_delta_kernel[grid](
@@ -305,7 +315,7 @@ def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, 
         RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=bool(antithetic), PAIRED=paired, NOISE=code,
         FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None, PERTURB_W=weight_index is not None,
         PERTURB_B=bias_index is not None, P=rows_per_prog, BLOCK_K=block_k, BLOCK_M=block_m,
-        num_warps=DELTA_WARPS,
+        num_warps=warps,
     )  # fmt: skip
     if INTERPRET and x.dtype != torch.float32:
         # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
