@@ -296,14 +296,14 @@ def case_update(rows, features, rank, noise, dtype, device):
 
     def upd(w):
         kw = dict(seed=SEED, param_index=0, t_eff=0, noise_ids=ids, weights=w, noise=noise)
-        triton_ops.lowrank_update_triton(m=features, n=features, rank=rank, **kw)
+        triton_ops.lowrank_update_triton(m=features, n=features, rank=rank, factor_dtype=dtype, **kw)
         kw["param_index"] = 1
         triton_ops.vector_update_triton(numel=features, **kw)
 
     with torch.no_grad():
         rec["plain_ms"] = timed([lambda x=x: F.linear(x, lin.weight, lin.bias) for x in xs], graph=False)
         rec["eggroll_ms"] = timed([lambda w=w: upd(w) for w in ws], graph=False)
-    rec["eggroll_variant"] = f"update factors {str(triton_ops.UPDATE_DTYPE).removeprefix('torch.')}"
+    rec["eggroll_variant"] = f"update factors {str(triton_ops.UPDATE_DTYPE or dtype).removeprefix('torch.')}"
     rec["ratio"] = rec["plain_ms"] / rec["eggroll_ms"]
     rec["update_over_forward"] = rec["eggroll_ms"] / rec["plain_ms"]
     return rec

@@ -272,8 +272,9 @@ class EggrollStrategy:
             common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
             if spec.kind == "matrix":
                 g = kernels.lowrank_update(
-                    weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank, **common
-                )
+                    weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
+                    factor_dtype=spec.param.dtype, **common,
+                )  # fmt: skip
             else:
                 g = kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
             grads.append(g.view(spec.param.shape))

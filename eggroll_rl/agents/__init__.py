@@ -9,5 +9,15 @@ from .config import ENV_DEFAULTS, TrainConfig  # noqa: E402
 from .policy import MLPPolicy, ObservationNormalizer, load_policy, make_policy, save_policy  # noqa: E402
 from .trainer import TrainResult, evaluate, train  # noqa: E402
 
-__all__ += ["ENV_DEFAULTS", "TrainConfig", "MLPPolicy", "ObservationNormalizer", "load_policy", "make_policy",
-            "save_policy", "TrainResult", "evaluate", "train"]
+__all__ += [
+    "ENV_DEFAULTS",
+    "TrainConfig",
+    "MLPPolicy",
+    "ObservationNormalizer",
+    "load_policy",
+    "make_policy",
+    "save_policy",
+    "TrainResult",
+    "evaluate",
+    "train",
+]

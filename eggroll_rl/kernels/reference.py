@@ -89,8 +89,12 @@ def lowrank_update_reference(
     n: int,
     rank: int,
     noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``G = sum_j w_j A_j B_j^T`` with the factors regenerated in chunks of noise indices.
+
+    ``factor_dtype`` (the parameter's dtype) lets the kernels use bf16 factors for bf16/fp16 parameters; the twin
+    always computes in float32.
 
     Args:
         noise_ids: ``(J,)`` int64 noise indices; weights: ``(J,)`` float32.

@@ -14,8 +14,9 @@ Module settings (plain attributes, read at call time):
   perturbation (one extra read and write of ``y``); ``"triton"`` computes ``x W^T`` inside the perturbation kernel
   (one pass over ``y``, but Triton's GEMM trails cuBLAS at the paper's shape: see benchmarks/results/kernels.md).
   Only for layers too wide for the single-launch kernel (``m > FUSE_MAX_OUT``).
-* ``UPDATE_DTYPE``: dtype of the regenerated factors fed to the update GEMM (``torch.bfloat16``: tensor cores at
-  full rate, fp32 accumulation and output, ~3e-3 relative error on ``G``; ``torch.float32``: exact-ish, slower).
+* ``UPDATE_DTYPE``: dtype of the regenerated factors fed to the update GEMM; ``None`` (default) follows the
+  parameter (bf16 factors for bf16/fp16 parameters: tensor cores at full rate, fp32 accumulation and output,
+  ~3e-3 relative error on ``G``; float32 factors for float32 parameters).
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ def _delta_launch_shape(K: int, M: int, rank: int) -> tuple[int, int, int]:
     tile = DELTA_TILE or (block_max if wide else 512)
     warps = DELTA_WARPS or (8 if wide else 4)
     return block_max, tile, warps
+
+
 FORWARD_GEMM = "cublas"
 FUSE_MAX_OUT = 256
-UPDATE_DTYPE = torch.bfloat16
+UPDATE_DTYPE: torch.dtype | None = None  # None: the caller's ``factor_dtype`` (the parameter's dtype)
 # Bound on the regenerated factor elements held at once by the update (bf16: 128 MiB).
 UPDATE_CHUNK_ELEMENTS = 1 << 26
 FAST_MATH = not INTERPRET
@@ -356,8 +359,13 @@ def lowrank_update_triton(
     n: int,
     rank: int,
     noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Triton twin of ``reference.lowrank_update_reference``: ``sum_j w_j A_j B_j^T``, ``(m, n)`` float32."""
+    """Triton twin of ``reference.lowrank_update_reference``: ``sum_j w_j A_j B_j^T``, ``(m, n)`` float32.
+
+    The regenerated factors enter the GEMM as ``UPDATE_DTYPE`` if set, else ``factor_dtype`` (bf16/fp16 run on the
+    tensor cores at full rate, ~3e-3 relative error on ``G``), else float32.
+    """
     ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
     code = _noise_code(noise)
     for name, v in (("m", m), ("n", n), ("rank", rank)):
@@ -369,8 +377,9 @@ def lowrank_update_triton(
     if J == 0:
         return torch.zeros(m, n, dtype=torch.float32, device=device)
     chunk = max(1, min(J, UPDATE_CHUNK_ELEMENTS // (rank * (m + n))))
-    at_buf = torch.empty(chunk * rank, m, dtype=UPDATE_DTYPE, device=device)
-    bt_buf = torch.empty(chunk * rank, n, dtype=UPDATE_DTYPE, device=device)
+    fdtype = UPDATE_DTYPE or (torch.bfloat16 if factor_dtype in (torch.bfloat16, torch.float16) else torch.float32)
+    at_buf = torch.empty(chunk * rank, m, dtype=fdtype, device=device)
+    bt_buf = torch.empty(chunk * rank, n, dtype=fdtype, device=device)
     block = 128 if INTERPRET else 1024
     pj = 2
     G = None
