@@ -117,6 +117,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "noise_learning.json").write_text(json.dumps(dict(meta=meta, records=records), indent=1))
+    print(write_md(out, meta, records, args.envs))
+
+
+def write_md(out: Path, meta: dict, records: list[dict], envs: list[str]) -> str:
     lines = ["# Gaussian vs Rademacher factors: learning", "",
              f"Device {meta['device']}, torch {meta['torch']}, rank 4, MLP (hidden 32, 32, tanh), Adam, "
              "`python benchmarks/bench_noise_learning.py`. CartPole (torch-native): return of the mean policy on 16 "
@@ -125,19 +129,20 @@ def main() -> None:
              "| env | population × generations | gaussian final | rademacher final | gaussian best | rademacher best "
              "| threshold | gaussian gens to threshold | rademacher gens to threshold |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for env_name in args.envs:
+    for env_name in envs:
         row = [env_name, f"{CASES[env_name]['population']} × {CASES[env_name]['generations']}"]
         for key in ("final", "best"):
             for noise in ("gaussian", "rademacher"):
                 vals = torch.tensor([r[key] for r in records if r["env"] == env_name and r["noise"] == noise])
-                row.append(f"{vals.mean():.1f} ± {vals.std(unbiased=False):.1f}")
+                row.append(f"{vals.mean():.4g} ± {vals.std(unbiased=False):.2g}")
         row.append(str(CASES[env_name]["threshold"]))
         for noise in ("gaussian", "rademacher"):
             hits = [r["gens_to_threshold"] for r in records if r["env"] == env_name and r["noise"] == noise]
             row.append(", ".join("—" if h is None else str(h) for h in hits))
         lines.append("| " + " | ".join(row) + " |")
-    (out / "noise_learning.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = "\n".join(lines) + "\n"
+    (out / "noise_learning.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
