@@ -131,11 +131,9 @@ def build_env(config: TrainConfig, num_envs: int, device: torch.device, seed: in
 
 def _check_env_name(name: str) -> None:
     """Raise ``ValueError`` (with close matches) for a name the env registry does not know."""
-    from eggroll_rl.envs import registry
+    from eggroll_rl.envs import resolve_env
 
-    lookup = getattr(registry, "_lookup", None)
-    if lookup is not None:
-        lookup(name)
+    resolve_env(name)
 
 
 def episode_limit(env: Any, config: TrainConfig) -> int:

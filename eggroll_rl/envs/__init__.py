@@ -16,7 +16,16 @@ if "jax" not in __import__("sys").modules:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from .base import Box, Discrete, NonFiniteError, Space, StepResult, VecEnv  # noqa: E402
-from .registry import AUTO_ORDER, BACKENDS, ENV_SPECS, EnvSpec, available_backends, list_envs, make_env  # noqa: E402
+from .registry import (  # noqa: E402
+    AUTO_ORDER,
+    BACKENDS,
+    ENV_SPECS,
+    EnvSpec,
+    available_backends,
+    list_envs,
+    make_env,
+    resolve_env,
+)
 from .torch_native import TORCH_ENVS, Acrobot, CartPole, MountainCarContinuous, Pendulum, TorchNativeEnv  # noqa: E402
 
 __all__ = [
@@ -39,4 +48,5 @@ __all__ = [
     "available_backends",
     "list_envs",
     "make_env",
+    "resolve_env",
 ]

@@ -136,6 +136,12 @@ def _lookup(name: str) -> tuple[EnvSpec | None, str | None, str | None]:
     )
 
 
+def resolve_env(name: str) -> EnvSpec | None:
+    """The registry entry of a friendly name or backend id (``None`` for a prefixed id the registry does not list,
+    e.g. ``'gym:LunarLander-v3'``). Raises ``ValueError`` with close matches for an unknown name; imports nothing."""
+    return _lookup(name)[0]
+
+
 def _missing_backend(backend: str) -> ImportError:
     extra = _EXTRAS[backend]
     return ImportError(

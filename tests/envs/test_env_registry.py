@@ -76,3 +76,14 @@ def test_missing_backend_names_the_extra(monkeypatch, backend, extra):
         make_env("HalfCheetah", backend=backend, device="cpu")
     with pytest.raises(ImportError, match=r"eggroll-rl\[envpool\]"):
         make_env("Hopper", device="cpu")  # auto with nothing installed
+
+
+def test_resolve_env_is_public():
+    from eggroll_rl.envs import resolve_env
+
+    assert resolve_env("half_cheetah").name == "HalfCheetah"
+    assert resolve_env("HalfCheetah-v5").name == "HalfCheetah"
+    assert resolve_env("brax:halfcheetah").name == "HalfCheetah"
+    assert resolve_env("gym:LunarLander-v3") is None  # prefixed id outside the registry: passed through
+    with pytest.raises(ValueError, match="Did you mean 'HalfCheetah'"):
+        resolve_env("HalfChetah")
