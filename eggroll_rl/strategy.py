@@ -541,7 +541,7 @@ class _PopulationMode(TorchFunctionMode):
             self._uniq = torch.unique(self.j, return_inverse=True)
         return self._uniq
 
-    def _row_vector(self, spec: ParamSpec, ids_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def _row_vector(self, spec: ParamSpec) -> torch.Tensor:
         """Per-row value of a non-matrix parameter: ``(R, *shape)`` float32."""
         uniq, inv = self._unique()
         eps = self.ctx._noise(spec, "eps", uniq)[inv]
