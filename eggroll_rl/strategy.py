@@ -352,6 +352,7 @@ class PerturbationContext:
         self._active = False
         self._cache: dict[tuple[int, str], torch.Tensor] = {}
         self._by_id = {id(s.param): s for s in strategy.specs}
+        self._checked_ids: tuple | None = None  # (member_ids tensor, its _version, paired) last validated
 
     @property
     def population_size(self) -> int:
@@ -429,7 +430,12 @@ class PerturbationContext:
                 "pass the same model (or its ESModule) given to strategy.setup()"
             )
 
-    def _member_ids(self, x: torch.Tensor, member_ids) -> torch.Tensor:
+    def _member_ids(self, x: torch.Tensor, member_ids) -> tuple[torch.Tensor, bool]:
+        """Validated ``(R,)`` int64 member ids, and whether rows ``2q``/``2q+1`` share their noise index.
+
+        Checking the values costs one host sync; a rollout passes the same ids tensor at every step, so the
+        result is remembered for that tensor (and its in-place version counter).
+        """
         rows = x.shape[0]
         if member_ids is None:
             if rows != self._population_size:
@@ -437,18 +443,26 @@ class PerturbationContext:
                     f"x has {rows} rows but population_size is {self._population_size}; without member_ids each "
                     "row is one member, so pass member_ids (one member index per row)"
                 )
-            return torch.arange(rows, device=x.device)
+            return torch.arange(rows, device=x.device), self.strategy.antithetic
         ids = torch.as_tensor(member_ids, device=x.device)
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
             raise TypeError(f"member_ids must be an integer tensor, got dtype {ids.dtype}")
         if ids.dim() != 1 or ids.shape[0] != rows:
             raise ValueError(f"member_ids must have shape ({rows},) (one per row of x), got {tuple(ids.shape)}")
-        if rows and (int(ids.min()) < 0 or int(ids.max()) >= self._population_size):
-            raise IndexError(
-                f"member_ids must lie in [0, {self._population_size}), got values in "
-                f"[{int(ids.min())}, {int(ids.max())}]"
-            )
-        return ids.to(torch.int64)
+        ids = ids.to(torch.int64)
+        key = (member_ids, getattr(member_ids, "_version", None))
+        if self._checked_ids is not None and self._checked_ids[0] is key[0] and self._checked_ids[1] == key[1]:
+            return ids, self._checked_ids[2]
+        if rows == 0:
+            return ids, False
+        j = ids // 2 if self.strategy.antithetic else ids
+        share = (j[0::2] == j[1::2]).all() if rows % 2 == 0 else torch.zeros((), dtype=torch.bool, device=ids.device)
+        lo, hi, paired = torch.stack([ids.min(), ids.max(), share.to(torch.int64)]).tolist()
+        if lo < 0 or hi >= self._population_size:
+            raise IndexError(f"member_ids must lie in [0, {self._population_size}), got values in [{lo}, {hi}]")
+        if isinstance(member_ids, torch.Tensor):
+            self._checked_ids = (*key, bool(paired))
+        return ids, bool(paired)
 
     def batched_forward(self, model: nn.Module, x: torch.Tensor, member_ids=None):
         """Forward pass where row ``i`` of ``x`` runs as member ``member_ids[i]``.
@@ -464,8 +478,8 @@ class PerturbationContext:
         self._check_model(model)
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise TypeError("batched_forward: x must be a tensor with a leading batch axis (R, ...)")
-        ids = self._member_ids(x, member_ids)
-        with torch.no_grad(), _PopulationMode(self, ids, ordered=member_ids is None):
+        ids, paired = self._member_ids(x, member_ids)
+        with torch.no_grad(), _PopulationMode(self, ids, paired=paired):
             return model(x)
 
     def iterate(self) -> Iterator[int]:
@@ -522,9 +536,9 @@ def _leading(x: torch.Tensor, rows: int, func: str) -> None:
 class _PopulationMode(TorchFunctionMode):
     """Intercepts the functional calls that use evolved parameters and adds each row's perturbation."""
 
-    def __init__(self, ctx: PerturbationContext, member_ids: torch.Tensor, ordered: bool = False):
+    def __init__(self, ctx: PerturbationContext, member_ids: torch.Tensor, paired: bool = False):
         super().__init__()
-        self.ordered = ordered  # member_ids is arange(R)
+        self.paired = paired  # rows 2q and 2q+1 of the batch share their noise index
         self.ctx = ctx
         self.st = ctx.strategy
         self.ids = member_ids
@@ -585,8 +599,9 @@ class _PopulationMode(TorchFunctionMode):
         ids, per_row = self._expand_ids(x, "linear")
         x2 = x.reshape(-1, x.shape[-1])
         if kernels.use_triton(x.device):
-            # Rows 2q and 2q+1 share a noise index: antithetic members in order, or an even count of rows each.
-            paired = per_row % 2 == 0 or (self.ordered and self.st.antithetic)
+            # Flattened rows 2q, 2q+1 share a noise index when each batch row repeats an even number of times, or
+            # when batch rows 2q, 2q+1 do (then a pair that straddles two batch rows straddles such a pair).
+            paired = per_row % 2 == 0 or self.paired
             y = kernels.perturbed_linear(
                 x2, weight, bias, ids, seed=self.st.seed, weight_index=ws.index if ws else None,
                 bias_index=bs.index if bs else None, t_eff=self.ctx.t_eff, sigma=self.st.sigma,

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
+from es_helpers import make_strategy
 
 from eggroll_rl import EggrollStrategy
 
@@ -38,22 +37,6 @@ def simple_mlp(device) -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).to(device)
 
 
-def make_strategy(device: torch.device, **kwargs) -> EggrollStrategy:
-    kwargs.setdefault("seed", 42)
-    return EggrollStrategy(allow_cpu=device.type == "cpu", **kwargs)
-
-
 @pytest.fixture
 def eggroll_strategy(device) -> EggrollStrategy:
     return make_strategy(device, sigma=0.1, lr=0.01, rank=4)
-
-
-def materialized_forward(model: nn.Module, pop, x: torch.Tensor, member_id: int) -> torch.Tensor:
-    """Reference: a deep copy of the model with the member's dense perturbation added to every parameter."""
-    clone = copy.deepcopy(model)
-    names = {s.name for s in pop.strategy.specs}
-    with torch.no_grad():
-        for name, p in clone.named_parameters():
-            if name in names:
-                p.add_(pop.perturbation(member_id, name).to(p.dtype))
-        return clone(x)

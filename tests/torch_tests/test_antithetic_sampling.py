@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from conftest import make_strategy
+from es_helpers import make_strategy
 
 
 def test_pairs_are_negatives_and_pairs_differ(device, simple_mlp):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_strategy
+from es_helpers import make_strategy
 
 from eggroll_rl.noise import normal_stream, philox4x32, rademacher_stream, stream_words
 

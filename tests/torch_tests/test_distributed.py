@@ -11,7 +11,7 @@ import copy
 
 import torch
 import torch.nn as nn
-from conftest import make_strategy
+from es_helpers import make_strategy
 
 
 def _setup(device, seed=0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_strategy
+from es_helpers import make_strategy
 
 from eggroll_rl.fitness import centered_rank, shape_fitness, zscore
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_strategy, materialized_forward
+from es_helpers import make_strategy, materialized_forward
 
 from eggroll_rl.kernels.reference import perturbed_linear_reference
 from eggroll_rl.noise import STREAM_A, STREAM_B, factor_noise, vector_noise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from conftest import make_strategy
+from es_helpers import make_strategy
 
 from eggroll_rl.kernels import reference
 from eggroll_rl.kernels.reference import lowrank_update_reference, vector_update_reference

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_strategy
+from es_helpers import make_strategy
 
 
 @pytest.mark.parametrize("rank", [1, 2, 4, 8])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_strategy
+from es_helpers import make_strategy
 from torch.utils.data import DataLoader, TensorDataset
 
 from eggroll_rl import EggrollStrategy, ESModule

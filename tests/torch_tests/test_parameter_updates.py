@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_strategy
+from es_helpers import make_strategy
 
 from eggroll_rl.fitness import shape_fitness
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_strategy
+from es_helpers import make_strategy
 
 
 class ReachEnv:
