@@ -185,3 +185,16 @@ def test_lr_setter_reaches_the_torch_optimizer(device, simple_mlp):
     assert all(g["lr"] == 0.25 for g in s.optimizer.param_groups)
     with pytest.raises(ValueError, match="lr"):
         s.lr = -1.0
+
+
+def test_member_ids_are_rechecked_after_an_in_place_change(device, simple_mlp, eggroll_strategy):
+    eggroll_strategy.setup(simple_mlp)
+    x = torch.randn(4, 8, device=device)
+    ids = torch.tensor([0, 1, 2, 3], device=device)
+    with eggroll_strategy.perturb(4) as pop:
+        pop.batched_forward(simple_mlp, x, member_ids=ids)
+        assert pop._member_ids(x, ids)[1] is True  # antithetic pairs in order: rows 2q, 2q+1 share noise
+        ids[3] = 7  # the validation is remembered per tensor *version*: an in-place edit is checked again
+        with pytest.raises(IndexError, match=r"\[0, 7\]"):
+            pop.batched_forward(simple_mlp, x, member_ids=ids)
+        assert pop._member_ids(x, torch.tensor([1, 2, 0, 3], device=device))[1] is False
