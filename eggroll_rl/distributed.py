@@ -77,9 +77,8 @@ def all_gather_fitness(local_fitness: torch.Tensor, population_size: int, group=
     padded[: local.numel()] = local
     gathered = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(gathered, padded, group=group)
-    parts = [g[: _bounds(population_size, r, world_size)[1] - _bounds(population_size, r, world_size)[0]]
-             for r, g in enumerate(gathered)]  # fmt: skip
-    return torch.cat(parts)
+    sizes = [hi - lo for lo, hi in (_bounds(population_size, r, world_size) for r in range(world_size))]
+    return torch.cat([g[:size] for g, size in zip(gathered, sizes)])
 
 
 def check_replicas_in_sync(module: torch.nn.Module, group=None) -> bool:

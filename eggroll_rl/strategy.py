@@ -555,12 +555,14 @@ class _PopulationMode(TorchFunctionMode):
             self._uniq = torch.unique(self.j, return_inverse=True)
         return self._uniq
 
-    def _row_vector(self, spec: ParamSpec) -> torch.Tensor:
-        """Per-row value of a non-matrix parameter: ``(R, *shape)`` float32."""
+    def _row_delta(self, spec: ParamSpec) -> torch.Tensor:
+        """Per-row perturbation ``sigma s eps_j`` of a non-matrix parameter, flattened: ``(R, numel)`` float32."""
         uniq, inv = self._unique()
-        eps = self.ctx._noise(spec, "eps", uniq)[inv]
-        delta = (self.st.sigma * self.s)[:, None] * eps
-        return spec.param.detach().to(torch.float32).reshape(1, -1) + delta
+        return (self.st.sigma * self.s)[:, None] * self.ctx._noise(spec, "eps", uniq)[inv]
+
+    def _row_vector(self, spec: ParamSpec) -> torch.Tensor:
+        """Per-row value of a non-matrix parameter, flattened: ``(R, numel)`` float32."""
+        return spec.param.detach().to(torch.float32).reshape(1, -1) + self._row_delta(spec)
 
     def _row_factors(self, spec: ParamSpec) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row ``A' (R, m, r)`` (scaled) and ``B (R, n, r)``."""
@@ -615,7 +617,7 @@ class _PopulationMode(TorchFunctionMode):
             A, B = self._row_factors(ws)
             y = y + torch.bmm(torch.bmm(xr, B), A.transpose(1, 2))
         if bs is not None:
-            y = y + (self._row_vector(bs) - bias.detach().to(torch.float32))[:, None, :]
+            y = y + self._row_delta(bs)[:, None, :]
         return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
     def _conv(self, func, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -637,7 +639,7 @@ class _PopulationMode(TorchFunctionMode):
             t = t.reshape(self.rows, r, -1)
             delta += torch.bmm(A, t).reshape(y.shape)
         if bs is not None:
-            db = self._row_vector(bs) - bias.detach().to(torch.float32)
+            db = self._row_delta(bs)
             delta += db.reshape(self.rows, -1, *([1] * spatial))
         return (y.to(torch.float32) + delta).to(y.dtype)
 

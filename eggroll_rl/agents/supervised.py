@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 import torch
 import torch.nn as nn
 
 from ..strategy import EggrollStrategy
+from .checkpoint import atomic_torch_save
 
 __all__ = ["EGGROLLTrainer", "eggroll_step"]
 
@@ -127,17 +127,9 @@ class EGGROLLTrainer:
         if self.results_dir is None:
             raise ValueError("save_checkpoint needs results_dir")
         os.makedirs(self.results_dir, exist_ok=True)
-        name = checkpoint_name or f"checkpoint_{self.global_step}.pt"
-        path = os.path.join(self.results_dir, name)
+        path = os.path.join(self.results_dir, checkpoint_name or f"checkpoint_{self.global_step}.pt")
         state = {"model": self.model.state_dict(), "strategy": self.strategy.state_dict(), "step": self.global_step}
-        fd, tmp = tempfile.mkstemp(dir=self.results_dir, prefix=".tmp_", suffix=".pt")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_torch_save(state, path)
         return path
 
 
