@@ -284,28 +284,48 @@ def case_mlp(name, members, rank, noise, device, with_strategy: bool, variants=(
 
 
 def case_update(rows, features, rank, noise, dtype, device):
-    """``step()``'s kernel work at the paper shape: low-rank sum for W and vector sum for b, vs one plain forward."""
+    """``step()`` at the paper shape vs one plain forward: the real ``EggrollStrategy.step`` on a bf16 Linear.
+
+    ``eggroll_ms`` is ``step()`` with ``optimizer=None`` (plain ascent, fused: ``W += lr sum_j w_j A_j B_j^T`` is one
+    GEMM into ``W``), fitness shaping and metrics included. Alongside: ``grad_ms`` (the gradient kernels alone, G in
+    float32, as ``estimate_gradient`` returns it) and ``step_adam_ms`` (``step()`` with Adam: G materialized,
+    converted to the parameter dtype, Adam's state updated).
+    """
+    from eggroll_rl import EggrollStrategy
+
     torch.manual_seed(0)
+    rec = {"case": "update", "noise": noise, "dtype": str(dtype).removeprefix("torch."), "rank": rank, "rows": rows}
+    J = rows // 2
+    rec["shape"] = f"step(): Linear {features}x{features}, {rows} members ({J} pairs)"
     lin = nn.Linear(features, features, device=device, dtype=dtype)
     xs = [torch.randn(rows, features, device=device, dtype=dtype) for _ in range(3)]
-    J = rows // 2
-    ws = [torch.randn(J, device=device) for _ in range(3)]
+    fits = [torch.randn(rows, device=device) for _ in range(3)]
     ids = torch.arange(J, device=device)
-    rec = {"case": "update", "noise": noise, "dtype": str(dtype).removeprefix("torch."), "rank": rank, "rows": rows}
-    rec["shape"] = f"sum_j w_j A_j B_j^T ({features}x{features}, {J} pairs) + bias sum"
 
-    def upd(w):
+    def grad_only(w):
         kw = dict(seed=SEED, param_index=0, t_eff=0, noise_ids=ids, weights=w, noise=noise)
         triton_ops.lowrank_update_triton(m=features, n=features, rank=rank, factor_dtype=dtype, **kw)
         kw["param_index"] = 1
         triton_ops.vector_update_triton(numel=features, **kw)
 
+    def stepper(optimizer):
+        es = EggrollStrategy(sigma=SIGMA, lr=1e-4, rank=rank, noise=noise, optimizer=optimizer, seed=SEED)
+        es.setup(lin)
+        with es.perturb(rows):
+            pass
+        return es
+
     with torch.no_grad():
         rec["plain_ms"] = timed([lambda x=x: F.linear(x, lin.weight, lin.bias) for x in xs], graph=False)
-        rec["eggroll_ms"] = timed([lambda w=w: upd(w) for w in ws], graph=False)
-    rec["eggroll_variant"] = f"update factors {str(triton_ops.UPDATE_DTYPE or dtype).removeprefix('torch.')}"
+        rec["grad_ms"] = timed([lambda w=w[:J]: grad_only(w) for w in fits], graph=False)
+        es = stepper(None)
+        rec["eggroll_ms"] = timed([lambda f=f: es.step(f) for f in fits], graph=False)
+        es = stepper("adam")
+        rec["step_adam_ms"] = timed([lambda f=f: es.step(f) for f in fits], graph=False)
+    rec["eggroll_variant"] = "step(), optimizer=None (fused apply)"
     rec["ratio"] = rec["plain_ms"] / rec["eggroll_ms"]
     rec["update_over_forward"] = rec["eggroll_ms"] / rec["plain_ms"]
+    rec["adam_over_forward"] = rec["step_adam_ms"] / rec["plain_ms"]
     return rec
 
 
@@ -350,6 +370,15 @@ def write_md(path: Path, meta: dict, records: list[dict]) -> None:
             f"| {fmt(r.get('naive_stored_ms'))} | {fmt(r.get('naive_randn_ms'))} | {fmt(r.get('openes_ms'))} "
             f"| {fmt(r.get('vmap_ms'))} | {fmt(r.get('batched_forward_ms'))} |"
         )
+    upd = [r for r in records if r["case"] == "update"]
+    if upd:
+        lines += ["", "Update (`step()` at the paper shape; ms, and × one plain forward of the same run):", ""]
+        for r in upd:
+            lines.append(
+                f"- {r['noise']} r={r['rank']}: step() plain ascent (fused) {fmt(r['eggroll_ms'])} ms = "
+                f"{r['update_over_forward']:.2f}×; gradient kernels alone (G float32) {fmt(r['grad_ms'])} ms; "
+                f"step() with Adam {fmt(r['step_adam_ms'])} ms = {r['adam_over_forward']:.2f}×"
+            )
     lines += ["", "Generator throughput (values written to memory):", ""]
     for r in records:
         if r["case"] == "noise_throughput":

@@ -12,10 +12,11 @@ import triton
 
 from eggroll_rl.kernels import triton_ops
 
-SHAPES = [  # rows, features, dtype, rank, configs (block_max, tile, warps)
-    (1024, 8192, torch.bfloat16, 1, [(1024, 1024, 4), (1024, 1024, 8), (2048, 2048, 8), (512, 512, 4), (512, 512, 2)]),
-    (1024, 8192, torch.bfloat16, 4, [(1024, 1024, 4), (1024, 1024, 8), (2048, 2048, 8), (512, 512, 4), (512, 512, 2)]),
-    (65536, 256, torch.float32, 4, [(1024, 512, 4), (1024, 1024, 4), (1024, 1024, 8), (1024, 2048, 8)]),
+WIDE = [(1024, 1024, 8), (512, 512, 4), (2048, 2048, 16), (1024, 2048, 8), (2048, 2048, 8)]
+SHAPES = [  # rows, features, dtype, rank, configs (block_max, tile, warps); the first is the default of each shape
+    (1024, 8192, torch.bfloat16, 1, WIDE),
+    (1024, 8192, torch.bfloat16, 4, WIDE),
+    (65536, 256, torch.float32, 4, [(512, 512, 4), (1024, 1024, 8), (256, 256, 2), (1024, 1024, 4)]),
 ]
 
 

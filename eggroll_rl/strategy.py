@@ -227,6 +227,9 @@ class EggrollStrategy:
             fitnesses: ``(N,)`` one finite value per member.
         Returns:
             metrics: fitness_mean/std/min/max, grad_norm, update_norm, epoch, t_eff, lr, sigma, num_steps.
+            ``update_norm`` is the measured change of the parameters; with ``optimizer=None``, no weight decay and
+            no ``grad_clip`` the step is added straight into the parameters (fused, no copy of the weights) and it
+            is ``lr * grad_norm``.
         """
         if self._last is None:
             raise RuntimeError("step() called before any perturb(): evaluate a population first")
@@ -234,23 +237,28 @@ class EggrollStrategy:
         device = self.device
         f = check_fitness(fitnesses, num_members, device)
         z = shape_fitness(f, self.fitness_shaping, self.group_size)
-        grads = self.estimate_gradient(z, num_members, epoch)
-
-        grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-        if self.grad_clip is not None and grad_norm > self.grad_clip:
-            scale = self.grad_clip / (grad_norm + 1e-12)
-            grads = [g * scale for g in grads]
-        before = [s.param.detach().clone() for s in self.specs]
-        self._apply(grads)
-        update_norm = torch.sqrt(sum((s.param.detach() - b).float().pow(2).sum() for s, b in zip(self.specs, before)))
+        if self.optimizer is None and not self.weight_decay and self.grad_clip is None:
+            # Plain ascent: add lr * g straight into each parameter (no gradient buffer, no copy of the weights).
+            grad_norm = self._apply_fused(z, num_members, epoch)
+            update_norm = self._lr * grad_norm
+        else:
+            grads = self.estimate_gradient(z, num_members, epoch)
+            grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+            if self.grad_clip is not None and grad_norm > self.grad_clip:
+                scale = self.grad_clip / (grad_norm + 1e-12)
+                grads = [g * scale for g in grads]
+            before = [s.param.detach().clone() for s in self.specs]
+            self._apply(grads)
+            update_norm = torch.sqrt(
+                sum((s.param.detach() - b).float().pow(2).sum() for s, b in zip(self.specs, before))
+            )
         self.num_steps += 1
+        stats = torch.stack(
+            [f.mean(), f.std(unbiased=False), f.min(), f.max(), grad_norm.float(), torch.as_tensor(update_norm).float()]
+        ).tolist()  # one device sync for all the metrics
+        names = ("fitness_mean", "fitness_std", "fitness_min", "fitness_max", "grad_norm", "update_norm")
         return {
-            "fitness_mean": float(f.mean()),
-            "fitness_std": float(f.std(unbiased=False)),
-            "fitness_min": float(f.min()),
-            "fitness_max": float(f.max()),
-            "grad_norm": float(grad_norm),
-            "update_norm": float(update_norm),
+            **dict(zip(names, stats)),
             "epoch": epoch,
             "t_eff": self.t_eff(epoch),
             "lr": self._lr,
@@ -258,14 +266,44 @@ class EggrollStrategy:
             "num_steps": self.num_steps,
         }
 
-    def estimate_gradient(self, shaped: torch.Tensor, num_members: int, epoch: int) -> list[torch.Tensor]:
-        """ES gradient (ascent direction) ``g = 1/(N sigma) sum_i z_i E_i`` of every parameter, float32."""
+    def _noise_weights(self, shaped: torch.Tensor, num_members: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(noise_ids, w_j)``: each noise index once, with ``w_j = sum_{i: j(i)=j} s_i z_i / (N sigma)``."""
         ids = torch.arange(num_members, device=shaped.device)
         j, s = member_noise_and_sign(ids, self.antithetic)
         num_noise = num_members // 2 if self.antithetic else num_members
         w = shaped * s / (num_members * self.sigma)
         w_j = torch.zeros(num_noise, dtype=torch.float32, device=shaped.device).index_add_(0, j, w)
-        noise_ids = torch.arange(num_noise, device=shaped.device)
+        return torch.arange(num_noise, device=shaped.device), w_j
+
+    @torch.no_grad()
+    def _apply_fused(self, shaped: torch.Tensor, num_members: int, epoch: int) -> torch.Tensor:
+        """``p += lr * g`` for every parameter, ``g`` never stored for matrices; returns ``||g||``."""
+        noise_ids, w_j = self._noise_weights(shaped, num_members)
+        t_eff = self.t_eff(epoch)
+        sq = torch.zeros((), dtype=torch.float32, device=shaped.device)
+        for spec in self.specs:
+            common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
+            if spec.kind == "matrix" and spec.param.is_contiguous():
+                sq = sq + kernels.lowrank_apply(
+                    spec.param.data.view(spec.m, spec.n), self._lr, weights=w_j / math.sqrt(self.rank), m=spec.m,
+                    n=spec.n, rank=self.rank, factor_dtype=spec.param.dtype, **common,
+                )  # fmt: skip
+            elif spec.kind == "matrix":
+                g = kernels.lowrank_update(
+                    weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
+                    factor_dtype=spec.param.dtype, **common,
+                )  # fmt: skip
+                sq = sq + g.square().sum()
+                spec.param.data.add_(g.view(spec.param.shape).to(spec.param.dtype), alpha=self._lr)
+            else:
+                g = kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
+                sq = sq + g.square().sum()
+                spec.param.data.add_(g.view(spec.param.shape).to(spec.param.dtype), alpha=self._lr)
+        return torch.sqrt(sq)
+
+    def estimate_gradient(self, shaped: torch.Tensor, num_members: int, epoch: int) -> list[torch.Tensor]:
+        """ES gradient (ascent direction) ``g = 1/(N sigma) sum_i z_i E_i`` of every parameter, float32."""
+        noise_ids, w_j = self._noise_weights(shaped, num_members)
         t_eff = self.t_eff(epoch)
         grads = []
         for spec in self.specs:

@@ -1,6 +1,6 @@
 """Kernels and their dispatcher.
 
-Callers use the three functions below; they run the Triton kernels for CUDA tensors (when Triton imports) and the
+Callers use the four functions below; they run the Triton kernels for CUDA tensors (when Triton imports) and the
 pure-torch twins of ``reference.py`` elsewhere. Set ``EGGROLL_DISABLE_TRITON=1`` to force the twins everywhere
 (for debugging or comparison).
 """
@@ -18,7 +18,7 @@ from .reference import (
     vector_update_reference,
 )
 
-__all__ = ["perturbed_linear", "lowrank_update", "vector_update", "triton_available", "use_triton"]
+__all__ = ["perturbed_linear", "lowrank_update", "lowrank_apply", "vector_update", "triton_available", "use_triton"]
 
 _TRITON_IMPORT_ERROR: Exception | None = None
 try:  # Triton is optional: CPU installs and CI may not have it.
@@ -63,6 +63,19 @@ def lowrank_update(**kw) -> torch.Tensor:
     if use_triton(kw["weights"].device):
         return _triton_ops.lowrank_update_triton(**kw)
     return lowrank_update_reference(**kw)
+
+
+def lowrank_apply(param: torch.Tensor, alpha: float, **kw) -> torch.Tensor:
+    """``param += alpha * sum_j w_j A_j B_j^T`` in place; returns ``||sum_j w_j A_j B_j^T||_F^2`` (0-d float32).
+
+    On CUDA the sum goes straight into ``param`` (one GEMM over the regenerated factors, no ``(m, n)`` float32
+    buffer); elsewhere the twin builds it. ``kw`` are ``lowrank_update``'s arguments.
+    """
+    if use_triton(kw["weights"].device):
+        return _triton_ops.lowrank_apply_triton(param, alpha, **kw)
+    G = lowrank_update_reference(**kw)
+    param.add_(G.to(param.dtype), alpha=alpha)
+    return G.square().sum()
 
 
 def vector_update(**kw) -> torch.Tensor:

@@ -83,33 +83,96 @@ def lowrank_delta_kernel(
     rcols = tl.arange(0, RP)
 
     # -- phase 1: u = (sigma s / sqrt r) x B_j, B generated while x is read once --
+    # RANK <= 4 (SPLIT): one register accumulator per rank column, reduced once after the loop (no per-block
+    # cross-warp reduction); larger ranks: a per-block reduction into a (P, RP) tensor.
+    SPLIT: tl.constexpr = RANK <= 4
     u_a = tl.zeros([P, RP], dtype=tl.float32)
     u_b = tl.zeros([P, RP], dtype=tl.float32)
+    ua0 = tl.zeros([P], dtype=tl.float32)
+    ua1 = ua0
+    ua2 = ua0
+    ua3 = ua0
+    ub0 = ua0
+    ub1 = ua0
+    ub2 = ua0
+    ub3 = ua0
     if PERTURB_W:
         kw = w_index.to(tl.uint32, bitcast=True)
-        for k_start in range(0, K, BLOCK_K):
-            ks = k_start + tl.arange(0, BLOCK_K)
-            kmask = ks < K
-            xa = tl.load(
-                x_ptr + rows_a[:, None] * stride_xr + ks[None, :] * stride_xk,
-                mask=mask_a[:, None] & kmask[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            if PAIRED:
-                xb = tl.load(
-                    x_ptr + rows_b[:, None] * stride_xr + ks[None, :] * stride_xk,
-                    mask=mask_b[:, None] & kmask[None, :],
+        if SPLIT:
+            aa0 = tl.zeros([P, BLOCK_K], dtype=tl.float32)
+            aa1 = aa0
+            aa2 = aa0
+            aa3 = aa0
+            ab0 = aa0
+            ab1 = aa0
+            ab2 = aa0
+            ab3 = aa0
+            for k_start in range(0, K, BLOCK_K):
+                ks = k_start + tl.arange(0, BLOCK_K)
+                kmask = ks < K
+                xa = tl.load(
+                    x_ptr + rows_a[:, None] * stride_xr + ks[None, :] * stride_xk,
+                    mask=mask_a[:, None] & kmask[None, :],
                     other=0.0,
                 ).to(tl.float32)
-            for c in tl.static_range(RANK):
-                bnoise = noise_block(k0, kw, j, t, (1 << 16) | c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
-                sel = (rcols == c)[None, :]
-                u_a += tl.where(sel, tl.sum(xa * bnoise, axis=1)[:, None], 0.0)
                 if PAIRED:
-                    u_b += tl.where(sel, tl.sum(xb * bnoise, axis=1)[:, None], 0.0)
-        u_a = u_a * (scale * s_a)[:, None]
-        if PAIRED:
-            u_b = u_b * (scale * s_b)[:, None]
+                    xb = tl.load(
+                        x_ptr + rows_b[:, None] * stride_xr + ks[None, :] * stride_xk,
+                        mask=mask_b[:, None] & kmask[None, :],
+                        other=0.0,
+                    ).to(tl.float32)
+                bn = noise_block(k0, kw, j, t, (1 << 16) | 0, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                aa0 += xa * bn
+                if PAIRED:
+                    ab0 += xb * bn
+                if RANK > 1:
+                    bn = noise_block(k0, kw, j, t, (1 << 16) | 1, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                    aa1 += xa * bn
+                    if PAIRED:
+                        ab1 += xb * bn
+                if RANK > 2:
+                    bn = noise_block(k0, kw, j, t, (1 << 16) | 2, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                    aa2 += xa * bn
+                    if PAIRED:
+                        ab2 += xb * bn
+                if RANK > 3:
+                    bn = noise_block(k0, kw, j, t, (1 << 16) | 3, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                    aa3 += xa * bn
+                    if PAIRED:
+                        ab3 += xb * bn
+            ua0 = tl.sum(aa0, axis=1) * (scale * s_a)
+            ua1 = tl.sum(aa1, axis=1) * (scale * s_a)
+            ua2 = tl.sum(aa2, axis=1) * (scale * s_a)
+            ua3 = tl.sum(aa3, axis=1) * (scale * s_a)
+            if PAIRED:
+                ub0 = tl.sum(ab0, axis=1) * (scale * s_b)
+                ub1 = tl.sum(ab1, axis=1) * (scale * s_b)
+                ub2 = tl.sum(ab2, axis=1) * (scale * s_b)
+                ub3 = tl.sum(ab3, axis=1) * (scale * s_b)
+        else:
+            for k_start in range(0, K, BLOCK_K):
+                ks = k_start + tl.arange(0, BLOCK_K)
+                kmask = ks < K
+                xa = tl.load(
+                    x_ptr + rows_a[:, None] * stride_xr + ks[None, :] * stride_xk,
+                    mask=mask_a[:, None] & kmask[None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                if PAIRED:
+                    xb = tl.load(
+                        x_ptr + rows_b[:, None] * stride_xr + ks[None, :] * stride_xk,
+                        mask=mask_b[:, None] & kmask[None, :],
+                        other=0.0,
+                    ).to(tl.float32)
+                for c in tl.static_range(RANK):
+                    bnoise = noise_block(k0, kw, j, t, (1 << 16) | c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                    sel = (rcols == c)[None, :]
+                    u_a += tl.where(sel, tl.sum(xa * bnoise, axis=1)[:, None], 0.0)
+                    if PAIRED:
+                        u_b += tl.where(sel, tl.sum(xb * bnoise, axis=1)[:, None], 0.0)
+            u_a = u_a * (scale * s_a)[:, None]
+            if PAIRED:
+                u_b = u_b * (scale * s_b)[:, None]
 
     # -- phase 2: D = u A_j^T + b + sigma s eps_j, A and eps generated while D is written once --
     for m_start in range(0, M, BLOCK_M):
@@ -118,12 +181,33 @@ def lowrank_delta_kernel(
         d_a = tl.zeros([P, BLOCK_M], dtype=tl.float32)
         d_b = tl.zeros([P, BLOCK_M], dtype=tl.float32)
         if PERTURB_W:
-            for c in tl.static_range(RANK):
-                anoise = noise_block(k0, kw, j, t, c, m_start, P, BLOCK_M, NOISE, FAST_MATH)
-                sel = (rcols == c)[None, :]
-                d_a += tl.sum(tl.where(sel, u_a, 0.0), axis=1)[:, None] * anoise
+            if SPLIT:
+                an = noise_block(k0, kw, j, t, 0, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                d_a += ua0[:, None] * an
                 if PAIRED:
-                    d_b += tl.sum(tl.where(sel, u_b, 0.0), axis=1)[:, None] * anoise
+                    d_b += ub0[:, None] * an
+                if RANK > 1:
+                    an = noise_block(k0, kw, j, t, 1, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                    d_a += ua1[:, None] * an
+                    if PAIRED:
+                        d_b += ub1[:, None] * an
+                if RANK > 2:
+                    an = noise_block(k0, kw, j, t, 2, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                    d_a += ua2[:, None] * an
+                    if PAIRED:
+                        d_b += ub2[:, None] * an
+                if RANK > 3:
+                    an = noise_block(k0, kw, j, t, 3, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                    d_a += ua3[:, None] * an
+                    if PAIRED:
+                        d_b += ub3[:, None] * an
+            else:
+                for c in tl.static_range(RANK):
+                    anoise = noise_block(k0, kw, j, t, c, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                    sel = (rcols == c)[None, :]
+                    d_a += tl.sum(tl.where(sel, u_a, 0.0), axis=1)[:, None] * anoise
+                    if PAIRED:
+                        d_b += tl.sum(tl.where(sel, u_b, 0.0), axis=1)[:, None] * anoise
         if HAS_BIAS:
             b = tl.load(bias_ptr + ms, mask=mmask, other=0.0).to(tl.float32)
             d_a += b[None, :]

@@ -37,6 +37,7 @@ from .triton_update import factor_stack_kernel, vector_update_kernel
 __all__ = [
     "perturbed_linear_triton",
     "lowrank_update_triton",
+    "lowrank_apply_triton",
     "vector_update_triton",
     "noise_stream_triton",
     "stream_words_triton",
@@ -52,10 +53,12 @@ DELTA_WARPS: int | None = None
 
 
 def _delta_launch_shape(K: int, M: int, rank: int) -> tuple[int, int, int]:
+    # A tile of 4 elements per thread lets each thread make exactly one Philox call (4 words = 4 consecutive
+    # elements) per noise block, so the noise lands in the layout of the vector loads/stores with no shuffle.
     wide = max(K, M) >= 4096
-    block_max = DELTA_BLOCK_MAX or ((2048 if rank <= 2 else 1024) if wide else 1024)
-    tile = DELTA_TILE or (block_max if wide else 512)
     warps = DELTA_WARPS or (8 if wide else 4)
+    block_max = DELTA_BLOCK_MAX or 4 * 32 * warps
+    tile = DELTA_TILE or 4 * 32 * warps
     return block_max, tile, warps
 
 
@@ -373,16 +376,24 @@ def lowrank_update_triton(
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     J = ids.numel()
-    device = w.device
     if J == 0:
-        return torch.zeros(m, n, dtype=torch.float32, device=device)
+        return torch.zeros(m, n, dtype=torch.float32, device=w.device)
+    G = None
+    for at, bt in _factor_chunks(ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype):
+        G = _mm_f32(at.T, bt, G)
+    return G
+
+
+def _factor_chunks(ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype):
+    """Yield ``(At, Bt)``: the stacked, weighted factors of consecutive chunks of noise indices (one buffer)."""
+    J = ids.numel()
     chunk = max(1, min(J, UPDATE_CHUNK_ELEMENTS // (rank * (m + n))))
     fdtype = UPDATE_DTYPE or (torch.bfloat16 if factor_dtype in (torch.bfloat16, torch.float16) else torch.float32)
-    at_buf = torch.empty(chunk * rank, m, dtype=fdtype, device=device)
-    bt_buf = torch.empty(chunk * rank, n, dtype=fdtype, device=device)
-    block = 128 if INTERPRET else 1024
-    pj = 2
-    G = None
+    at_buf = torch.empty(chunk * rank, m, dtype=fdtype, device=w.device)
+    bt_buf = torch.empty(chunk * rank, n, dtype=fdtype, device=w.device)
+    # 4 elements per thread: one Philox call each, in the layout of the stores (see _delta_launch_shape)
+    block = 128 if INTERPRET else 512
+    pj = 1
     for lo in range(0, J, chunk):
         hi = min(J, lo + chunk)
         at, bt = at_buf[: (hi - lo) * rank], bt_buf[: (hi - lo) * rank]
@@ -391,8 +402,39 @@ def lowrank_update_triton(
             at, bt, ids[lo:hi], w[lo:hi], hi - lo, m, n, _i32(seed), _i32(param_index), _i32(t_eff),
             RANK=rank, NOISE=code, FAST_MATH=FAST_MATH, PJ=pj, BLOCK=block, num_warps=4,
         )  # fmt: skip
-        G = _mm_f32(at.T, bt, G)
-    return G
+        yield at, bt
+
+
+# Largest stacked axis J*r for which the fused apply takes ||G||^2 from the (J r)^2 Gram matrices of the factors.
+APPLY_GRAM_MAX = 4096
+
+
+def lowrank_apply_triton(param: torch.Tensor, alpha: float, **kw) -> torch.Tensor:
+    """``param += alpha * G`` with ``G = sum_j w_j A_j B_j^T`` never materialized; returns ``||G||_F^2`` (0-d fp32).
+
+    When all factors fit one chunk, ``J r <= APPLY_GRAM_MAX`` and the norm's Gram GEMMs cost at most a quarter
+    of the update's (``4 J r (m + n) <= m n``), one GEMM adds ``alpha At^T Bt`` into ``param``
+    in place (cuBLAS, beta = 1, float32 accumulation, one rounding to the parameter's dtype) and the norm comes
+    from ``||At^T Bt||^2 = sum((At At^T) * (Bt Bt^T))``. Otherwise ``G`` is built in float32 and added.
+    """
+    m, n, rank = kw["m"], kw["n"], kw["rank"]
+    J = kw["noise_ids"].numel()
+    # The Gram matrices cost 2 (J r)^2 (m + n) FLOPs against the update's 2 J r m n: take them up to a quarter.
+    fits = J * rank <= APPLY_GRAM_MAX and 4 * J * rank * (m + n) <= m * n
+    fits = fits and J <= UPDATE_CHUNK_ELEMENTS // (rank * (m + n))
+    if not fits or J == 0 or param.dtype not in _FLOAT_DTYPES or (INTERPRET and param.dtype != torch.float32):
+        G = lowrank_update_triton(**kw)
+        param.add_(G.to(param.dtype), alpha=alpha)
+        return G.square().sum()
+    ids, w = _check_update_args(kw["seed"], kw["param_index"], kw["t_eff"], kw["noise_ids"], kw["weights"])
+    code = _noise_code(kw.get("noise", "gaussian"))
+    factor_dtype = torch.float32 if param.dtype == torch.float32 else torch.bfloat16
+    ((at, bt),) = _factor_chunks(ids, w, kw["seed"], kw["param_index"], kw["t_eff"], m, n, rank, code, factor_dtype)
+    sq = (_mm_f32(at, at.T, None) * _mm_f32(bt, bt.T, None)).sum()
+    if param.dtype == torch.float16:
+        at, bt = at.half(), bt.half()
+    param.addmm_(at.T, bt, alpha=alpha)
+    return sq
 
 
 def vector_update_triton(
@@ -414,8 +456,8 @@ def vector_update_triton(
     J = ids.numel()
     if J == 0 or numel == 0:
         return torch.zeros(numel, dtype=torch.float32, device=w.device)
-    block = 128 if INTERPRET else 512
-    pj = 8
+    block = 128
+    pj = 4
     e_blocks = triton.cdiv(numel, block)
     split = min(triton.cdiv(J, pj), max(1, triton.cdiv(2 * _num_sms(w.device.index or 0), e_blocks)))
     j_per_split = triton.cdiv(triton.cdiv(J, split), pj) * pj

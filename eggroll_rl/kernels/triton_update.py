@@ -87,7 +87,7 @@ def vector_update_kernel(
     k1 = param_index.to(tl.uint32, bitcast=True)
     t = t_eff.to(tl.uint32, bitcast=True)
     e0 = pid_e * BLOCK
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([PJ, BLOCK], dtype=tl.float32)  # reduced over PJ once, after the loop
     j_lo = pid_s * j_per_split
     j_hi = tl.minimum(J, j_lo + j_per_split)
     for j_start in range(j_lo, j_hi, PJ):
@@ -96,6 +96,6 @@ def vector_update_kernel(
         j = tl.load(ids_ptr + jj, mask=j_ok, other=0)
         wj = tl.load(w_ptr + jj, mask=j_ok, other=0.0).to(tl.float32)
         eps = noise_block(k0, k1, j, t, 2 << 16, e0, PJ, BLOCK, NOISE, FAST_MATH)
-        acc += tl.sum(eps * wj[:, None], axis=0)
+        acc += eps * wj[:, None]
     ee = e0 + tl.arange(0, BLOCK)
-    tl.store(out_ptr + pid_s * NUMEL + ee, acc, mask=ee < NUMEL)
+    tl.store(out_ptr + pid_s * NUMEL + ee, tl.sum(acc, axis=0), mask=ee < NUMEL)

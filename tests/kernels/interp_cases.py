@@ -72,6 +72,9 @@ FORWARD = [  # R, n, m, dtype, rank, antithetic, noise, bias, weight_index, bias
     (5, 17, 300, torch.bfloat16, 4, True, "gaussian", True, 3, None, None, "triton"),
     (6, 40, 50, torch.float16, 2, True, "rademacher", True, 3, 4, None, "triton"),
     (6, 40, 260, torch.float16, 1, False, "gaussian", True, None, 4, None, "cublas"),
+    (8, 37, 45, torch.float32, 6, True, "gaussian", True, 3, 4, None, "cublas"),  # rank > 4: generic delta path
+    (8, 70, 33, torch.float32, 4, True, "gaussian", True, 3, 4, None, "cublas"),
+    (8, 70, 33, torch.float32, 3, True, "rademacher", False, 3, 4, None, "cublas"),
 ]
 
 
@@ -127,6 +130,24 @@ for noise, update_dtype, tol in [("gaussian", torch.float32, 1e-5), ("rademacher
         ref = reference.lowrank_update_reference(**kw)
         assert got.dtype == torch.float32 and got.shape == (33, 150)
         return ((got - ref).norm() / ref.norm()).item(), tol
+
+
+for gram_max in (4096, 0):  # 4096: one GEMM into the parameter, norm from the Gram matrices; 0: fallback via G
+
+    @case(f"lowrank_apply gram_max={gram_max}")
+    def _(gram_max=gram_max):
+        triton_ops.UPDATE_DTYPE = None
+        old, triton_ops.APPLY_GRAM_MAX = triton_ops.APPLY_GRAM_MAX, gram_max
+        ids = torch.tensor([3, 1, 4, 0])
+        w = torch.tensor([0.5, -1.0, 2.0, 0.25])
+        kw = dict(seed=5, param_index=1, t_eff=2, noise_ids=ids, weights=w, m=80, n=70, rank=2)
+        p0 = torch.randn(80, 70)
+        p = p0.clone()
+        sq = triton_ops.lowrank_apply_triton(p, 0.3, factor_dtype=torch.float32, **kw)
+        triton_ops.APPLY_GRAM_MAX = old
+        G = reference.lowrank_update_reference(**kw)
+        err = max(((p - p0 - 0.3 * G).norm() / (0.3 * G.norm())).item(), abs(sq.item() / G.square().sum().item() - 1))
+        return err, 1e-5
 
 
 @case("lowrank_update chunked")

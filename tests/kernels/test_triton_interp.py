@@ -43,7 +43,10 @@ def test_every_case_within_tolerance(results):
 
 @pytest.mark.parametrize(
     "prefix,count",
-    [("words", 3), ("stream", 4), ("forward", 26), ("lowrank_update", 4), ("vector_update", 3), ("bad input", 7)],
+    [
+        ("words", 3), ("stream", 4), ("forward", 35), ("lowrank_update", 4), ("lowrank_apply", 2),
+        ("vector_update", 3), ("bad input", 7),
+    ],  # fmt: skip
 )
 def test_case_group(results, prefix, count):
     group = {k: v for k, v in results.items() if k.startswith(prefix)}

@@ -46,6 +46,27 @@ def test_sgd_update_equals_the_formula(device, shaping, group_size, antithetic):
     assert metrics["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
 
 
+@pytest.mark.parametrize("rank", [1, 3])
+def test_plain_ascent_is_fused_and_equals_the_formula(device, rank):
+    """optimizer=None, no weight decay, no clip: p += lr g goes straight into the weights; same values, same norms."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 2)).to(device)
+    lr, n = 0.3, 10
+    s = make_strategy(device, optimizer=None, lr=lr, sigma=0.1, rank=rank, fitness_shaping="centered_rank")
+    s.setup(model)
+    f = torch.randn(n, device=device)
+    grads = _explicit_gradient(model, s, f, n, epoch=2, shaping="centered_rank")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with s.perturb(n, epoch=2):
+        pass
+    metrics = s.step(f)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach() - before[name], lr * grads[name], rtol=1e-4, atol=1e-6)
+    norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads.values())))
+    assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    assert metrics["update_norm"] == pytest.approx(lr * norm, rel=1e-4)
+
+
 def test_plain_update_and_weight_decay(device):
     torch.manual_seed(0)
     model = nn.Linear(4, 3).to(device)
