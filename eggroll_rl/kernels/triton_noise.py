@@ -51,8 +51,9 @@ def _uniform(x):
 @triton.jit
 def _lg2(x, FAST_MATH: tl.constexpr):
     if FAST_MATH:
-        asm = "lg2.approx.ftz.f32 $0, $1;"
-        return tl.inline_asm_elementwise(asm, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            "lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
     else:
         return tl.log2(x)
 
@@ -60,8 +61,9 @@ def _lg2(x, FAST_MATH: tl.constexpr):
 @triton.jit
 def _sin(x, FAST_MATH: tl.constexpr):
     if FAST_MATH:
-        asm = "sin.approx.ftz.f32 $0, $1;"
-        return tl.inline_asm_elementwise(asm, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            "sin.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
     else:
         return tl.sin(x)
 
@@ -69,8 +71,9 @@ def _sin(x, FAST_MATH: tl.constexpr):
 @triton.jit
 def _cos(x, FAST_MATH: tl.constexpr):
     if FAST_MATH:
-        asm = "cos.approx.ftz.f32 $0, $1;"
-        return tl.inline_asm_elementwise(asm, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            "cos.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
     else:
         return tl.cos(x)
 
