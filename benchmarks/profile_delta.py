@@ -1,0 +1,61 @@
+"""Split one perturbed wide layer into its parts, on the GPU: the delta kernel alone, the addmm alone, both.
+
+python benchmarks/profile_delta.py            # medians in us, one line per (rank, noise)
+python benchmarks/profile_delta.py --once     # one launch of each (for ncu --kernel-name lowrank_delta_kernel)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import triton
+
+from eggroll_rl.kernels import triton_ops
+from eggroll_rl.kernels.triton_delta import lowrank_delta_kernel
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--once", action="store_true")
+    ap.add_argument("--ranks", default="1,4")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    R, F = 1024, 8192
+    x = torch.randn(R, F, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(F, F, device="cuda", dtype=torch.bfloat16) / F**0.5
+    b = torch.randn(F, device="cuda", dtype=torch.bfloat16)
+    ids = torch.arange(R, device="cuda")
+    d = torch.empty(R, F, device="cuda", dtype=torch.bfloat16)
+    for rank in map(int, args.ranks.split(",")):
+        for noise in ("gaussian", "rademacher"):
+            block, tile, warps = triton_ops._delta_launch_shape(F, F, rank)
+
+            def delta(rank=rank, noise=noise, block=block, tile=tile, warps=warps):
+                lowrank_delta_kernel[(R // 2 // max(1, tile // block),)](
+                    x, ids, b, d, R, F, F, x.stride(0), x.stride(1), d.stride(0), d.stride(1),
+                    1, 0, 1, 0, 0.1 / math.sqrt(rank), 0.1,
+                    RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=True, PAIRED=True,
+                    NOISE=triton_ops._noise_code(noise), FAST_MATH=True, HAS_BIAS=True, PERTURB_W=True,
+                    PERTURB_B=True, P=max(1, tile // block), BLOCK_K=block, BLOCK_M=block, num_warps=warps,
+                )  # fmt: skip
+
+            def both(delta=delta):
+                delta()
+                d.addmm_(x, w.T)
+
+            if args.once:
+                delta()
+                torch.cuda.synchronize()
+                continue
+            t_delta = triton.testing.do_bench(delta, return_mode="median") * 1e3
+            t_mm = triton.testing.do_bench(lambda: d.addmm_(x, w.T), return_mode="median") * 1e3
+            t_both = triton.testing.do_bench(both, return_mode="median") * 1e3
+            t_plain = triton.testing.do_bench(lambda: torch.nn.functional.linear(x, w, b), return_mode="median") * 1e3
+            print(f"r={rank} {noise:10s} delta {t_delta:6.1f} us  addmm {t_mm:6.1f}  both {t_both:6.1f}  "
+                  f"plain {t_plain:6.1f}  ratio {t_plain / t_both:.3f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
