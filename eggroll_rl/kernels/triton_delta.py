@@ -20,6 +20,92 @@ STREAM_B = tl.constexpr(1)
 STREAM_VECTOR = tl.constexpr(2)
 
 
+@triton.jit
+def _x_block(x_ptr, rows, mask, stride_xr, stride_xk, k_start, K, BLOCK_K: tl.constexpr):
+    ks = k_start + tl.arange(0, BLOCK_K)
+    ptrs = x_ptr + rows[:, None] * stride_xr + ks[None, :] * stride_xk
+    return tl.load(ptrs, mask=mask[:, None] & (ks < K)[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _b_dots(
+    xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
+    RANK: tl.constexpr, PAIRED: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr, P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Accumulate ``x * B[:, c]`` elementwise for rank columns ``c < RANK <= 4`` of one block of ``K``."""
+    bn = noise_block(k0, kw, j, t, (1 << 16) | 0, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+    aa0 += xa * bn
+    if PAIRED:
+        ab0 += xb * bn
+    if RANK > 1:
+        bn = noise_block(k0, kw, j, t, (1 << 16) | 1, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        aa1 += xa * bn
+        if PAIRED:
+            ab1 += xb * bn
+    if RANK > 2:
+        bn = noise_block(k0, kw, j, t, (1 << 16) | 2, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        aa2 += xa * bn
+        if PAIRED:
+            ab2 += xb * bn
+    if RANK > 3:
+        bn = noise_block(k0, kw, j, t, (1 << 16) | 3, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        aa3 += xa * bn
+        if PAIRED:
+            ab3 += xb * bn
+    return aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3
+
+
+@triton.jit
+def _d_block(
+    d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
+    ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, eps_a, eps_b, k0, kw, kb, j, t,
+    RANK: tl.constexpr, PAIRED: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PERTURB_W: tl.constexpr, PERTURB_B: tl.constexpr, P: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Write one block of ``D = sum_c u_c A[:, c]^T + b + sigma s eps`` (rank columns ``c < RANK <= 4``)."""
+    ms = m_start + tl.arange(0, BLOCK_M)
+    mmask = ms < M
+    d_a = tl.zeros([P, BLOCK_M], dtype=tl.float32)
+    d_b = tl.zeros([P, BLOCK_M], dtype=tl.float32)
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + ms, mask=mmask, other=0.0).to(tl.float32)
+        d_a += b[None, :]
+        if PAIRED:
+            d_b += b[None, :]
+    if PERTURB_W:
+        an = noise_block(k0, kw, j, t, 0, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        d_a += ua0[:, None] * an
+        if PAIRED:
+            d_b += ub0[:, None] * an
+        if RANK > 1:
+            an = noise_block(k0, kw, j, t, 1, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            d_a += ua1[:, None] * an
+            if PAIRED:
+                d_b += ub1[:, None] * an
+        if RANK > 2:
+            an = noise_block(k0, kw, j, t, 2, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            d_a += ua2[:, None] * an
+            if PAIRED:
+                d_b += ub2[:, None] * an
+        if RANK > 3:
+            an = noise_block(k0, kw, j, t, 3, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            d_a += ua3[:, None] * an
+            if PAIRED:
+                d_b += ub3[:, None] * an
+    if PERTURB_B:
+        eps = noise_block(k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        d_a += eps_a[:, None] * eps
+        if PAIRED:
+            d_b += eps_b[:, None] * eps
+    out_a = d_ptr + rows_a[:, None] * stride_dr + ms[None, :] * stride_dm
+    tl.store(out_a, d_a.to(d_ptr.dtype.element_ty), mask=mask_a[:, None] & mmask[None, :])
+    if PAIRED:
+        out_b = d_ptr + rows_b[:, None] * stride_dr + ms[None, :] * stride_dm
+        tl.store(out_b, d_b.to(d_ptr.dtype.element_ty), mask=mask_b[:, None] & mmask[None, :])
+
+
 @triton.jit(do_not_specialize=["seed", "w_index", "b_index", "t_eff"])
 def lowrank_delta_kernel(
     # pointers
@@ -56,6 +142,8 @@ def lowrank_delta_kernel(
     P: tl.constexpr,  # rows (PAIRED: row pairs) per program
     BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    UNROLL_K: tl.constexpr = 1,  # 2: two independent K blocks per loop step (more work in flight per thread)
+    UNROLL_M: tl.constexpr = 1,
 ):
     pid = tl.program_id(0)
     k0 = seed.to(tl.uint32, bitcast=True)
@@ -107,39 +195,29 @@ def lowrank_delta_kernel(
             ab1 = aa0
             ab2 = aa0
             ab3 = aa0
-            for k_start in range(0, K, BLOCK_K):
-                ks = k_start + tl.arange(0, BLOCK_K)
-                kmask = ks < K
-                xa = tl.load(
-                    x_ptr + rows_a[:, None] * stride_xr + ks[None, :] * stride_xk,
-                    mask=mask_a[:, None] & kmask[None, :],
-                    other=0.0,
-                ).to(tl.float32)
+            if not PAIRED:
+                rows_b = rows_a
+                mask_b = mask_a
+            for k_start in range(0, K, BLOCK_K * UNROLL_K):
+                xa = _x_block(x_ptr, rows_a, mask_a, stride_xr, stride_xk, k_start, K, BLOCK_K)
+                xb = xa
                 if PAIRED:
-                    xb = tl.load(
-                        x_ptr + rows_b[:, None] * stride_xr + ks[None, :] * stride_xk,
-                        mask=mask_b[:, None] & kmask[None, :],
-                        other=0.0,
-                    ).to(tl.float32)
-                bn = noise_block(k0, kw, j, t, (1 << 16) | 0, k_start, P, BLOCK_K, NOISE, FAST_MATH)
-                aa0 += xa * bn
-                if PAIRED:
-                    ab0 += xb * bn
-                if RANK > 1:
-                    bn = noise_block(k0, kw, j, t, (1 << 16) | 1, k_start, P, BLOCK_K, NOISE, FAST_MATH)
-                    aa1 += xa * bn
+                    xb = _x_block(x_ptr, rows_b, mask_b, stride_xr, stride_xk, k_start, K, BLOCK_K)
+                if UNROLL_K > 1:
+                    k2 = k_start + BLOCK_K
+                    xa2 = _x_block(x_ptr, rows_a, mask_a, stride_xr, stride_xk, k2, K, BLOCK_K)
+                    xb2 = xa2
                     if PAIRED:
-                        ab1 += xb * bn
-                if RANK > 2:
-                    bn = noise_block(k0, kw, j, t, (1 << 16) | 2, k_start, P, BLOCK_K, NOISE, FAST_MATH)
-                    aa2 += xa * bn
-                    if PAIRED:
-                        ab2 += xb * bn
-                if RANK > 3:
-                    bn = noise_block(k0, kw, j, t, (1 << 16) | 3, k_start, P, BLOCK_K, NOISE, FAST_MATH)
-                    aa3 += xa * bn
-                    if PAIRED:
-                        ab3 += xb * bn
+                        xb2 = _x_block(x_ptr, rows_b, mask_b, stride_xr, stride_xk, k2, K, BLOCK_K)
+                aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3 = _b_dots(
+                    xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
+                    RANK, PAIRED, NOISE, FAST_MATH, P, BLOCK_K,
+                )  # fmt: skip
+                if UNROLL_K > 1:
+                    aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3 = _b_dots(
+                        xa2, xb2, k2, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
+                        RANK, PAIRED, NOISE, FAST_MATH, P, BLOCK_K,
+                    )  # fmt: skip
             ua0 = tl.sum(aa0, axis=1) * (scale * s_a)
             ua1 = tl.sum(aa1, axis=1) * (scale * s_a)
             ua2 = tl.sum(aa2, axis=1) * (scale * s_a)
@@ -175,58 +253,57 @@ def lowrank_delta_kernel(
                 u_b = u_b * (scale * s_b)[:, None]
 
     # -- phase 2: D = u A_j^T + b + sigma s eps_j, A and eps generated while D is written once --
-    for m_start in range(0, M, BLOCK_M):
-        ms = m_start + tl.arange(0, BLOCK_M)
-        mmask = ms < M
-        d_a = tl.zeros([P, BLOCK_M], dtype=tl.float32)
-        d_b = tl.zeros([P, BLOCK_M], dtype=tl.float32)
-        if PERTURB_W:
-            if SPLIT:
-                an = noise_block(k0, kw, j, t, 0, m_start, P, BLOCK_M, NOISE, FAST_MATH)
-                d_a += ua0[:, None] * an
-                if PAIRED:
-                    d_b += ub0[:, None] * an
-                if RANK > 1:
-                    an = noise_block(k0, kw, j, t, 1, m_start, P, BLOCK_M, NOISE, FAST_MATH)
-                    d_a += ua1[:, None] * an
-                    if PAIRED:
-                        d_b += ub1[:, None] * an
-                if RANK > 2:
-                    an = noise_block(k0, kw, j, t, 2, m_start, P, BLOCK_M, NOISE, FAST_MATH)
-                    d_a += ua2[:, None] * an
-                    if PAIRED:
-                        d_b += ub2[:, None] * an
-                if RANK > 3:
-                    an = noise_block(k0, kw, j, t, 3, m_start, P, BLOCK_M, NOISE, FAST_MATH)
-                    d_a += ua3[:, None] * an
-                    if PAIRED:
-                        d_b += ub3[:, None] * an
-            else:
+    kb = b_index.to(tl.uint32, bitcast=True)
+    if SPLIT:
+        if not PAIRED:
+            rows_b = rows_a
+            mask_b = mask_a
+            s_b = s_a
+        if not PERTURB_W:
+            kw = kb
+        for m_start in range(0, M, BLOCK_M * UNROLL_M):
+            _d_block(
+                d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
+                ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, sigma * s_a, sigma * s_b, k0, kw, kb, j, t,
+                RANK, PAIRED, NOISE, FAST_MATH, HAS_BIAS, PERTURB_W, PERTURB_B, P, BLOCK_M,
+            )  # fmt: skip
+            if UNROLL_M > 1:
+                _d_block(
+                    d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start + BLOCK_M, M, stride_dr, stride_dm,
+                    ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, sigma * s_a, sigma * s_b, k0, kw, kb, j, t,
+                    RANK, PAIRED, NOISE, FAST_MATH, HAS_BIAS, PERTURB_W, PERTURB_B, P, BLOCK_M,
+                )  # fmt: skip
+    else:
+        for m_start in range(0, M, BLOCK_M):
+            ms = m_start + tl.arange(0, BLOCK_M)
+            mmask = ms < M
+            d_a = tl.zeros([P, BLOCK_M], dtype=tl.float32)
+            d_b = tl.zeros([P, BLOCK_M], dtype=tl.float32)
+            if PERTURB_W:
                 for c in tl.static_range(RANK):
                     anoise = noise_block(k0, kw, j, t, c, m_start, P, BLOCK_M, NOISE, FAST_MATH)
                     sel = (rcols == c)[None, :]
                     d_a += tl.sum(tl.where(sel, u_a, 0.0), axis=1)[:, None] * anoise
                     if PAIRED:
                         d_b += tl.sum(tl.where(sel, u_b, 0.0), axis=1)[:, None] * anoise
-        if HAS_BIAS:
-            b = tl.load(bias_ptr + ms, mask=mmask, other=0.0).to(tl.float32)
-            d_a += b[None, :]
-            if PAIRED:
-                d_b += b[None, :]
-        if PERTURB_B:
-            kb = b_index.to(tl.uint32, bitcast=True)
-            eps = noise_block(k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M, NOISE, FAST_MATH)
-            d_a += (sigma * s_a)[:, None] * eps
-            if PAIRED:
-                d_b += (sigma * s_b)[:, None] * eps
-        tl.store(
-            d_ptr + rows_a[:, None] * stride_dr + ms[None, :] * stride_dm,
-            d_a.to(d_ptr.dtype.element_ty),
-            mask=mask_a[:, None] & mmask[None, :],
-        )
-        if PAIRED:
+            if HAS_BIAS:
+                b = tl.load(bias_ptr + ms, mask=mmask, other=0.0).to(tl.float32)
+                d_a += b[None, :]
+                if PAIRED:
+                    d_b += b[None, :]
+            if PERTURB_B:
+                eps = noise_block(k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                d_a += (sigma * s_a)[:, None] * eps
+                if PAIRED:
+                    d_b += (sigma * s_b)[:, None] * eps
             tl.store(
-                d_ptr + rows_b[:, None] * stride_dr + ms[None, :] * stride_dm,
-                d_b.to(d_ptr.dtype.element_ty),
-                mask=mask_b[:, None] & mmask[None, :],
+                d_ptr + rows_a[:, None] * stride_dr + ms[None, :] * stride_dm,
+                d_a.to(d_ptr.dtype.element_ty),
+                mask=mask_a[:, None] & mmask[None, :],
             )
+            if PAIRED:
+                tl.store(
+                    d_ptr + rows_b[:, None] * stride_dr + ms[None, :] * stride_dm,
+                    d_b.to(d_ptr.dtype.element_ty),
+                    mask=mask_b[:, None] & mmask[None, :],
+                )

@@ -62,6 +62,14 @@ def _delta_launch_shape(K: int, M: int, rank: int) -> tuple[int, int, int]:
     return block_max, tile, warps
 
 
+DELTA_UNROLL = 2  # feature blocks per loop step in the delta kernel (when the block count is even)
+
+
+def _unroll(features: int, block: int) -> int:
+    """Two independent blocks per loop step where the count of blocks is even (no wasted noise); else one."""
+    return DELTA_UNROLL if DELTA_UNROLL > 1 and triton.cdiv(features, block) % DELTA_UNROLL == 0 else 1
+
+
 FORWARD_GEMM = "cublas"
 FUSE_MAX_OUT = 256
 UPDATE_DTYPE: torch.dtype | None = None  # None: the caller's ``factor_dtype`` (the parameter's dtype)
@@ -321,7 +329,7 @@ def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, 
         RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=bool(antithetic), PAIRED=paired, NOISE=code,
         FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None, PERTURB_W=weight_index is not None,
         PERTURB_B=bias_index is not None, P=rows_per_prog, BLOCK_K=block_k, BLOCK_M=block_m,
-        num_warps=warps,
+        UNROLL_K=_unroll(K, block_k), UNROLL_M=_unroll(M, block_m), num_warps=warps,
     )  # fmt: skip
     if INTERPRET and x.dtype != torch.float32:
         # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
