@@ -307,3 +307,128 @@ def lowrank_delta_kernel(
                     d_b.to(d_ptr.dtype.element_ty),
                     mask=mask_b[:, None] & mmask[None, :],
                 )
+
+
+# --- the same delta in two launches, for few rows and wide layers ------------------------------------------------
+# With 512 row pairs one program per pair leaves most of each SM waiting on its serial chain of blocks. Split in two
+# launches, every (row pair, feature chunk) is a program: ``xb_partial_kernel`` writes each K chunk's partial
+# ``x B_j`` (float32, ``(S, R, 4)``), ``delta_from_partials_kernel`` sums the S partials and writes its M chunk of D.
+# Same noise, same math; rank <= 4 only.
+
+
+@triton.jit
+def _row_pairs(ids_ptr, pid, R, ANTITHETIC: tl.constexpr, PAIRED: tl.constexpr, P: tl.constexpr):
+    STEP: tl.constexpr = 2 if PAIRED else 1
+    rows_a = (pid * P + tl.arange(0, P)) * STEP
+    mask_a = rows_a < R
+    mem_a = tl.load(ids_ptr + rows_a, mask=mask_a, other=0)
+    rows_b = rows_a + (1 if PAIRED else 0)
+    mask_b = rows_b < R
+    mem_b = tl.load(ids_ptr + rows_b, mask=mask_b, other=0)
+    if ANTITHETIC:
+        j = mem_a // 2
+        s_a = 1.0 - 2.0 * (mem_a % 2).to(tl.float32)
+        s_b = 1.0 - 2.0 * (mem_b % 2).to(tl.float32)
+    else:
+        j = mem_a
+        s_a = tl.full([P], 1.0, tl.float32)
+        s_b = s_a
+    return rows_a, mask_a, rows_b, mask_b, j, s_a, s_b
+
+
+@triton.jit(do_not_specialize=["seed", "w_index", "t_eff"])
+def xb_partial_kernel(
+    x_ptr, ids_ptr, u_ptr,  # u: (S, R, 4) float32 partial sums of x B_j (unscaled)
+    R, K, chunk_k, stride_xr, stride_xk, seed, w_index, t_eff,
+    RANK: tl.constexpr, ANTITHETIC: tl.constexpr, PAIRED: tl.constexpr, NOISE: tl.constexpr,
+    FAST_MATH: tl.constexpr, P: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    sid = tl.program_id(1)
+    k0 = seed.to(tl.uint32, bitcast=True)
+    kw = w_index.to(tl.uint32, bitcast=True)
+    t = t_eff.to(tl.uint32, bitcast=True)
+    rows_a, mask_a, rows_b, mask_b, j, s_a, s_b = _row_pairs(ids_ptr, pid, R, ANTITHETIC, PAIRED, P)
+    aa0 = tl.zeros([P, BLOCK_K], dtype=tl.float32)
+    aa1 = aa0
+    aa2 = aa0
+    aa3 = aa0
+    ab0 = aa0
+    ab1 = aa0
+    ab2 = aa0
+    ab3 = aa0
+    k_lo = sid * chunk_k
+    for k_start in range(k_lo, tl.minimum(K, k_lo + chunk_k), BLOCK_K):
+        xa = _x_block(x_ptr, rows_a, mask_a, stride_xr, stride_xk, k_start, K, BLOCK_K)
+        xb = xa
+        if PAIRED:
+            xb = _x_block(x_ptr, rows_b, mask_b, stride_xr, stride_xk, k_start, K, BLOCK_K)
+        aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3 = _b_dots(
+            xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
+            RANK, PAIRED, NOISE, FAST_MATH, P, BLOCK_K,
+        )  # fmt: skip
+    _store_u(u_ptr + (sid * R + rows_a) * 4, mask_a, aa0, aa1, aa2, aa3, RANK)
+    if PAIRED:
+        _store_u(u_ptr + (sid * R + rows_b) * 4, mask_b, ab0, ab1, ab2, ab3, RANK)
+
+
+@triton.jit
+def _store_u(base, mask, a0, a1, a2, a3, RANK: tl.constexpr):
+    tl.store(base + 0, tl.sum(a0, axis=1), mask=mask)
+    if RANK > 1:
+        tl.store(base + 1, tl.sum(a1, axis=1), mask=mask)
+    if RANK > 2:
+        tl.store(base + 2, tl.sum(a2, axis=1), mask=mask)
+    if RANK > 3:
+        tl.store(base + 3, tl.sum(a3, axis=1), mask=mask)
+
+
+@triton.jit
+def _u_sum(u_ptr, rows, mask, c: tl.constexpr, S, R, RANK: tl.constexpr, P: tl.constexpr):
+    acc = tl.zeros([P], dtype=tl.float32)
+    if c < RANK:
+        for s in range(0, S):
+            acc += tl.load(u_ptr + (s * R + rows) * 4 + c, mask=mask, other=0.0)
+    return acc
+
+
+@triton.jit(do_not_specialize=["seed", "w_index", "b_index", "t_eff"])
+def delta_from_partials_kernel(
+    u_ptr, ids_ptr, bias_ptr, d_ptr,
+    R, M, S, chunk_m, stride_dr, stride_dm, seed, w_index, b_index, t_eff, scale, sigma,
+    RANK: tl.constexpr, ANTITHETIC: tl.constexpr, PAIRED: tl.constexpr, NOISE: tl.constexpr,
+    FAST_MATH: tl.constexpr, HAS_BIAS: tl.constexpr, PERTURB_W: tl.constexpr, PERTURB_B: tl.constexpr,
+    P: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    sid = tl.program_id(1)
+    k0 = seed.to(tl.uint32, bitcast=True)
+    kw = w_index.to(tl.uint32, bitcast=True)
+    kb = b_index.to(tl.uint32, bitcast=True)
+    t = t_eff.to(tl.uint32, bitcast=True)
+    rows_a, mask_a, rows_b, mask_b, j, s_a, s_b = _row_pairs(ids_ptr, pid, R, ANTITHETIC, PAIRED, P)
+    ua0 = tl.zeros([P], dtype=tl.float32)
+    ua1 = ua0
+    ua2 = ua0
+    ua3 = ua0
+    ub0 = ua0
+    ub1 = ua0
+    ub2 = ua0
+    ub3 = ua0
+    if PERTURB_W:
+        ua0 = _u_sum(u_ptr, rows_a, mask_a, 0, S, R, RANK, P) * (scale * s_a)
+        ua1 = _u_sum(u_ptr, rows_a, mask_a, 1, S, R, RANK, P) * (scale * s_a)
+        ua2 = _u_sum(u_ptr, rows_a, mask_a, 2, S, R, RANK, P) * (scale * s_a)
+        ua3 = _u_sum(u_ptr, rows_a, mask_a, 3, S, R, RANK, P) * (scale * s_a)
+        if PAIRED:
+            ub0 = _u_sum(u_ptr, rows_b, mask_b, 0, S, R, RANK, P) * (scale * s_b)
+            ub1 = _u_sum(u_ptr, rows_b, mask_b, 1, S, R, RANK, P) * (scale * s_b)
+            ub2 = _u_sum(u_ptr, rows_b, mask_b, 2, S, R, RANK, P) * (scale * s_b)
+            ub3 = _u_sum(u_ptr, rows_b, mask_b, 3, S, R, RANK, P) * (scale * s_b)
+    m_lo = sid * chunk_m
+    for m_start in range(m_lo, tl.minimum(M, m_lo + chunk_m), BLOCK_M):
+        _d_block(
+            d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
+            ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, sigma * s_a, sigma * s_b, k0, kw, kb, j, t,
+            RANK, PAIRED, NOISE, FAST_MATH, HAS_BIAS, PERTURB_W, PERTURB_B, P, BLOCK_M,
+        )  # fmt: skip
