@@ -1,10 +1,12 @@
-"""Sweep the delta kernel's launch shape (feature block, rows per program, warps) on the benchmark's layers.
+"""Sweep the delta kernel's launch shape on the benchmark's layers: feature block, rows per program, warps, and the
+two-launch split (feature chunks per row program; 0 = one launch).
 
-python benchmarks/tune_delta.py        # needs a CUDA GPU; prints one line per (shape, noise, config)
+python benchmarks/tune_delta.py [--shapes wide,rl]     # needs a CUDA GPU; one line per (shape, noise, config)
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import torch
@@ -12,34 +14,49 @@ import triton
 
 from eggroll_rl.kernels import triton_ops
 
-WIDE = [(1024, 1024, 8), (512, 512, 4), (2048, 2048, 16), (1024, 2048, 8), (2048, 2048, 8)]
-SHAPES = [  # rows, features, dtype, rank, configs (block_max, tile, warps); the first is the default of each shape
-    (1024, 8192, torch.bfloat16, 1, WIDE),
-    (1024, 8192, torch.bfloat16, 4, WIDE),
-    (65536, 256, torch.float32, 4, [(512, 512, 4), (1024, 1024, 8), (256, 256, 2), (1024, 1024, 4)]),
-]
+WIDE = [(1024, 1024, 8, 0), (1024, 1024, 8, 2), (1024, 1024, 8, 4), (1024, 1024, 8, 8), (512, 512, 4, 0),
+        (512, 512, 4, 4), (512, 512, 4, 16)]  # fmt: skip
+SHAPES = {  # rows, features, dtype, rank, configs (block_max, tile, warps, split chunks)
+    "wide": [(1024, 8192, torch.bfloat16, 1, WIDE), (1024, 8192, torch.bfloat16, 4, WIDE)],
+    "rl": [(65536, 256, torch.float32, 4, [(512, 512, 4, 0), (1024, 1024, 8, 0), (256, 256, 2, 0)])],
+}
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="wide,rl")
+    args = ap.parse_args()
     torch.manual_seed(0)
-    for (rows, feat, dtype, rank, configs), noise in itertools.product(SHAPES, ("gaussian", "rademacher")):
+    shapes = [s for name in args.shapes.split(",") for s in SHAPES[name]]
+    for (rows, feat, dtype, rank, configs), noise in itertools.product(shapes, ("gaussian", "rademacher")):
         x = torch.randn(rows, feat, device="cuda", dtype=dtype)
         w = torch.randn(feat, feat, device="cuda", dtype=dtype) / feat**0.5
         b = torch.randn(feat, device="cuda", dtype=dtype)
         ids = torch.arange(rows, device="cuda")
         kw = dict(seed=1, weight_index=0, bias_index=1, t_eff=0, sigma=0.1, rank=rank, antithetic=True, noise=noise,
                   paired=True)  # fmt: skip
-        plain = triton.testing.do_bench(lambda x=x, w=w, b=b: torch.nn.functional.linear(x, w, b), return_mode="median")
-        for block, tile, warps in configs:
+
+        def plain(x=x, w=w, b=b):
+            return torch.nn.functional.linear(x, w, b)
+
+        def fwd(x=x, w=w, b=b, ids=ids, kw=kw):
+            return triton_ops.perturbed_linear_triton(x, w, b, ids, **kw)
+
+        for block, tile, warps, split in configs:
             triton_ops.DELTA_BLOCK_MAX, triton_ops.DELTA_TILE, triton_ops.DELTA_WARPS = block, tile, warps
-
-            def fwd(x=x, w=w, b=b, ids=ids, kw=kw):
-                return triton_ops.perturbed_linear_triton(x, w, b, ids, **kw)
-
-            ms = triton.testing.do_bench(fwd, return_mode="median")
+            triton_ops.DELTA_SPLIT, triton_ops.DELTA_SPLIT_CHUNKS = split > 0, split or None
+            fwd()  # compile outside the timing
+            ratios, times = [], []
+            for _ in range(3):  # interleaved, to see the drift of the clocks
+                p = triton.testing.do_bench(plain, return_mode="median")
+                e = triton.testing.do_bench(fwd, return_mode="median")
+                ratios.append(p / e)
+                times.append((p, e))
+            r = sorted(ratios)[1]
+            p, e = times[ratios.index(r)]
             print(f"rows={rows} feat={feat} {str(dtype)[6:]} r={rank} {noise:10s} block={block} tile={tile} "
-                  f"warps={warps}: {ms * 1e3:8.1f} us  plain {plain * 1e3:7.1f} us  ratio {plain / ms:.3f}",
-                  flush=True)  # fmt: skip
+                  f"warps={warps} split={split}: {e * 1e3:7.1f} us  plain {p * 1e3:6.1f} us  ratio {r:.3f} "
+                  f"(min {min(ratios):.3f} max {max(ratios):.3f})", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
