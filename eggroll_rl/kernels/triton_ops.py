@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import triton
 
 from ..noise import NOISE_TYPES
-from .triton_delta import delta_from_partials_kernel, lowrank_delta_kernel, xb_partial_kernel
+from .triton_delta import lowrank_delta_kernel
 from .triton_linear import perturbed_linear_kernel, xb_kernel
 from .triton_noise import INTERPRET, _stream_kernel, _words_kernel
 from .triton_update import factor_stack_kernel, vector_update_kernel
@@ -320,57 +320,6 @@ def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, 
     rows_per_prog = max(1, min(16, tile // max(block_k, block_m)))
     units = R // 2 if paired else R
     grid = (triton.cdiv(units, rows_per_prog),)
-    split = _split_chunks(grid[0], K, M, block_k, block_m, rank, weight_index is not None, x.device)
-    if split is not None:
-        (s_k, chunk_k), (s_m, chunk_m) = split
-        u = torch.empty(s_k, R, 4, dtype=torch.float32, device=x.device)
-        common = dict(RANK=rank, ANTITHETIC=bool(antithetic), PAIRED=paired, NOISE=code, FAST_MATH=FAST_MATH,
-                      P=rows_per_prog, num_warps=warps)  # fmt: skip
-        xb_partial_kernel[(grid[0], s_k)](
-            x, ids, u, R, K, chunk_k, x.stride(0), x.stride(1), _i32(seed), _i32(weight_index), _i32(t_eff),
-            BLOCK_K=block_k, **common,
-        )  # fmt: skip
-        delta_from_partials_kernel[(grid[0], s_m)](
-            u, ids, bias if bias is not None else d, d, R, M, s_k, chunk_m, d.stride(0), d.stride(1),
-            _i32(seed), _i32(weight_index), _i32(bias_index if bias_index is not None else 0), _i32(t_eff),
-            float(sigma) / math.sqrt(rank), float(sigma), HAS_BIAS=bias is not None, PERTURB_W=True,
-            PERTURB_B=bias_index is not None, BLOCK_M=block_m, **common,
-        )  # fmt: skip
-    else:
-        _delta_one_launch(grid, x, ids, bias, d, R, M, K, seed, weight_index, bias_index, t_eff, sigma, rank,
-                          antithetic, paired, code, rows_per_prog, block_k, block_m, warps)  # fmt: skip
-    if INTERPRET and x.dtype != torch.float32:
-        # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
-        return (d.float() + x.float() @ weight.float().T).to(x.dtype)
-    return d.addmm_(x, weight.T)
-
-
-# Two launches (partial x B per K chunk, then D per M chunk) when one program per row leaves the GPU underfilled:
-# None = automatic (rank <= 4, fewer row programs than DELTA_SPLIT_MIN_PROGRAMS); True/False force it.
-DELTA_SPLIT: bool | None = None
-DELTA_SPLIT_MIN_PROGRAMS = 2048
-DELTA_SPLIT_CHUNKS: int | None = None  # feature chunks per row program; None: enough for ~DELTA_SPLIT_MIN_PROGRAMS
-
-
-def _split_chunks(row_programs, K, M, block_k, block_m, rank, perturb_w, device):
-    """``((S_k, chunk_k), (S_m, chunk_m))`` for the two-launch delta, or None for one launch."""
-    if rank > 4 or not perturb_w or DELTA_SPLIT is False:
-        return None
-    if DELTA_SPLIT is None and row_programs >= DELTA_SPLIT_MIN_PROGRAMS:
-        return None
-    want = DELTA_SPLIT_CHUNKS or triton.cdiv(DELTA_SPLIT_MIN_PROGRAMS, row_programs)
-    out = []
-    for feat, block in ((K, block_k), (M, block_m)):
-        blocks = triton.cdiv(feat, block)
-        per = triton.cdiv(blocks, min(blocks, want))
-        out.append((triton.cdiv(blocks, per), per * block))
-    if DELTA_SPLIT is None and out[0][0] == 1 and out[1][0] == 1:
-        return None
-    return tuple(out)
-
-
-def _delta_one_launch(grid, x, ids, bias, d, R, M, K, seed, weight_index, bias_index, t_eff, sigma, rank,
-                      antithetic, paired, code, rows_per_prog, block_k, block_m, warps):  # fmt: skip
     lowrank_delta_kernel[grid](
         x, ids, bias if bias is not None else d, d, R, M, K,
         x.stride(0), x.stride(1), d.stride(0), d.stride(1),
@@ -382,6 +331,10 @@ def _delta_one_launch(grid, x, ids, bias, d, R, M, K, seed, weight_index, bias_i
         PERTURB_B=bias_index is not None, P=rows_per_prog, BLOCK_K=block_k, BLOCK_M=block_m,
         UNROLL_K=_unroll(K, block_k), UNROLL_M=_unroll(M, block_m), num_warps=warps,
     )  # fmt: skip
+    if INTERPRET and x.dtype != torch.float32:
+        # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
+        return (d.float() + x.float() @ weight.float().T).to(x.dtype)
+    return d.addmm_(x, weight.T)
 
 
 # --- update ----------------------------------------------------------------------------------------------------

@@ -79,25 +79,23 @@ FORWARD = [  # R, n, m, dtype, rank, antithetic, noise, bias, weight_index, bias
 
 
 def _modes(R, anti, ids, gemm):
-    """(FORWARD_MODE, FORWARD_GEMM, paired, DELTA_SPLIT) variants valid for one case."""
-    out = [("tiles", gemm, False, None), ("delta", gemm, False, False), ("delta", gemm, False, True)]
-    if ids is None and anti and R % 2 == 0:  # rows 2q, 2q+1 are an antithetic pair
-        out += [("delta", gemm, True, False), ("delta", gemm, True, True)]
+    """(FORWARD_MODE, FORWARD_GEMM, paired) variants valid for one case."""
+    out = [("tiles", gemm, False), ("delta", gemm, False)]
+    if ids is None and anti and R % 2 == 0:
+        out.append(("delta", gemm, True))  # rows 2q, 2q+1 are an antithetic pair
     return out
 
 
 for R, n, m, dtype, rank, anti, noise, has_bias, wi, bi, ids, gemm in FORWARD:
-    for mode, gemm_mode, paired, split in _modes(R, anti, ids, gemm):
-        name = f"forward {mode} paired={paired} split={split} R={R} n={n} m={m} {dtype} r={rank} anti={anti} "
-        name += f"{noise} bias={has_bias} w={wi} b={bi} {gemm_mode}" + (" shuffled" if ids is not None else "")
+    for mode, gemm_mode, paired in _modes(R, anti, ids, gemm):
+        name = f"forward {mode} paired={paired} R={R} n={n} m={m} {dtype} r={rank} anti={anti} {noise} "
+        name += f"bias={has_bias} w={wi} b={bi} {gemm_mode}" + (" shuffled" if ids is not None else "")
 
         @case(name)
         def _(R=R, n=n, m=m, dtype=dtype, rank=rank, anti=anti, noise=noise, has_bias=has_bias, wi=wi, bi=bi,
-              ids=ids, mode=mode, gemm=gemm_mode, paired=paired, split=split):  # fmt: skip
+              ids=ids, mode=mode, gemm=gemm_mode, paired=paired):  # fmt: skip
             triton_ops.FORWARD_MODE = mode
             triton_ops.FORWARD_GEMM = gemm
-            triton_ops.DELTA_SPLIT = split
-            triton_ops.DELTA_SPLIT_CHUNKS = 2
             g = torch.Generator().manual_seed(R * 1000 + n)
             x = torch.randn(R, n, generator=g).to(dtype)
             w = (torch.randn(m, n, generator=g) / n**0.5).to(dtype)
@@ -116,7 +114,6 @@ for R, n, m, dtype, rank, anti, noise, has_bias, wi, bi, ids, gemm in FORWARD:
 
 
 triton_ops.FORWARD_MODE = "delta"
-triton_ops.DELTA_SPLIT, triton_ops.DELTA_SPLIT_CHUNKS = None, None
 
 
 # --- update --------------------------------------------------------------------------------------------------
