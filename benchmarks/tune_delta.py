@@ -1,5 +1,4 @@
-"""Sweep the delta kernel's launch shape on the benchmark's layers: feature block, rows per program, warps, and the
-two-launch split (feature chunks per row program; 0 = one launch).
+"""Sweep the delta kernel's launch shape on the benchmark's layers: feature block, rows per program, warps.
 
 python benchmarks/tune_delta.py [--shapes wide,rl]     # needs a CUDA GPU; one line per (shape, noise, config)
 """
@@ -14,11 +13,10 @@ import triton
 
 from eggroll_rl.kernels import triton_ops
 
-WIDE = [(1024, 1024, 8, 0), (1024, 1024, 8, 2), (1024, 1024, 8, 4), (1024, 1024, 8, 8), (512, 512, 4, 0),
-        (512, 512, 4, 4), (512, 512, 4, 16)]  # fmt: skip
-SHAPES = {  # rows, features, dtype, rank, configs (block_max, tile, warps, split chunks)
+WIDE = [(1024, 1024, 8), (512, 512, 4), (2048, 2048, 16), (2048, 2048, 8)]
+SHAPES = {  # rows, features, dtype, rank, configs (block_max, tile, warps); the first is the default
     "wide": [(1024, 8192, torch.bfloat16, 1, WIDE), (1024, 8192, torch.bfloat16, 4, WIDE)],
-    "rl": [(65536, 256, torch.float32, 4, [(512, 512, 4, 0), (1024, 1024, 8, 0), (256, 256, 2, 0)])],
+    "rl": [(65536, 256, torch.float32, 4, [(512, 512, 4), (1024, 1024, 8), (256, 256, 2)])],
 }
 
 
@@ -42,9 +40,8 @@ def main() -> None:
         def fwd(x=x, w=w, b=b, ids=ids, kw=kw):
             return triton_ops.perturbed_linear_triton(x, w, b, ids, **kw)
 
-        for block, tile, warps, split in configs:
+        for block, tile, warps in configs:
             triton_ops.DELTA_BLOCK_MAX, triton_ops.DELTA_TILE, triton_ops.DELTA_WARPS = block, tile, warps
-            triton_ops.DELTA_SPLIT, triton_ops.DELTA_SPLIT_CHUNKS = split > 0, split or None
             fwd()  # compile outside the timing
             ratios, times = [], []
             for _ in range(3):  # interleaved, to see the drift of the clocks
@@ -55,7 +52,7 @@ def main() -> None:
             r = sorted(ratios)[1]
             p, e = times[ratios.index(r)]
             print(f"rows={rows} feat={feat} {str(dtype)[6:]} r={rank} {noise:10s} block={block} tile={tile} "
-                  f"warps={warps} split={split}: {e * 1e3:7.1f} us  plain {p * 1e3:6.1f} us  ratio {r:.3f} "
+                  f"warps={warps}: {e * 1e3:7.1f} us  plain {p * 1e3:6.1f} us  ratio {r:.3f} "
                   f"(min {min(ratios):.3f} max {max(ratios):.3f})", flush=True)  # fmt: skip
 
 

@@ -12,7 +12,8 @@ _EPS = 1e-8
 
 def zscore(f: torch.Tensor) -> torch.Tensor:
     """``(f - mean) / sqrt(var + 1e-8)`` with the population (biased) variance."""
-    return (f - f.mean()) / torch.sqrt(f.var(unbiased=False) + _EPS)
+    var, mean = torch.var_mean(f, unbiased=False)
+    return (f - mean) / torch.sqrt(var + _EPS)
 
 
 def centered_rank(f: torch.Tensor) -> torch.Tensor:

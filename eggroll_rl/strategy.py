@@ -253,8 +253,10 @@ class EggrollStrategy:
                 sum((s.param.detach() - b).float().pow(2).sum() for s, b in zip(self.specs, before))
             )
         self.num_steps += 1
+        f_var, f_mean = torch.var_mean(f, unbiased=False)
+        f_min, f_max = torch.aminmax(f)
         stats = torch.stack(
-            [f.mean(), f.std(unbiased=False), f.min(), f.max(), grad_norm.float(), torch.as_tensor(update_norm).float()]
+            [f_mean, f_var.sqrt(), f_min, f_max, grad_norm.float(), torch.as_tensor(update_norm).float()]
         ).tolist()  # one device sync for all the metrics
         names = ("fitness_mean", "fitness_std", "fitness_min", "fitness_max", "grad_norm", "update_norm")
         return {

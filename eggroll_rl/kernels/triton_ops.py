@@ -467,7 +467,8 @@ def vector_update_triton(
     block = 128
     pj = 4
     e_blocks = triton.cdiv(numel, block)
-    split = min(triton.cdiv(J, pj), max(1, triton.cdiv(2 * _num_sms(w.device.index or 0), e_blocks)))
+    # Split the noise indices too, so that ~8 programs per SM share the work (a short serial loop each).
+    split = min(triton.cdiv(J, pj), max(1, triton.cdiv(8 * _num_sms(w.device.index or 0), e_blocks)))
     j_per_split = triton.cdiv(triton.cdiv(J, split), pj) * pj
     split = triton.cdiv(J, j_per_split)
     out = torch.empty(split, numel, dtype=torch.float32, device=w.device)
