@@ -55,8 +55,10 @@ DELTA_WARPS: int | None = None
 def _delta_launch_shape(K: int, M: int, rank: int) -> tuple[int, int, int]:
     # A tile of 4 elements per thread lets each thread make exactly one Philox call (4 words = 4 consecutive
     # elements) per noise block, so the noise lands in the layout of the vector loads/stores with no shuffle.
+    # Sweeps (tune_delta.py, H100): wide layers at rank <= 2 like 8 warps; at rank >= 3 (64+ registers per thread)
+    # 4 warps per program keep all row programs resident at once (+0.015 in the paper_r4 ratio, two sweeps).
     wide = max(K, M) >= 4096
-    warps = DELTA_WARPS or (8 if wide else 4)
+    warps = DELTA_WARPS or (8 if wide and rank <= 2 else 4)
     block_max = DELTA_BLOCK_MAX or 4 * 32 * warps
     tile = DELTA_TILE or 4 * 32 * warps
     return block_max, tile, warps
