@@ -95,7 +95,11 @@ def _batch_functions(
         status = jnp.stack(
             [~jnp.isfinite(actions).all(), ~(jnp.isfinite(nxt.obs).all() & jnp.isfinite(nxt.reward).all())]
         )
-        return new_state, steps, obs, nxt.reward, terminated, truncated, nxt.obs, flags | status
+        # Two packed outputs instead of five: each crossing to torch costs host time on every step, and the views
+        # taken on the torch side (obs, final_obs, reward; terminated, truncated) are free and contiguous.
+        floats = jnp.concatenate([obs.ravel(), nxt.obs.ravel(), nxt.reward.ravel().astype(obs.dtype)])
+        bools = jnp.concatenate([terminated, truncated])
+        return new_state, steps, floats, bools, flags | status
 
     fns = (env, jax.jit(reset), jax.jit(step))
     _FN_CACHE[key] = fns
@@ -216,17 +220,19 @@ class BraxVecEnv(VecEnv):
             actions = actions.to(torch.float32).contiguous()
         jax_actions = self._jax.dlpack.from_dlpack(actions)
         self.last_jax_actions = jax_actions
-        self._state, self._steps, obs, reward, terminated, truncated, final_obs, self._flags = self._step_fn(
+        self._state, self._steps, floats, bools, self._flags = self._step_fn(
             self._state, self._first_state, self._steps, jax_actions, self._flags
         )
-        self.last_jax_obs = obs
-        obs_t = self._to_torch(obs)
-        reward_t = self._to_torch(reward)
-        final_t = self._to_torch(final_obs)
+        self.last_jax_obs = floats  # obs is its first B * obs_dim elements
+        B, d = self.num_envs, self.single_observation_space.shape[0]
+        floats_t, bools_t = self._to_torch(floats), self._to_torch(bools)
+        obs_t = floats_t[: B * d].view(B, d)
+        final_t = floats_t[B * d : 2 * B * d].view(B, d)
+        reward_t = floats_t[2 * B * d :]
         self._since_check += 1
         if self.check_finite and self._since_check >= self.check_every:
             self.flush_checks(actions, final_t, reward_t)
-        return obs_t, reward_t, self._to_torch(terminated), self._to_torch(truncated), {"final_obs": final_t}
+        return obs_t, reward_t, bools_t[:B], bools_t[B:], {"final_obs": final_t}
 
     def flush_checks(
         self,
