@@ -19,6 +19,7 @@ def _run(device: str):
         seed=seed,
         brax_backend="positional",
         episode_length=length,
+        check_every=1,  # read the NaN flags every step: the error names the rows
     )
     assert env.backend == "brax" and env.obs_shape == (4,) and env.single_action_space.shape == (1,)
     obs = env.reset()
