@@ -7,13 +7,11 @@ python benchmarks/profile_delta.py --once     # one launch of each (for ncu --ke
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 import triton
 
 from eggroll_rl.kernels import triton_ops
-from eggroll_rl.kernels.triton_delta import lowrank_delta_kernel
 
 
 def main() -> None:
@@ -27,23 +25,16 @@ def main() -> None:
     w = torch.randn(F, F, device="cuda", dtype=torch.bfloat16) / F**0.5
     b = torch.randn(F, device="cuda", dtype=torch.bfloat16)
     ids = torch.arange(R, device="cuda")
-    d = torch.empty(R, F, device="cuda", dtype=torch.bfloat16)
+    d = torch.empty(R, F, device="cuda", dtype=torch.bfloat16)  # addmm target for the GEMM-alone timing
     for rank in map(int, args.ranks.split(",")):
         for noise in ("gaussian", "rademacher"):
-            block, tile, warps = triton_ops._delta_launch_shape(F, F, rank)
 
-            def delta(rank=rank, noise=noise, block=block, tile=tile, warps=warps):
-                lowrank_delta_kernel[(R // 2 // max(1, tile // block),)](
-                    x, ids, b, d, R, F, F, x.stride(0), x.stride(1), d.stride(0), d.stride(1),
-                    1, 0, 1, 0, 0.1 / math.sqrt(rank), 0.1,
-                    RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=True, PAIRED=True,
-                    NOISE=triton_ops._noise_code(noise), FAST_MATH=True, HAS_BIAS=True, PERTURB_W=True,
-                    PERTURB_B=True, P=max(1, tile // block), BLOCK_K=block, BLOCK_M=block, num_warps=warps,
-                )  # fmt: skip
+            def delta(rank=rank, noise=noise):  # the production launch (shape, unroll) without the GEMM
+                code = triton_ops._noise_code(noise)
+                return triton_ops.lowrank_delta(x, F, b, ids, 1, 0, 1, 0, 0.1, rank, True, code, True)
 
-            def both(delta=delta):
-                delta()
-                d.addmm_(x, w.T)
+            def both(delta=delta):  # what the forward does: the delta, then cuBLAS adds x W^T into it
+                return delta().addmm_(x, w.T)
 
             if args.once:
                 delta()

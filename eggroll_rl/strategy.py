@@ -256,7 +256,7 @@ class EggrollStrategy:
         f_var, f_mean = torch.var_mean(f, unbiased=False)
         f_min, f_max = torch.aminmax(f)
         stats = torch.stack(
-            [f_mean, f_var.sqrt(), f_min, f_max, grad_norm.float(), torch.as_tensor(update_norm).float()]
+            [f_mean, f_var.sqrt(), f_min, f_max, grad_norm.float(), update_norm.float()]
         ).tolist()  # one device sync for all the metrics
         names = ("fitness_mean", "fitness_std", "fitness_min", "fitness_max", "grad_norm", "update_norm")
         return {
@@ -285,18 +285,14 @@ class EggrollStrategy:
         sq = torch.zeros((), dtype=torch.float32, device=shaped.device)
         for spec in self.specs:
             common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
-            if spec.kind == "matrix" and spec.param.is_contiguous():
+            if spec.kind == "matrix":
+                target = spec.param.data.reshape(spec.m, spec.n)  # a view unless the parameter is not contiguous
                 sq = sq + kernels.lowrank_apply(
-                    spec.param.data.view(spec.m, spec.n), self._lr, weights=w_j / math.sqrt(self.rank), m=spec.m,
-                    n=spec.n, rank=self.rank, factor_dtype=spec.param.dtype, **common,
-                )  # fmt: skip
-            elif spec.kind == "matrix":
-                g = kernels.lowrank_update(
-                    weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
+                    target, self._lr, weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
                     factor_dtype=spec.param.dtype, **common,
                 )  # fmt: skip
-                sq = sq + g.square().sum()
-                spec.param.data.add_(g.view(spec.param.shape).to(spec.param.dtype), alpha=self._lr)
+                if not spec.param.is_contiguous():
+                    spec.param.data.copy_(target.view(spec.param.shape))
             else:
                 g = kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
                 sq = sq + g.square().sum()

@@ -308,8 +308,18 @@ def perturbed_linear_triton(
 
 
 def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, sigma, rank, antithetic, code, paired):
+    d = lowrank_delta(x, weight.shape[0], bias, ids, seed, weight_index, bias_index, t_eff, sigma, rank, antithetic,
+                      code, paired)  # fmt: skip
+    if INTERPRET and x.dtype != torch.float32:
+        # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
+        return (d.float() + x.float() @ weight.float().T).to(x.dtype)
+    return d.addmm_(x, weight.T)
+
+
+def lowrank_delta(x, M, bias, ids, seed, weight_index, bias_index, t_eff, sigma, rank, antithetic, code, paired):
+    """``D = (sigma s/sqrt r)(x B_j) A_j^T + b + sigma s eps_j``, ``(R, M)`` in ``x.dtype``: the forward without
+    ``x W^T`` (one launch of ``lowrank_delta_kernel``; ``benchmarks/profile_delta.py`` times it alone)."""
     R, K = x.shape
-    M = weight.shape[0]
     d = torch.empty((R, M), dtype=x.dtype, device=x.device)
     if R == 0:
         return d
@@ -333,10 +343,7 @@ def _delta_forward(x, weight, bias, ids, seed, weight_index, bias_index, t_eff, 
         PERTURB_B=bias_index is not None, P=rows_per_prog, BLOCK_K=block_k, BLOCK_M=block_m,
         UNROLL_K=_unroll(K, block_k), UNROLL_M=_unroll(M, block_m), num_warps=warps,
     )  # fmt: skip
-    if INTERPRET and x.dtype != torch.float32:
-        # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
-        return (d.float() + x.float() @ weight.float().T).to(x.dtype)
-    return d.addmm_(x, weight.T)
+    return d
 
 
 # --- update ----------------------------------------------------------------------------------------------------
@@ -438,12 +445,9 @@ def lowrank_apply_triton(param: torch.Tensor, alpha: float, **kw) -> torch.Tenso
         return G.square().sum()
     ids, w = _check_update_args(kw["seed"], kw["param_index"], kw["t_eff"], kw["noise_ids"], kw["weights"])
     code = _noise_code(kw.get("noise", "gaussian"))
-    factor_dtype = torch.float32 if param.dtype == torch.float32 else torch.bfloat16
-    ((at, bt),) = _factor_chunks(ids, w, kw["seed"], kw["param_index"], kw["t_eff"], m, n, rank, code, factor_dtype)
+    ((at, bt),) = _factor_chunks(ids, w, kw["seed"], kw["param_index"], kw["t_eff"], m, n, rank, code, param.dtype)
     sq = (_mm_f32(at, at.T, None) * _mm_f32(bt, bt.T, None)).sum()
-    if param.dtype == torch.float16:
-        at, bt = at.half(), bt.half()
-    param.addmm_(at.T, bt, alpha=alpha)
+    param.addmm_(at.T.to(param.dtype), bt.to(param.dtype), alpha=alpha)  # no-op casts unless fp16 / UPDATE_DTYPE
     return sq
 
 
