@@ -157,7 +157,6 @@ def case_linear(name, rows, features, rank, noise, dtype, device, variants):
     rec = {"case": name, "noise": noise, "dtype": str(dtype).removeprefix("torch."), "rank": rank, "rows": rows}
     rec["shape"] = f"Linear {features}x{features}, {rows} rows"
     with torch.no_grad():
-        rec["plain_ms"] = timed([lambda x=x: F.linear(x, lin.weight, lin.bias) for x in xs], graph=False)
         best = None
         for v in variants:
             set_variant(v)
