@@ -142,8 +142,6 @@ def lowrank_delta_kernel(
     P: tl.constexpr,  # rows (PAIRED: row pairs) per program
     BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    UNROLL_K: tl.constexpr = 1,  # 2: two independent K blocks per loop step (more work in flight per thread)
-    UNROLL_M: tl.constexpr = 1,
 ):
     pid = tl.program_id(0)
     k0 = seed.to(tl.uint32, bitcast=True)
@@ -198,26 +196,15 @@ def lowrank_delta_kernel(
             if not PAIRED:
                 rows_b = rows_a
                 mask_b = mask_a
-            for k_start in range(0, K, BLOCK_K * UNROLL_K):
+            for k_start in range(0, K, BLOCK_K):
                 xa = _x_block(x_ptr, rows_a, mask_a, stride_xr, stride_xk, k_start, K, BLOCK_K)
                 xb = xa
                 if PAIRED:
                     xb = _x_block(x_ptr, rows_b, mask_b, stride_xr, stride_xk, k_start, K, BLOCK_K)
-                if UNROLL_K > 1:
-                    k2 = k_start + BLOCK_K
-                    xa2 = _x_block(x_ptr, rows_a, mask_a, stride_xr, stride_xk, k2, K, BLOCK_K)
-                    xb2 = xa2
-                    if PAIRED:
-                        xb2 = _x_block(x_ptr, rows_b, mask_b, stride_xr, stride_xk, k2, K, BLOCK_K)
                 aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3 = _b_dots(
                     xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
                     RANK, PAIRED, NOISE, FAST_MATH, P, BLOCK_K,
                 )  # fmt: skip
-                if UNROLL_K > 1:
-                    aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3 = _b_dots(
-                        xa2, xb2, k2, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
-                        RANK, PAIRED, NOISE, FAST_MATH, P, BLOCK_K,
-                    )  # fmt: skip
             ua0 = tl.sum(aa0, axis=1) * (scale * s_a)
             ua1 = tl.sum(aa1, axis=1) * (scale * s_a)
             ua2 = tl.sum(aa2, axis=1) * (scale * s_a)
@@ -261,18 +248,12 @@ def lowrank_delta_kernel(
             s_b = s_a
         if not PERTURB_W:
             kw = kb
-        for m_start in range(0, M, BLOCK_M * UNROLL_M):
+        for m_start in range(0, M, BLOCK_M):
             _d_block(
                 d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
                 ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, sigma * s_a, sigma * s_b, k0, kw, kb, j, t,
                 RANK, PAIRED, NOISE, FAST_MATH, HAS_BIAS, PERTURB_W, PERTURB_B, P, BLOCK_M,
             )  # fmt: skip
-            if UNROLL_M > 1:
-                _d_block(
-                    d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start + BLOCK_M, M, stride_dr, stride_dm,
-                    ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, sigma * s_a, sigma * s_b, k0, kw, kb, j, t,
-                    RANK, PAIRED, NOISE, FAST_MATH, HAS_BIAS, PERTURB_W, PERTURB_B, P, BLOCK_M,
-                )  # fmt: skip
     else:
         for m_start in range(0, M, BLOCK_M):
             ms = m_start + tl.arange(0, BLOCK_M)

@@ -55,21 +55,13 @@ DELTA_WARPS: int | None = None
 def _delta_launch_shape(K: int, M: int, rank: int) -> tuple[int, int, int]:
     # A tile of 4 elements per thread lets each thread make exactly one Philox call (4 words = 4 consecutive
     # elements) per noise block, so the noise lands in the layout of the vector loads/stores with no shuffle.
-    # Sweeps (tune_delta.py, H100): wide layers at rank <= 2 like 8 warps; at rank >= 3 (64+ registers per thread)
-    # 4 warps per program keep all row programs resident at once (+0.015 in the paper_r4 ratio, two sweeps).
+    # Wide layers: 8 warps (tune_delta.py; at r=4 the kernel alone, timed by graph replay in profile_delta.py,
+    # takes 47.8 us with 8 warps against 49.4 us with 4).
     wide = max(K, M) >= 4096
-    warps = DELTA_WARPS or (8 if wide and rank <= 2 else 4)
+    warps = DELTA_WARPS or (8 if wide else 4)
     block_max = DELTA_BLOCK_MAX or 4 * 32 * warps
     tile = DELTA_TILE or 4 * 32 * warps
     return block_max, tile, warps
-
-
-DELTA_UNROLL = 2  # feature blocks per loop step in the delta kernel (when the block count is even)
-
-
-def _unroll(features: int, block: int) -> int:
-    """Two independent blocks per loop step where the count of blocks is even (no wasted noise); else one."""
-    return DELTA_UNROLL if DELTA_UNROLL > 1 and triton.cdiv(features, block) % DELTA_UNROLL == 0 else 1
 
 
 FORWARD_GEMM = "cublas"
@@ -341,7 +333,7 @@ def lowrank_delta(x, M, bias, ids, seed, weight_index, bias_index, t_eff, sigma,
         RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=bool(antithetic), PAIRED=paired, NOISE=code,
         FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None, PERTURB_W=weight_index is not None,
         PERTURB_B=bias_index is not None, P=rows_per_prog, BLOCK_K=block_k, BLOCK_M=block_m,
-        UNROLL_K=_unroll(K, block_k), UNROLL_M=_unroll(M, block_m), num_warps=warps,
+        num_warps=warps,
     )  # fmt: skip
     return d
 
