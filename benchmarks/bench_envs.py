@@ -156,7 +156,29 @@ def bench_envpool(rows: list, sizes: list[int], min_time: float) -> None:
             print(rows[-1], flush=True)
 
 
-def bench_brax(ratios: list, backends: list[str], n: int, device: str, min_time: float, budget_s: float) -> None:
+def _adapter_timer(env, acts: torch.Tensor, check_finite: bool, check_every: int) -> tuple[Callable, Callable]:
+    """``(setup, step)`` for one adapter variant: setup flushes pending NaN flags and sets the check mode."""
+
+    def setup() -> None:
+        env.flush_checks()
+        env.check_finite, env.check_every = check_finite, check_every
+
+    return setup, lambda: env.step(acts)
+
+
+BRAX_VARIANTS = ("raw JAX", "adapter, check_every=1", "adapter, check_every=64 (default)", "adapter, no NaN check")
+
+
+def bench_brax(
+    ratios: list, backends: list[str], n: int, device: str, min_time: float, budget_s: float, rounds: int = 5
+) -> None:
+    """Brax halfcheetah: raw ``jit(vmap(step))`` against the adapter, timed in interleaved rounds.
+
+    The H100's throughput drifts by ~10 % over tens of seconds (the same raw step measured 2.22 ms and 2.50 ms per
+    call minutes apart, ``profile_brax.py``), so timing each variant once in sequence compared different eras.
+    Each round times every variant for ``min_time`` seconds, in an order rotated every round; the ratio is taken
+    within a round, and the median over rounds is reported with its range.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -172,13 +194,6 @@ def bench_brax(ratios: list, backends: list[str], n: int, device: str, min_time:
         env.reset(seed=0)
         acts_t = torch.zeros(n, env.single_action_space.shape[0], device=device)
         sync = _cuda_sync if device == "cuda" else _noop
-        adapter = _rate(lambda env=env, acts_t=acts_t: env.step(acts_t), sync, n, min_time, 3)
-        env.check_every = 16
-        adapter_check16 = _rate(lambda env=env, acts_t=acts_t: env.step(acts_t), sync, n, min_time, 3)
-        env.check_every = 64
-        adapter_check64 = _rate(lambda env=env, acts_t=acts_t: env.step(acts_t), sync, n, min_time, 3)
-        env.check_finite = False
-        adapter_nocheck = _rate(lambda env=env, acts_t=acts_t: env.step(acts_t), sync, n, min_time, 3)
 
         # Raw JAX: jit(vmap(step)) of the same env, constant action, no autoreset, no torch.
         raw_env = env._env
@@ -191,25 +206,44 @@ def bench_brax(ratios: list, backends: list[str], n: int, device: str, min_time:
         def raw_step(holder=holder, step=step, acts_j=acts_j):
             holder[0] = step(holder[0], acts_j)
 
-        raw = _rate(raw_step, lambda holder=holder: holder[0].obs.block_until_ready(), n, min_time, 3)
+        timers = {
+            BRAX_VARIANTS[0]: (_noop, raw_step, lambda holder=holder: holder[0].obs.block_until_ready()),
+            BRAX_VARIANTS[1]: (*_adapter_timer(env, acts_t, True, 1), sync),
+            BRAX_VARIANTS[2]: (*_adapter_timer(env, acts_t, True, 64), sync),
+            BRAX_VARIANTS[3]: (*_adapter_timer(env, acts_t, False, 64), sync),
+        }
+        names = list(timers)
+        per_round: list[dict[str, float]] = []
+        for r in range(rounds):
+            rates = {}
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                setup, fn, fsync = timers[name]
+                setup()
+                rates[name] = _rate(fn, fsync, n, min_time, 3)
+            per_round.append(rates)
+        variants = {}
+        for name in names:
+            rs = [pr[name] / pr[names[0]] for pr in per_round]
+            variants[name] = dict(
+                steps_per_s=float(np.median([pr[name] for pr in per_round])),
+                ratio=float(np.median(rs)),
+                ratio_min=min(rs),
+                ratio_max=max(rs),
+            )
         ratios.append(
             dict(
                 env="halfcheetah",
                 brax_backend=backend,
                 device=device,
                 num_envs=n,
-                raw_steps_per_s=raw,
-                adapter_steps_per_s=adapter,
-                adapter_check16_steps_per_s=adapter_check16,
-                adapter_nocheck_steps_per_s=adapter_nocheck,
-                ratio_check16=adapter_check16 / raw,
-                ratio_check64=adapter_check64 / raw,
-                ratio=adapter / raw,
-                ratio_nocheck=adapter_nocheck / raw,
+                rounds=rounds,
+                seconds_per_timing=min_time,
+                variants=variants,
+                per_round=per_round,
                 compile_and_bench_s=time.perf_counter() - t0,
             )
         )
-        print(ratios[-1], flush=True)
+        print(backend, json.dumps(variants, indent=1), flush=True)
         env.close()
 
 
@@ -227,6 +261,31 @@ def _device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def _old_brax_table(rows: list) -> list[str]:
+    """Runs written before the interleaved rounds (one sequential timing per variant)."""
+    lines = [
+        "Brax halfcheetah, adapter (`BraxVecEnv.step`, torch in/out by DLPack) vs raw "
+        "`jit(vmap(step))` in JAX (one sequential timing per variant):",
+        "",
+        "| physics | device | num_envs | raw JAX steps/s | adapter (NaN check every step) | ratio | "
+        "adapter, check_every=16 | ratio | check_every=64 ratio | adapter, no NaN check | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['brax_backend']} | {r['device']} | {r['num_envs']} | {r['raw_steps_per_s']:,.0f} "
+            f"| {r['adapter_steps_per_s']:,.0f} | {r['ratio']:.2f} | "
+            + (
+                f"{r['adapter_check16_steps_per_s']:,.0f} | {r['ratio_check16']:.2f} | "
+                if "ratio_check16" in r
+                else "– | – | "
+            )
+            + (f"{r['ratio_check64']:.2f} | " if "ratio_check64" in r else "– | ")
+            + f"{r['adapter_nocheck_steps_per_s']:,.0f} | {r['ratio_nocheck']:.2f} |"
+        )
+    return lines + [""]
 
 
 def write_md(path: Path, runs: dict) -> None:
@@ -257,28 +316,35 @@ def write_md(path: Path, runs: dict) -> None:
                     f"| {r['backend']} | {r['env']} | {r['device']} | {r['num_envs']} | {r['steps_per_s']:,.0f} |"
                 )
             lines.append("")
-        if run["brax"]:
+        old = [r for r in run["brax"] if "variants" not in r]
+        new = [r for r in run["brax"] if "variants" in r]
+        if old:
+            lines += _old_brax_table(old)
+        if new:
             lines += [
-                "Brax halfcheetah, adapter (`BraxVecEnv.step`, torch in/out by DLPack) vs raw "
-                "`jit(vmap(step))` in JAX:",
+                f"Brax halfcheetah, adapter (`BraxVecEnv.step`, torch in/out by DLPack) vs raw `jit(vmap(step))` in "
+                f"JAX, in {new[0]['rounds']} interleaved rounds of {new[0]['seconds_per_timing']} s per variant; "
+                "ratio = median over rounds of (variant / raw in the same round), range in brackets:",
                 "",
-                "| physics | device | num_envs | raw JAX steps/s | adapter (NaN check every step) | ratio | "
-                "adapter, check_every=16 | ratio | check_every=64 ratio | adapter, no NaN check | ratio |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| physics | device | num_envs | raw JAX steps/s | "
+                + " | ".join(f"{v} (ratio)" for v in BRAX_VARIANTS[1:])
+                + " |",
+                "|---|---|---:|---:|" + "---:|" * (len(BRAX_VARIANTS) - 1),
             ]
-            for r in run["brax"]:
+            for r in new:
+                v = r["variants"]
+                cells = [
+                    f"{v[k]['steps_per_s']:,.0f} (**{v[k]['ratio']:.3f}** [{v[k]['ratio_min']:.3f}–"
+                    f"{v[k]['ratio_max']:.3f}])"
+                    for k in BRAX_VARIANTS[1:]
+                ]
                 lines.append(
-                    f"| {r['brax_backend']} | {r['device']} | {r['num_envs']} | {r['raw_steps_per_s']:,.0f} "
-                    f"| {r['adapter_steps_per_s']:,.0f} | {r['ratio']:.2f} | "
-                    + (
-                        f"{r['adapter_check16_steps_per_s']:,.0f} | {r['ratio_check16']:.2f} | "
-                        if "ratio_check16" in r
-                        else "– | – | "
-                    )
-                    + (f"{r['ratio_check64']:.2f} | " if "ratio_check64" in r else "– | ")
-                    + f"{r['adapter_nocheck_steps_per_s']:,.0f} | {r['ratio_nocheck']:.2f} |"
+                    f"| {r['brax_backend']} | {r['device']} | {r['num_envs']} | "
+                    f"{v[BRAX_VARIANTS[0]]['steps_per_s']:,.0f} | " + " | ".join(cells) + " |"
                 )
             lines.append("")
+        if run.get("notes"):
+            lines += [run["notes"], ""]
     path.write_text("\n".join(lines))
 
 
@@ -290,7 +356,9 @@ def main() -> None:
     p.add_argument("--brax-backends", default="positional,spring,mjx,generalized")
     p.add_argument("--brax-envs", type=int, default=4096)
     p.add_argument("--brax-budget-s", type=float, default=300.0, help="stop starting Brax backends after this")
+    p.add_argument("--brax-rounds", type=int, default=5, help="interleaved timing rounds per Brax backend")
     p.add_argument("--skip", default="", help="comma list of: torch,gym,envpool,brax")
+    p.add_argument("--notes", default=None, help="a paragraph written under this run in envs.md")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     min_time = 0.3 if args.quick else 1.0
@@ -317,7 +385,7 @@ def main() -> None:
 
             dev = "cuda" if has_cuda and any(d.platform == "gpu" for d in jax.devices()) else "cpu"
             n = args.brax_envs if dev == "cuda" else min(args.brax_envs, 128)
-            bench_brax(brax, args.brax_backends.split(","), n, dev, min_time, args.brax_budget_s)
+            bench_brax(brax, args.brax_backends.split(","), n, dev, min_time / 2, args.brax_budget_s, args.brax_rounds)
         except ImportError as e:
             print("brax skipped:", e)
 
@@ -329,9 +397,9 @@ def main() -> None:
                 f"{r['steps_per_s']:,.0f} vs {gym_best:,.0f} steps/s = {r['steps_per_s'] / gym_best:,.0f}x"
             )
     for b in brax:
-        summary[f"Brax {b['brax_backend']} adapter / raw JAX at {b['num_envs']} envs ({b['device']})"] = (
-            f"{b['ratio']:.2f} (check_every=16: {b['ratio_check16']:.2f}; 64: {b['ratio_check64']:.2f}; "
-            f"no NaN check: {b['ratio_nocheck']:.2f})"
+        v = b["variants"]
+        summary[f"Brax {b['brax_backend']} adapter / raw JAX at {b['num_envs']} envs ({b['device']})"] = "; ".join(
+            f"{k}: {v[k]['ratio']:.3f} [{v[k]['ratio_min']:.3f}–{v[k]['ratio_max']:.3f}]" for k in BRAX_VARIANTS[1:]
         )
     run = {
         "meta": {
@@ -342,6 +410,7 @@ def main() -> None:
             "quick": args.quick,
         },
         "summary": summary,
+        "notes": args.notes,
         "rows": rows,
         "brax": brax,
     }

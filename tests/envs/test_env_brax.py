@@ -106,3 +106,56 @@ def test_brax_gpu_zero_copy_matches_raw_jax():
 def test_unknown_brax_backend():
     with pytest.raises(ValueError, match="brax_backend must be one of"):
         make_env("brax:halfcheetah", num_envs=1, device="cpu", brax_backend="warp")
+
+
+def _bridge(device: str):
+    from eggroll_rl.envs.brax_adapter import _DLPackBridge
+
+    jax_device = jax.devices("gpu")[0] if device == "cuda" else jax.devices("cpu")[0]
+    return _DLPackBridge(jax, jax_device, torch.device(device)), jax_device
+
+
+def test_dlpack_bridge_cpu_shares_memory_both_ways():
+    bridge, jax_device = _bridge("cpu")
+    # The fast path must be active with the jaxlib CI installs, or every Brax step pays the public wrappers' cost.
+    assert bridge.fast
+    t = torch.arange(12, dtype=torch.float32).view(3, 4)
+    a = bridge.to_jax(t)
+    assert a.shape == (3, 4) and a.dtype == jax.numpy.float32 and a.unsafe_buffer_pointer() == t.data_ptr()
+    assert float(jax.numpy.sum(a)) == 66.0
+    b = jax.device_put(jax.numpy.arange(5, dtype=jax.numpy.int32) * 2, jax_device)
+    tb = bridge.to_torch(b)
+    assert tb.dtype == torch.int32 and tb.data_ptr() == b.unsafe_buffer_pointer()
+    assert tb.tolist() == [0, 2, 4, 6, 8]
+    # The public functions (the fallback) give the same arrays.
+    bridge.fast = False
+    assert bridge.to_jax(t).unsafe_buffer_pointer() == t.data_ptr()
+    assert bridge.to_torch(b).tolist() == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.gpu
+def test_dlpack_bridge_gpu_waits_for_the_producer():
+    """Each side reads the other's data only after the producing kernels finish (no host sync in between)."""
+    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("needs CUDA for torch and JAX")
+    bridge, jax_device = _bridge("cuda")
+    assert bridge.fast
+    n = 1 << 20
+    # torch -> JAX: the write to t is queued behind ~0.2 s of matmuls; JAX must see the written values.
+    t = torch.zeros(n, device="cuda")
+    a = torch.randn(8192, 8192, device="cuda")
+    torch.cuda.synchronize()
+    for _ in range(8):
+        a = (a @ a) * 1e-3
+    t.copy_(torch.full_like(t, 3.0) + 0.0 * a[0, 0])
+    total = jax.jit(jax.numpy.sum)(bridge.to_jax(t))
+    assert float(total) == 3.0 * n
+    # JAX -> torch: the array is the output of a slow JAX computation; torch must read it after it is computed.
+    slow = jax.jit(
+        lambda m: jax.numpy.full((n,), 5.0) + 0.0 * jax.lax.fori_loop(0, 8, lambda i, x: (x @ x) * 1e-3, m)[0, 0]
+    )
+    with jax.default_device(jax_device):
+        m = jax.random.normal(jax.random.PRNGKey(0), (8192, 8192))
+        jax.block_until_ready(m)
+        y = slow(m)
+    assert torch.sum(bridge.to_torch(y)).item() == 5.0 * n
