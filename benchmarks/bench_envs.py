@@ -174,8 +174,9 @@ def bench_brax(
 ) -> None:
     """Brax halfcheetah: raw ``jit(vmap(step))`` against the adapter, timed in interleaved rounds.
 
-    The H100's throughput drifts by ~10 % over tens of seconds (the same raw step measured 2.22 ms and 2.50 ms per
-    call minutes apart, ``profile_brax.py``), so timing each variant once in sequence compared different eras.
+    The Brax step's speed drifts by ~12 % between timings on the H100 machine (the same raw step took 2.49 and
+    2.21 ms per call in consecutive ``profile_brax.py`` rows, GPU clocks unchanged; it is close to launch-bound on
+    that host), so timing each variant once, in sequence, compared different eras.
     Each round times every variant for ``min_time`` seconds, in an order rotated every round; the ratio is taken
     within a round, and the median over rounds is reported with its range.
     """

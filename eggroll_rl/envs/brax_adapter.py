@@ -8,7 +8,7 @@
   (``tests/envs/test_env_brax.py`` checks the data pointers). Outputs are fresh XLA buffers every step (nothing is
   donated), so tensors a caller keeps stay valid. The crossings follow the DLPack stream protocol (the consumer's
   stream waits on the producer's work; no host sync) but skip the two libraries' Python wrappers: the public
-  ``jax.dlpack.from_dlpack`` took about 100-130 µs of host time per call on the H100 machine, against a 2.5 ms
+  ``jax.dlpack.from_dlpack`` took about 100-120 µs of host time per call on the H100 machine, against a 2.5 ms
   GPU step (see ``_DLPackBridge``; it falls back to the public functions if jaxlib's internals differ).
 - Memory: ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` is set before JAX is imported (here and in
   ``eggroll_rl.envs``), so JAX allocates on demand and leaves the GPU memory to torch. If JAX was imported
@@ -188,7 +188,7 @@ class BraxVecEnv(VecEnv):
         check_finite: raise on NaN/inf actions, observations or rewards (checked inside the jitted step).
         check_every: read the NaN flags on the host every this many steps (default 64; 1: every step, which
             also names the bad rows). Each read is a host sync that stops JAX from queueing the next step early
-            (every step: about half the throughput of the fast physics at 4096 envs; every 64: 2-3 %). A NaN
+            (every step: ~37 % of the throughput of the fast physics at 4096 envs; every 64: under 1 %). A NaN
             raises within ``k`` steps of appearing, and ``flush_checks()`` (which ``rollout`` calls before
             returning) reads them at once, so a rollout never returns a result computed from NaNs.
         **env_kwargs: passed to the Brax env's constructor.
