@@ -188,7 +188,7 @@ class BraxVecEnv(VecEnv):
         check_finite: raise on NaN/inf actions, observations or rewards (checked inside the jitted step).
         check_every: read the NaN flags on the host every this many steps (default 64; 1: every step, which
             also names the bad rows). Each read is a host sync that stops JAX from queueing the next step early
-            (every step: ~37 % of the throughput of the fast physics at 4096 envs; every 64: under 1 %). A NaN
+            (every step: about a third of the throughput of the fast physics at 4096 envs; every 64: about 1 %). A NaN
             raises within ``k`` steps of appearing, and ``flush_checks()`` (which ``rollout`` calls before
             returning) reads them at once, so a rollout never returns a result computed from NaNs.
         **env_kwargs: passed to the Brax env's constructor.
