@@ -1,0 +1,143 @@
+"""Where a training rollout's time goes: env step, policy forward, bookkeeping, per env-step call.
+
+Builds what ``eggroll-rl train ENV`` builds (env, policy, strategy from ``TrainConfig.for_env``) and times, per
+step call (``num_envs`` transitions), each part alone and the whole ``rollout``:
+
+- ``env.step``: the env with constant actions;
+- ``act``: ``pop.batched_forward(policy, obs, member_ids)`` on a fixed observation batch;
+- ``rollout``: the trainer's rollout (``max_steps`` steps, ``record_obs`` as the trainer sets it);
+- the CUDA kernels of a few rollout steps (torch.profiler): how many launches per step and their GPU time.
+
+``host`` is the Python time to issue a batch of calls, ``total`` the time until the GPU finished them; a part whose
+host time is close to its total is bound by launch overhead, not by the GPU.
+
+Usage: ``python benchmarks/profile_rollout.py [--env HalfCheetah] [--steps 200] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eggroll_rl.agents.config import TrainConfig  # noqa: E402
+from eggroll_rl.agents.policy import make_policy  # noqa: E402
+from eggroll_rl.agents.rollout import rollout  # noqa: E402
+from eggroll_rl.agents.trainer import _strategy, build_env, episode_limit, resolve_device  # noqa: E402
+
+
+def _time(fn, calls: int, sync) -> dict:
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    sync()
+    t2 = time.perf_counter()
+    return {"host_ms": (t1 - t0) / calls * 1e3, "total_ms": (t2 - t0) / calls * 1e3}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="HalfCheetah")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=200, help="rollout steps timed (max_steps of the rollout)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides (JSON values)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    overrides = {}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
+    config = TrainConfig.for_env(args.env, device=args.device, **overrides)
+    device = resolve_device(config.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    num_envs = config.population * config.episodes_per_member
+    env = build_env(config, num_envs, device, seed=0)
+    policy = make_policy(
+        env.single_observation_space,
+        env.single_action_space,
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+        action_mode=config.action_mode,
+        obs_norm=config.obs_norm,
+        obs_clip=config.obs_clip,
+    ).to(device)
+    strategy = _strategy(config, device)
+    strategy.setup(policy)
+    steps = min(args.steps, episode_limit(env, config))
+    result = {
+        "env": env.env_id,
+        "backend": env.backend,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "num_envs": num_envs,
+        "population": config.population,
+        "hidden_sizes": list(config.hidden_sizes),
+        "rank": config.rank,
+        "steps": steps,
+    }
+    obs = env.reset(seed=0)
+    act_dim = env.single_action_space.shape[0] if env.single_action_space.shape else None
+    const = torch.zeros(num_envs, act_dim, device=device) if act_dim else torch.zeros(num_envs, dtype=torch.long)
+    result["env.step"] = _time(lambda: env.step(const), steps, sync)
+    with strategy.perturb(population_size=config.population, epoch=0) as pop:
+        ids = torch.arange(config.population, device=device).repeat_interleave(config.episodes_per_member)
+
+        def act(o, i):
+            return pop.batched_forward(policy, o, member_ids=i)
+
+        result["act"] = _time(lambda: act(obs, ids), steps, sync)
+
+        def run():
+            rollout(
+                env,
+                act,
+                num_members=config.population,
+                envs_per_member=config.episodes_per_member,
+                max_steps=steps,
+                seed=1,
+                record_obs=policy.obs_norm is not None,
+            )
+
+        result["rollout"] = _time(run, 1, sync)
+        result["rollout"] = {k: v / steps for k, v in result["rollout"].items()}
+        table = ""
+        if device.type == "cuda":
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                rollout(
+                    env,
+                    act,
+                    num_members=config.population,
+                    envs_per_member=config.episodes_per_member,
+                    max_steps=20,
+                    seed=1,
+                    record_obs=policy.obs_norm is not None,
+                )
+                sync()
+            events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+            result["torch kernels per rollout step"] = sum(e.count for e in events) / 20
+            result["torch GPU us per rollout step"] = sum(e.self_device_time_total for e in events) / 20
+            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
+            print(table)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "profile_rollout.json").write_text(json.dumps(result, indent=1))
+        (Path(args.out) / "profile_rollout_kernels.txt").write_text(table)
+    env.close()
+
+
+if __name__ == "__main__":
+    main()
