@@ -100,8 +100,10 @@ def main() -> None:
 
         result["act"] = _time(lambda: act(obs, ids), steps, sync)
 
-        def run():
-            rollout(
+        outs = {}
+
+        def run(graph):
+            outs[graph] = rollout(
                 env,
                 act,
                 num_members=config.population,
@@ -109,10 +111,19 @@ def main() -> None:
                 max_steps=steps,
                 seed=1,
                 record_obs=policy.obs_norm is not None,
+                cuda_graph=graph,
             )
 
-        result["rollout"] = _time(run, 1, sync)
-        result["rollout"] = {k: v / steps for k, v in result["rollout"].items()}
+        for graph in (False, None, False, None):  # None: the default (graphs on CUDA)
+            name = "rollout, eager" if graph is False else "rollout, default"
+            t = _time(lambda graph=graph: run(graph), 1, sync)
+            result.setdefault(name, []).append({k: v / steps for k, v in t.items()})
+        if None in outs and False in outs:
+            result["default == eager (returns, lengths, obs sums)"] = all(
+                torch.equal(getattr(outs[None], f).nan_to_num(-1), getattr(outs[False], f).nan_to_num(-1))
+                for f in ("returns", "lengths", "obs_sum", "obs_sumsq")
+                if getattr(outs[None], f) is not None
+            )
         table = ""
         if device.type == "cuda":
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -54,7 +54,8 @@ class TrainConfig:
     brax_backend: str = "positional"
     """Physics pipeline when the env runs on Brax: generalized, positional, spring or mjx."""
     env_checks: bool = True
-    """Check every step's outputs for NaN/inf (one host sync per step); off is faster on a GPU."""
+    """Raise on NaN/inf env outputs. Costs a host sync per step for torch-native envs on CUDA; Brax reads its
+    flags every 64 steps (about 1 % of its throughput)."""
 
     # --- budget -------------------------------------------------------------------------------------------------
     generations: int = 100
@@ -278,7 +279,6 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         hidden_sizes=(64, 64),
         activation="pqn",
         brax_backend="spring",
-        env_checks=False,
         generations=1000,
         time_limit_s=540.0,
         eval_every=10,

@@ -36,6 +36,7 @@ Both return a ``RolloutResult`` (all tensors on the env's device):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,108 @@ def _member_ids(env: VecEnv, num_members: int, envs_per_member: int, member_ids:
     return ids
 
 
+class _Tally:
+    """A rollout's running per-env bookkeeping, updated in place (so a CUDA graph can replay the updates)."""
+
+    def __init__(self, num_envs: int, k: int, obs_shape: torch.Size, record_obs: bool, dev: torch.device) -> None:
+        self.k = k
+        self.rows = torch.arange(num_envs, device=dev)
+        self.live = torch.ones(num_envs, dtype=torch.bool, device=dev)
+        self.ep_return = torch.zeros(num_envs, dtype=torch.float64, device=dev)
+        self.ep_length = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        self.finished = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        self.table_return = torch.full((num_envs, k), math.nan, dtype=torch.float64, device=dev)
+        self.table_length = torch.zeros((num_envs, k), dtype=torch.int64, device=dev)
+        self.obs_count = torch.zeros((), dtype=torch.int64, device=dev)
+        self.obs_sum = torch.zeros(obs_shape, dtype=torch.float64, device=dev) if record_obs else None
+        self.obs_sumsq = torch.zeros(obs_shape, dtype=torch.float64, device=dev) if record_obs else None
+
+    def record(self, obs: torch.Tensor) -> None:
+        """Add the observations the policy acts on, in live envs only, to the sums."""
+        w = self.live.to(torch.float64).reshape(-1, *([1] * (obs.dim() - 1)))
+        o = obs.to(torch.float64)
+        self.obs_sum += (o * w).sum(0)
+        self.obs_sumsq += (o.square() * w).sum(0)
+        self.obs_count += self.live.sum()
+
+    def update(self, reward: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor) -> None:
+        """One step's rewards and episode ends: live envs only, a finished episode goes to its table slot."""
+        live, rows = self.live, self.rows
+        self.ep_return += torch.where(live, reward.to(torch.float64), 0.0)
+        self.ep_length += live.long()
+        done = (terminated | truncated) & live
+        slot = self.finished.clamp(max=self.k - 1)
+        self.table_return[rows, slot] = torch.where(done, self.ep_return, self.table_return[rows, slot])
+        self.table_length[rows, slot] = torch.where(done, self.ep_length, self.table_length[rows, slot])
+        self.finished += done.long()
+        self.ep_return.masked_fill_(done, 0.0)
+        self.ep_length.masked_fill_(done, 0)
+        torch.lt(self.finished, self.k, out=self.live)
+
+
+class _GraphedStep:
+    """The torch side of a rollout step as two CUDA graphs around ``env.step``.
+
+    Graph 1 runs ``act`` (and the observation sums) on a fixed observation buffer; graph 2 runs the bookkeeping
+    on fixed reward/termination buffers. Per step the host then issues 2 replays and 4 copies instead of one
+    launch per torch op: the policy's forward alone took ~2.2 ms of host time per step at 2048 envs on the H100
+    machine, more than its GPU time (``benchmarks/profile_rollout.py``).
+
+    ``act`` must be a function of its inputs and of tensors that keep their memory during the rollout (parameters,
+    buffers), with no host sync; otherwise capturing fails and ``rollout`` runs eagerly (or raises, if asked for
+    graphs explicitly). The env's outputs are copied in, so the env may return new tensors every step.
+    """
+
+    def __init__(self, act: ActFn, ids: torch.Tensor, tally: _Tally, obs, reward, terminated, truncated,
+                 record_obs: bool) -> None:  # fmt: skip
+        dev = obs.device
+        self.obs_in = obs.clone()
+        self.reward_in = reward.clone()
+        self.terminated_in = terminated.clone()
+        self.truncated_in = truncated.clone()
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # lazy initialisation (kernel compilation, library handles) off the capture
+            act(self.obs_in, ids)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.act_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.act_graph):
+            self.actions = act(self.obs_in, ids)
+            if record_obs:
+                tally.record(self.obs_in)
+        self.update_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.update_graph):
+            tally.update(self.reward_in, self.terminated_in, self.truncated_in)
+
+    def step(self, env: VecEnv, obs: torch.Tensor) -> torch.Tensor:
+        self.obs_in.copy_(obs)
+        self.act_graph.replay()
+        obs, reward, terminated, truncated, _ = env.step(self.actions)
+        self.reward_in.copy_(reward)
+        self.terminated_in.copy_(terminated)
+        self.truncated_in.copy_(truncated)
+        self.update_graph.replay()
+        return obs
+
+
+def _build_graphs(strict: bool, *args: Any) -> _GraphedStep | None:
+    try:
+        return _GraphedStep(*args)
+    except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly (or raise when graphs were asked for)
+        torch.cuda.synchronize()
+        if strict:
+            raise RuntimeError(
+                f"rollout(cuda_graph=True): capturing the policy step as a CUDA graph failed ({e}); the act "
+                "callable must not sync with the host or change shapes. Pass cuda_graph=False to run eagerly."
+            ) from e
+        warnings.warn(
+            f"rollout: capturing the step as a CUDA graph failed ({type(e).__name__}: {e}); running eagerly. "
+            "Pass cuda_graph=False to skip the attempt.",
+            stacklevel=3,
+        )
+        return None
+
+
 @torch.no_grad()
 def rollout(
     env: VecEnv,
@@ -163,6 +266,7 @@ def rollout(
     record_obs: bool = False,
     member_ids: torch.Tensor | None = None,
     exit_check_every: int | None = None,
+    cuda_graph: bool | None = None,
 ) -> RolloutResult:
     """Evaluate ``num_members`` members on ``env`` (batched); see the module docstring.
 
@@ -178,6 +282,9 @@ def rollout(
         member_ids: ``(B,)`` long, the member of each env, instead of the ``envs_per_member`` layout.
         exit_check_every: test "all envs done?" every this many steps (each test is a host sync); ``None``: 1 on
             the CPU, 8 on CUDA. Later tests only cost masked steps, never change the result.
+        cuda_graph: replay ``act`` and the bookkeeping as CUDA graphs after the first step (CUDA only; the
+            results are the same). ``None``: on CUDA when ``max_steps > 8``, falling back to eager execution with
+            a warning if capturing fails; ``True``: raise instead; ``False``: never.
 
     Returns:
         ``RolloutResult`` with ``returns``/``lengths`` ``(N,)``.
@@ -186,61 +293,51 @@ def rollout(
         raise ValueError(f"episodes_per_env must be a positive int, got {episodes_per_env!r}")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    if cuda_graph not in (None, True, False):
+        raise ValueError(f"cuda_graph must be None, True or False, got {cuda_graph!r}")
     ids = _member_ids(env, num_members, envs_per_member, member_ids)
     dev, num_envs, k = env.device, env.num_envs, episodes_per_env
-    rows = torch.arange(num_envs, device=dev)
-
-    obs = env.reset(seed=seed)
-    live = torch.ones(num_envs, dtype=torch.bool, device=dev)
-    ep_return = torch.zeros(num_envs, dtype=torch.float64, device=dev)
-    ep_length = torch.zeros(num_envs, dtype=torch.int64, device=dev)
-    finished = torch.zeros(num_envs, dtype=torch.int64, device=dev)
-    table_return = torch.full((num_envs, k), math.nan, dtype=torch.float64, device=dev)
-    table_length = torch.zeros((num_envs, k), dtype=torch.int64, device=dev)
-    obs_sum = obs_sumsq = None
-    obs_count = torch.zeros((), dtype=torch.int64, device=dev)
-    if record_obs:
-        obs_sum = torch.zeros(obs.shape[1:], dtype=torch.float64, device=dev)
-        obs_sumsq = torch.zeros(obs.shape[1:], dtype=torch.float64, device=dev)
-
+    if cuda_graph is True and dev.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs an env on a CUDA device, got env.device={dev}")
     if exit_check_every is None:
         exit_check_every = 8 if dev.type == "cuda" else 1
     if not isinstance(exit_check_every, int) or exit_check_every < 1:
         raise ValueError(f"exit_check_every must be a positive int or None, got {exit_check_every!r}")
+    want_graph = dev.type == "cuda" and (cuda_graph is True or (cuda_graph is None and max_steps > 8))
+
+    obs = env.reset(seed=seed)
+    tally = _Tally(num_envs, k, obs.shape[1:], record_obs, dev)
+    graphed: _GraphedStep | None = None
     calls = 0
     for _ in range(max_steps):
-        actions = act(obs, ids)
-        if record_obs:
-            w = live.to(torch.float64).reshape(-1, *([1] * (obs.dim() - 1)))
-            o = obs.to(torch.float64)
-            obs_sum += (o * w).sum(0)
-            obs_sumsq += (o.square() * w).sum(0)
-            obs_count += live.sum()
-        obs, reward, terminated, truncated, _ = env.step(actions)
+        if graphed is not None:
+            obs = graphed.step(env, obs)
+        else:
+            actions = act(obs, ids)
+            if record_obs:
+                tally.record(obs)
+            obs, reward, terminated, truncated, _ = env.step(actions)
+            tally.update(reward, terminated, truncated)
+            if want_graph:
+                want_graph = False
+                graphed = _build_graphs(cuda_graph is True, act, ids, tally, obs, reward, terminated, truncated,
+                                        record_obs)  # fmt: skip
         calls += 1
-        ep_return += torch.where(live, reward.to(torch.float64), 0.0)
-        ep_length += live.long()
-        done = (terminated | truncated) & live
-        slot = finished.clamp(max=k - 1)
-        table_return[rows, slot] = torch.where(done, ep_return, table_return[rows, slot])
-        table_length[rows, slot] = torch.where(done, ep_length, table_length[rows, slot])
-        finished += done.long()
-        ep_return = torch.where(done, 0.0, ep_return)
-        ep_length = torch.where(done, 0, ep_length)
-        live = finished < k
-        if calls % exit_check_every == 0 and not bool(live.any()):
+        if calls % exit_check_every == 0 and not bool(tally.live.any()):
             break
+    del graphed  # frees the graphs' memory pool
     flush = getattr(env, "flush_checks", None)
     if flush is not None:
         flush()  # deferred NaN checks of the env (if any) raise before a result is returned
 
     # Episodes cut by max_steps count as they stand; those that never started stay NaN / 0.
-    cut = live & (ep_length > 0)
-    slot = finished.clamp(max=k - 1)
-    table_return[rows, slot] = torch.where(cut, ep_return, table_return[rows, slot])
-    table_length[rows, slot] = torch.where(cut, ep_length, table_length[rows, slot])
+    t = tally
+    cut = t.live & (t.ep_length > 0)
+    slot = t.finished.clamp(max=k - 1)
+    t.table_return[t.rows, slot] = torch.where(cut, t.ep_return, t.table_return[t.rows, slot])
+    t.table_length[t.rows, slot] = torch.where(cut, t.ep_length, t.table_length[t.rows, slot])
     return _aggregate(
-        table_return, table_length, ids, num_members, calls * num_envs, obs_sum, obs_sumsq, int(obs_count)
+        t.table_return, t.table_length, ids, num_members, calls * num_envs, t.obs_sum, t.obs_sumsq, int(t.obs_count)
     )
 
 
