@@ -34,8 +34,9 @@ from eggroll_rl.agents.rollout import rollout  # noqa: E402
 from eggroll_rl.agents.trainer import _strategy, build_env, episode_limit, resolve_device  # noqa: E402
 
 
-def _time(fn, calls: int, sync) -> dict:
-    fn()
+def _time(fn, calls: int, sync, warmup: int = 1) -> dict:
+    for _ in range(warmup):
+        fn()
     sync()
     t0 = time.perf_counter()
     for _ in range(calls):
@@ -91,14 +92,14 @@ def main() -> None:
     obs = env.reset(seed=0)
     act_dim = env.single_action_space.shape[0] if env.single_action_space.shape else None
     const = torch.zeros(num_envs, act_dim, device=device) if act_dim else torch.zeros(num_envs, dtype=torch.long)
-    result["env.step"] = _time(lambda: env.step(const), steps, sync)
+    result["env.step"] = _time(lambda: env.step(const), steps, sync, warmup=20)
     with strategy.perturb(population_size=config.population, epoch=0) as pop:
         ids = torch.arange(config.population, device=device).repeat_interleave(config.episodes_per_member)
 
         def act(o, i):
             return pop.batched_forward(policy, o, member_ids=i)
 
-        result["act"] = _time(lambda: act(obs, ids), steps, sync)
+        result["act"] = _time(lambda: act(obs, ids), steps, sync, warmup=5)
 
         outs = {}
 
