@@ -213,9 +213,17 @@ class _GraphedStep:
         self.truncated_in = truncated.clone()
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # lazy initialisation (kernel compilation, library handles) off the capture
-            act(self.obs_in, ids)
-        torch.cuda.current_stream(dev).wait_stream(side)
+        # One eager call first: lazy initialisation (kernel compilation, library handles) stays out of the capture,
+        # and a host sync in ``act`` raises here, before capturing starts: a capture that fails midway leaves
+        # torch's CUDA RNG in capture mode, and later random draws in the process fail.
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.cuda.stream(side):
+                act(self.obs_in, ids)
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+            torch.cuda.current_stream(dev).wait_stream(side)
         self.act_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.act_graph):
             self.actions = act(self.obs_in, ids)

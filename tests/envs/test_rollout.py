@@ -262,3 +262,6 @@ def test_cuda_graph_capture_failure_falls_back_or_raises():
         with pytest.raises(RuntimeError, match=r"cuda_graph=True\): capturing the policy step"):
             rollout(CartPole(num_envs=n, device="cuda"), syncing_act, num_members=n, max_steps=50, seed=1,
                     cuda_graph=True)  # fmt: skip
+    # The failed attempts left the process usable: CUDA random draws (which a capture that fails midway breaks).
+    torch.randn(4, device="cuda")
+    torch.cuda.synchronize()
