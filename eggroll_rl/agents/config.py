@@ -54,8 +54,8 @@ class TrainConfig:
     brax_backend: str = "positional"
     """Physics pipeline when the env runs on Brax: generalized, positional, spring or mjx."""
     env_checks: bool = True
-    """Raise on NaN/inf env outputs. Costs a host sync per step for torch-native envs on CUDA; Brax reads its
-    flags every 64 steps (about 1 % of its throughput)."""
+    """Raise on NaN/inf env outputs. On CUDA the torch-native and Brax envs read their check flags every 64 steps
+    (about 1 % of Brax's throughput); gymnasium and EnvPool check on the CPU every step."""
 
     # --- budget -------------------------------------------------------------------------------------------------
     generations: int = 100

@@ -119,7 +119,8 @@ class VecEnv(abc.ABC):
 
     Subclasses set ``num_envs``, ``device``, ``single_observation_space``, ``single_action_space`` and
     implement ``reset``, ``step`` and ``close``. ``check_finite`` (default True) makes ``step``/``reset`` raise
-    ``NonFiniteError`` on a NaN/inf observation or reward; on CUDA the check costs one host sync per step.
+    ``NonFiniteError`` on a NaN/inf observation or reward. Backends that run on CUDA may defer value checks to a
+    device flag read every few steps (``check_every``); ``flush_checks()`` reads what is pending.
     """
 
     num_envs: int

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .base import Box, Discrete, Space, StepResult, VecEnv, resolve_device
+from .base import Box, Discrete, NonFiniteError, Space, StepResult, VecEnv, resolve_device
 
 __all__ = ["TorchNativeEnv", "CartPole", "Pendulum", "Acrobot", "MountainCarContinuous", "TORCH_ENVS"]
 
@@ -34,8 +34,13 @@ class TorchNativeEnv(VecEnv):
         seed: seed of the initial-state generator.
         dtype: dtype of the internal state (float32 or float64).
         max_episode_steps: time limit; ``truncated`` becomes True when an episode reaches it.
-        check_finite: raise ``NonFiniteError`` on NaN/inf observations or rewards (one sync per step on CUDA).
-        check_actions: validate action values (range for discrete, finite for continuous; one sync per step).
+        check_finite: raise ``NonFiniteError`` on NaN/inf observations or rewards.
+        check_actions: validate action values (range for discrete, finite for continuous).
+        check_every: read the value checks on the host every this many steps. ``None``: 1 on the CPU (where a
+            check costs nothing extra), 64 on CUDA, where each read is a host sync that stops torch from queueing
+            the next step. With ``k > 1`` the checks accumulate into a flag on the device; a bad value raises
+            within ``k`` steps (``flush_checks()``, which ``rollout`` calls before returning, reads it at once),
+            and only ``k = 1`` names the bad rows. Shapes and dtypes are always checked at once.
     """
 
     backend = "torch"
@@ -53,9 +58,12 @@ class TorchNativeEnv(VecEnv):
         max_episode_steps: int | None = None,
         check_finite: bool = True,
         check_actions: bool = True,
+        check_every: int | None = None,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if check_every is not None and (not isinstance(check_every, int) or check_every < 1):
+            raise ValueError(f"check_every must be a positive int or None, got {check_every!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.num_envs = num_envs
@@ -66,6 +74,9 @@ class TorchNativeEnv(VecEnv):
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         self.check_finite = check_finite
         self.check_action_values = check_actions
+        self.check_every = check_every if check_every is not None else (64 if self.device.type == "cuda" else 1)
+        self._flags = torch.zeros(2, dtype=torch.bool, device=self.device)  # bad actions, bad outputs
+        self._since_check = 0
         self.single_observation_space = self.observation_space_
         self.single_action_space = self.action_space_
         self._seed = int(seed)
@@ -96,6 +107,8 @@ class TorchNativeEnv(VecEnv):
             self._generator.manual_seed(int(seed))
         self.state = self._initial_state(self.num_envs)
         self.elapsed_steps.zero_()
+        self._flags.zero_()
+        self._since_check = 0
         return self._obs(self.state)
 
     def set_state(self, state: torch.Tensor) -> torch.Tensor:
@@ -107,7 +120,14 @@ class TorchNativeEnv(VecEnv):
 
     def step(self, actions: torch.Tensor) -> StepResult:
         """One transition for every env (same-step autoreset; see ``eggroll_rl.envs.base``)."""
-        self._check_actions(actions, check_values=self.check_action_values)
+        deferred = self.check_every > 1
+        self._check_actions(actions, check_values=self.check_action_values and not deferred)
+        if deferred and self.check_action_values:
+            space = self.single_action_space
+            if isinstance(space, Discrete):
+                self._flags[0] |= ((actions < 0) | (actions >= space.n)).any()
+            else:
+                self._flags[0] |= ~torch.isfinite(actions).all()
         next_state, reward, terminated = self._dynamics(self.state, actions)
         self.elapsed_steps += 1
         truncated = self.elapsed_steps >= self.max_episode_steps
@@ -118,8 +138,36 @@ class TorchNativeEnv(VecEnv):
         self.elapsed_steps = torch.where(done, torch.zeros_like(self.elapsed_steps), self.elapsed_steps)
         obs = torch.where(done[:, None], self._obs(self.state), final_obs)
         reward = reward.to(torch.float32)
-        self._check_outputs(final_obs, reward, "step")
+        if not deferred:
+            self._check_outputs(final_obs, reward, "step")
+        else:
+            if self.check_finite:
+                self._flags[1] |= ~(torch.isfinite(final_obs).all() & torch.isfinite(reward).all())
+            self._since_check += 1
+            if self._since_check >= self.check_every:
+                self.flush_checks()
         return obs, reward, terminated, truncated, {"final_obs": final_obs}
+
+    def flush_checks(self) -> None:
+        """Read the value checks deferred since the last read (one host sync); raise if one failed."""
+        if self._since_check == 0:
+            return
+        steps, self._since_check = self._since_check, 0
+        bad_actions, bad_outputs = self._flags.tolist()
+        self._flags.zero_()
+        when = f"during the last {steps} steps" if steps > 1 else "in the last step"
+        if bad_actions:
+            space = self.single_action_space
+            expected = f"values in [0, {space.n})" if isinstance(space, Discrete) else "finite values"
+            raise ValueError(
+                f"{type(self).__name__}: actions were invalid {when}; expected {expected}. Pass check_every=1 to "
+                "find the rows at once (the envs' states are now invalid: call reset())"
+            )
+        if bad_outputs:
+            raise NonFiniteError(
+                f"{type(self).__name__}({self.env_id!r}): the env returned NaN/inf observations or rewards {when}; "
+                "expected finite values. The simulation probably diverged (check the actions' scale)."
+            )
 
 
 class CartPole(TorchNativeEnv):

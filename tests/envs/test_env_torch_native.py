@@ -167,3 +167,36 @@ def test_cuda_matches_cpu(cls):
         torch.testing.assert_close(ig["final_obs"].cpu(), ic["final_obs"], atol=1e-5, rtol=0)
         torch.testing.assert_close(rg.cpu(), rc, atol=1e-5, rtol=0)
         assert (tg.cpu() == tc).float().mean() > 0.999  # a float32 state may sit exactly on a threshold
+
+
+def test_deferred_checks_raise_within_check_every_steps():
+    """check_every > 1 (the CUDA default): bad values accumulate in a device flag, read every k steps or on flush."""
+    env = CartPole(num_envs=2, device="cpu", check_every=4)
+    assert CartPole(num_envs=1, device="cpu").check_every == 1
+    env.reset(seed=0)
+    env.step(torch.tensor([0, 2]))  # out of range: not raised yet
+    env.step(torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"actions were invalid during the last 2 steps; expected values in \[0, 2\)"):
+        env.flush_checks()
+    env.flush_checks()  # read: nothing pending
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(torch.tensor([1, 0]))
+    env.flush_checks()  # all valid
+    penv = Pendulum(num_envs=3, device="cpu", check_every=3)
+    penv.reset()
+    penv.set_state(torch.tensor([[0.0, 0.0], [math.nan, 0.0], [0.1, 0.0]]))
+    penv.step(torch.zeros(3, 1))
+    penv.step(torch.zeros(3, 1))
+    with pytest.raises(NonFiniteError, match="NaN/inf observations or rewards during the last 3 steps"):
+        penv.step(torch.zeros(3, 1))  # the third step reads the flag
+    with pytest.raises(ValueError, match="check_every must be a positive int or None"):
+        CartPole(num_envs=1, device="cpu", check_every=0)
+
+
+def test_rollout_flushes_deferred_checks():
+    from eggroll_rl.agents.rollout import rollout
+
+    env = CartPole(num_envs=4, device="cpu", check_every=1000)
+    with pytest.raises(ValueError, match="actions were invalid"):
+        rollout(env, lambda obs, ids: torch.full((4,), 3), num_members=4, max_steps=5)
