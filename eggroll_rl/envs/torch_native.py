@@ -75,7 +75,7 @@ class TorchNativeEnv(VecEnv):
         self.check_finite = check_finite
         self.check_action_values = check_actions
         self.check_every = check_every if check_every is not None else (64 if self.device.type == "cuda" else 1)
-        self._flags = torch.zeros(2, dtype=torch.bool, device=self.device)  # bad actions, bad outputs
+        self._pending = _DeferredChecks(self.device)
         self._since_check = 0
         self.single_observation_space = self.observation_space_
         self.single_action_space = self.action_space_
@@ -107,7 +107,7 @@ class TorchNativeEnv(VecEnv):
             self._generator.manual_seed(int(seed))
         self.state = self._initial_state(self.num_envs)
         self.elapsed_steps.zero_()
-        self._flags.zero_()
+        self._pending.clear()
         self._since_check = 0
         return self._obs(self.state)
 
@@ -123,11 +123,7 @@ class TorchNativeEnv(VecEnv):
         deferred = self.check_every > 1
         self._check_actions(actions, check_values=self.check_action_values and not deferred)
         if deferred and self.check_action_values:
-            space = self.single_action_space
-            if isinstance(space, Discrete):
-                self._flags[0] |= ((actions < 0) | (actions >= space.n)).any()
-            else:
-                self._flags[0] |= ~torch.isfinite(actions).all()
+            self._pending.add_actions(actions, isinstance(self.single_action_space, Discrete))
         next_state, reward, terminated = self._dynamics(self.state, actions)
         self.elapsed_steps += 1
         truncated = self.elapsed_steps >= self.max_episode_steps
@@ -142,7 +138,7 @@ class TorchNativeEnv(VecEnv):
             self._check_outputs(final_obs, reward, "step")
         else:
             if self.check_finite:
-                self._flags[1] |= ~(torch.isfinite(final_obs).all() & torch.isfinite(reward).all())
+                self._pending.add_outputs(final_obs, reward)
             self._since_check += 1
             if self._since_check >= self.check_every:
                 self.flush_checks()
@@ -153,21 +149,71 @@ class TorchNativeEnv(VecEnv):
         if self._since_check == 0:
             return
         steps, self._since_check = self._since_check, 0
-        bad_actions, bad_outputs = self._flags.tolist()
-        self._flags.zero_()
+        bad_actions, bad_outputs, seen = self._pending.read(self.single_action_space)
         when = f"during the last {steps} steps" if steps > 1 else "in the last step"
         if bad_actions:
             space = self.single_action_space
             expected = f"values in [0, {space.n})" if isinstance(space, Discrete) else "finite values"
             raise ValueError(
-                f"{type(self).__name__}: actions were invalid {when}; expected {expected}. Pass check_every=1 to "
-                "find the rows at once (the envs' states are now invalid: call reset())"
+                f"{type(self).__name__}: actions were invalid {when} ({seen}); expected {expected}. Pass "
+                "check_every=1 to find the rows at once (the envs' states are now invalid: call reset())"
             )
         if bad_outputs:
             raise NonFiniteError(
                 f"{type(self).__name__}({self.env_id!r}): the env returned NaN/inf observations or rewards {when}; "
                 "expected finite values. The simulation probably diverged (check the actions' scale)."
             )
+
+
+class _DeferredChecks:
+    """Value checks accumulated on the device over several steps, in as few kernels as possible, and exact.
+
+    Float32 outputs are summed in float64: the sum is finite exactly when every element is (a float64 sum of
+    float32 values cannot overflow). Discrete actions keep a running min/max; float actions a float64 sum
+    (or an ``isfinite`` test for float64 actions, whose sum could overflow).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.clear()
+
+    def clear(self) -> None:
+        self.outputs = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.actions = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.low: torch.Tensor | None = None
+        self.high: torch.Tensor | None = None
+
+    def add_outputs(self, obs: torch.Tensor, reward: torch.Tensor) -> None:
+        for x in (obs, reward):
+            if x.dtype == torch.float64:
+                self.outputs.add_(torch.where(torch.isfinite(x).all(), 0.0, math.inf))
+            else:
+                self.outputs.add_(x.sum(dtype=torch.float64))
+
+    def add_actions(self, actions: torch.Tensor, discrete: bool) -> None:
+        if discrete:
+            low, high = torch.aminmax(actions)
+            self.low = low if self.low is None else torch.minimum(self.low, low)
+            self.high = high if self.high is None else torch.maximum(self.high, high)
+        elif actions.dtype == torch.float64:
+            self.actions.add_(torch.where(torch.isfinite(actions).all(), 0.0, math.inf))
+        else:
+            self.actions.add_(actions.sum(dtype=torch.float64))
+
+    def read(self, space: Space) -> tuple[bool, bool, str]:
+        """``(bad actions, bad outputs, what was seen)`` with one host sync; then clear."""
+        parts = [self.outputs, self.actions]
+        if self.low is not None:
+            parts += [self.low.to(torch.float64), self.high.to(torch.float64)]
+        values = torch.stack(parts).tolist()
+        self.clear()
+        bad_outputs, bad_actions = not math.isfinite(values[0]), not math.isfinite(values[1])
+        seen = "NaN/inf seen" if bad_actions else ""
+        if len(values) == 4:
+            low, high = int(values[2]), int(values[3])
+            if low < 0 or high >= space.n:
+                bad_actions, seen = True, f"values seen in [{low}, {high}]"
+        return bad_actions, bad_outputs, seen
 
 
 class CartPole(TorchNativeEnv):

@@ -176,7 +176,8 @@ def test_deferred_checks_raise_within_check_every_steps():
     env.reset(seed=0)
     env.step(torch.tensor([0, 2]))  # out of range: not raised yet
     env.step(torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"actions were invalid during the last 2 steps; expected values in \[0, 2\)"):
+    want = r"actions were invalid during the last 2 steps \(values seen in \[0, 2\]\); expected values in \[0, 2\)"
+    with pytest.raises(ValueError, match=want):
         env.flush_checks()
     env.flush_checks()  # read: nothing pending
     env.reset(seed=0)
@@ -192,6 +193,16 @@ def test_deferred_checks_raise_within_check_every_steps():
         penv.step(torch.zeros(3, 1))  # the third step reads the flag
     with pytest.raises(ValueError, match="check_every must be a positive int or None"):
         CartPole(num_envs=1, device="cpu", check_every=0)
+    # Float actions: NaN found through the float64 sum (float32) and through isfinite (float64); huge finite
+    # float32 values are not a false alarm.
+    for dtype in (torch.float32, torch.float64):
+        penv = Pendulum(num_envs=2, device="cpu", check_every=10)
+        penv.reset()
+        penv.step(torch.full((2, 1), 3e38, dtype=dtype))
+        penv.flush_checks()
+        penv.step(torch.tensor([[0.0], [math.nan]], dtype=dtype))
+        with pytest.raises(ValueError, match=r"actions were invalid in the last step \(NaN/inf seen\)"):
+            penv.flush_checks()
 
 
 def test_rollout_flushes_deferred_checks():
