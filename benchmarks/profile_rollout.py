@@ -29,9 +29,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eggroll_rl.agents.config import TrainConfig  # noqa: E402
-from eggroll_rl.agents.policy import make_policy  # noqa: E402
 from eggroll_rl.agents.rollout import rollout  # noqa: E402
-from eggroll_rl.agents.trainer import _strategy, build_env, episode_limit, resolve_device  # noqa: E402
+from eggroll_rl.agents.trainer import (  # noqa: E402
+    _strategy,
+    build_env,
+    build_policy,
+    episode_limit,
+    resolve_device,
+)
 
 
 def _time(fn, calls: int, sync, warmup: int = 1) -> dict:
@@ -67,15 +72,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     num_envs = config.population * config.episodes_per_member
     env = build_env(config, num_envs, device, seed=0)
-    policy = make_policy(
-        env.single_observation_space,
-        env.single_action_space,
-        hidden_sizes=config.hidden_sizes,
-        activation=config.activation,
-        action_mode=config.action_mode,
-        obs_norm=config.obs_norm,
-        obs_clip=config.obs_clip,
-    ).to(device)
+    policy = build_policy(config, env, device)
     strategy = _strategy(config, device)
     strategy.setup(policy)
     steps = min(args.steps, episode_limit(env, config))

@@ -129,6 +129,19 @@ def build_env(config: TrainConfig, num_envs: int, device: torch.device, seed: in
     return env
 
 
+def build_policy(config: TrainConfig, env: Any, device: torch.device) -> MLPPolicy:
+    """The policy of ``config`` for ``env``'s spaces, on ``device`` (weights from torch's current RNG)."""
+    return make_policy(
+        env.single_observation_space,
+        env.single_action_space,
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+        action_mode=config.action_mode,
+        obs_norm=config.obs_norm,
+        obs_clip=config.obs_clip,
+    ).to(device)
+
+
 def _check_env_name(name: str) -> None:
     """Raise ``ValueError`` (with close matches) for a name the env registry does not know."""
     from eggroll_rl.envs import resolve_env
@@ -271,15 +284,7 @@ def train(
     env = build_env(config, config.num_envs, device, seed=config.seed)
     eval_env = None
     torch.manual_seed(config.seed)  # the policy's initial weights
-    policy = make_policy(
-        env.single_observation_space,
-        env.single_action_space,
-        hidden_sizes=config.hidden_sizes,
-        activation=config.activation,
-        action_mode=config.action_mode,
-        obs_norm=config.obs_norm,
-        obs_clip=config.obs_clip,
-    ).to(device)
+    policy = build_policy(config, env, device)
     strategy = _strategy(config, device)
     strategy.setup(policy)
     max_steps = episode_limit(env, config)
