@@ -64,7 +64,8 @@ def _json_dict(text: str) -> dict:
 def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, doc: str, flag: str) -> None:
     tp = _field_type(f)
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    help_text = f"{doc} (default: {default!r})" if doc else None
+    # argparse %-formats help strings: a literal "%" in a docstring must reach it as "%%".
+    help_text = f"{doc} (default: {default!r})".replace("%", "%%") if doc else None
     kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
     if tp is bool:
         group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
