@@ -8,7 +8,7 @@
   (``tests/envs/test_env_brax.py`` checks the data pointers). Outputs are fresh XLA buffers every step (nothing is
   donated), so tensors a caller keeps stay valid. The crossings follow the DLPack stream protocol (the consumer's
   stream waits on the producer's work; no host sync) but skip the two libraries' Python wrappers: the public
-  ``jax.dlpack.from_dlpack`` took about 100-120 µs of host time per call on the H100 machine, against a 2.5 ms
+  ``jax.dlpack.from_dlpack`` took 70-120 µs of host time per call on the H100 machine, against a 2.5 ms
   GPU step (see ``_DLPackBridge``; it falls back to the public functions if jaxlib's internals differ).
 - Memory: ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` is set before JAX is imported (here and in
   ``eggroll_rl.envs``), so JAX allocates on demand and leaves the GPU memory to torch. If JAX was imported
