@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,26 +29,16 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _timing import host_and_total  # noqa: E402  (benchmarks/, the script's folder)
+
 from eggroll_rl.envs.brax_adapter import BraxVecEnv  # noqa: E402
 
 
 def _time(fn, sync, calls: int, repeats: int) -> dict:
-    for _ in range(3):
-        fn()
-    sync()
-    host, total = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        t1 = time.perf_counter()
-        sync()
-        t2 = time.perf_counter()
-        host.append((t1 - t0) / calls)
-        total.append((t2 - t0) / calls)
+    host, total = host_and_total(fn, sync, calls, repeats)
     return {
-        "host_us": statistics.median(host) * 1e6,
-        "total_us": statistics.median(total) * 1e6,
+        "host_us": host * 1e6,
+        "total_us": total * 1e6,
         "end_unix_s": time.time(),  # to line up with a clock log (nvidia-smi --query-gpu=clocks.sm ... -lms)
     }
 

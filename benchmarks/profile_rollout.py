@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -28,6 +27,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _timing import host_and_total  # noqa: E402  (benchmarks/, the script's folder)
+
 from eggroll_rl.agents.config import TrainConfig  # noqa: E402
 from eggroll_rl.agents.rollout import rollout  # noqa: E402
 from eggroll_rl.agents.trainer import (  # noqa: E402
@@ -40,16 +41,8 @@ from eggroll_rl.agents.trainer import (  # noqa: E402
 
 
 def _time(fn, calls: int, sync, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        fn()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    t1 = time.perf_counter()
-    sync()
-    t2 = time.perf_counter()
-    return {"host_ms": (t1 - t0) / calls * 1e3, "total_ms": (t2 - t0) / calls * 1e3}
+    host, total = host_and_total(fn, sync, calls, warmup=warmup)
+    return {"host_ms": host * 1e3, "total_ms": total * 1e3}
 
 
 def main() -> None:
