@@ -224,13 +224,17 @@ class _GraphedStep:
         finally:
             torch.cuda.set_sync_debug_mode(mode)
             torch.cuda.current_stream(dev).wait_stream(side)
+        # Capture in thread-local mode: the env's backend may have threads of its own issuing CUDA calls
+        # meanwhile (JAX's dispatch threads run Brax's step asynchronously). In the default global mode such a
+        # call, legal outside a capture, fails in that thread and invalidates the capture: torch fell back to
+        # eager and JAX was left with a failed stream ("Callback registry is closed" a few steps later).
         self.act_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.act_graph):
+        with torch.cuda.graph(self.act_graph, capture_error_mode="thread_local"):
             self.actions = act(self.obs_in, ids)
             if record_obs:
                 tally.record(self.obs_in)
         self.update_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.update_graph):
+        with torch.cuda.graph(self.update_graph, capture_error_mode="thread_local"):
             tally.update(self.reward_in, self.terminated_in, self.truncated_in)
 
     def step(self, env: VecEnv, obs: torch.Tensor) -> torch.Tensor:
@@ -244,8 +248,11 @@ class _GraphedStep:
         return obs
 
 
-def _build_graphs(strict: bool, *args: Any) -> _GraphedStep | None:
+def _build_graphs(env: VecEnv, strict: bool, *args: Any) -> _GraphedStep | None:
     try:
+        sync = getattr(env, "synchronize", None)  # duck-typed envs may lack the hook
+        if sync is not None:
+            sync()  # the backend's own queued work (JAX's step) is done before the capture starts
         return _GraphedStep(*args)
     except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly (or raise when graphs were asked for)
         torch.cuda.synchronize()
@@ -328,7 +335,7 @@ def rollout(
             tally.update(reward, terminated, truncated)
             if want_graph:
                 want_graph = False
-                graphed = _build_graphs(cuda_graph is True, act, ids, tally, obs, reward, terminated, truncated,
+                graphed = _build_graphs(env, cuda_graph is True, act, ids, tally, obs, reward, terminated, truncated,
                                         record_obs)  # fmt: skip
         calls += 1
         if calls % exit_check_every == 0 and not bool(tally.live.any()):

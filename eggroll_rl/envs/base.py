@@ -146,6 +146,9 @@ class VecEnv(abc.ABC):
     def flush_checks(self) -> None:  # noqa: B027 - optional hook
         """Raise now for any deferred check (NaN outputs) that has not been read yet; a no-op by default."""
 
+    def synchronize(self) -> None:  # noqa: B027 - optional hook
+        """Wait until the backend's own queued device work is done (a no-op unless it runs outside torch)."""
+
     @property
     def obs_shape(self) -> tuple[int, ...]:
         return self.single_observation_space.shape

@@ -332,6 +332,11 @@ class BraxVecEnv(VecEnv):
                 "expected finite values. The simulation probably diverged (check the actions' scale)."
             )
 
+    def synchronize(self) -> None:
+        """Block until JAX has finished the queued steps (its dispatch threads are idle afterwards)."""
+        if self._state is not None:
+            self._jax.block_until_ready((self._state, self._steps, self._flags))
+
     def close(self) -> None:
         self._state = self._first_state = self._steps = None
         self.last_jax_obs = self.last_jax_actions = None
