@@ -35,6 +35,18 @@ _METADATA_FUNCS = {
     "element_size", "stride", "__repr__", "__format__", "type", "is_complex", "get_device", "nelement",
     "ndimension", "__hash__", "storage_offset", "untyped_storage", "_is_view", "has_names",
 }  # fmt: skip
+# Property reads that hand out an evolved parameter without going through an op the population mode sees: the
+# member's value would silently be the unperturbed one.
+_UNPERTURBED_VIEWS = frozenset({"T", "mT", "H", "mH", "data"})
+# Ops that reshape, reduce or mix a parameter's elements: substituting each row's value (R, *shape) into them is
+# wrong, so a free parameter used by one raises (x @ W is handled on its own, as one noise per parameter).
+_NOT_ELEMENTWISE = frozenset({
+    "mm", "bmm", "matmul", "__matmul__", "__rmatmul__", "einsum", "tensordot", "inner", "outer", "dot", "mv",
+    "kron", "sum", "mean", "prod", "std", "var", "norm", "amax", "amin", "max", "min", "logsumexp", "cumsum",
+    "cumprod", "softmax", "log_softmax", "t", "transpose", "permute", "reshape", "view", "flatten", "unsqueeze",
+    "squeeze", "expand", "repeat", "cat", "stack", "split", "chunk", "__getitem__", "index_select", "gather",
+    "diag", "trace", "flip", "roll", "linalg_norm", "vector_norm", "matrix_norm",
+})  # fmt: skip
 
 
 # Above this a member's weights move by more than any network's weights are scaled: sigma=1e30 is a typo, not a
@@ -837,14 +849,27 @@ class _PopulationMode(TorchFunctionMode):
             return self._norm(func, *args, **kwargs)
         flat = list(args) + list(kwargs.values())
         specs = [self._spec(a) for a in flat]
-        if not any(specs) or getattr(func, "__name__", "") in _METADATA_FUNCS:
+        if not any(specs):
             return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") in _UNPERTURBED_VIEWS:
+            spec = next(sp for sp in specs if sp is not None)
+            raise NotImplementedError(
+                f"batched_forward: parameter {spec.name!r} is read as .{func.__self__.__name__}, which bypasses "
+                "the member's perturbation; use the parameter itself (F.linear(x, W) for x @ W.T)"
+            )
+        if name in _METADATA_FUNCS:
+            return func(*args, **kwargs)
+        if name in ("matmul", "__matmul__", "mm") and not kwargs and len(args) == 2:
+            return self._matmul(func, *args)
         return self._elementwise(func, args, kwargs)
 
     def _linear(self, x, weight, bias=None):
         ws, bs = self._spec(weight), self._spec(bias)
         if ws is None and bs is None:
             return F.linear(x, weight, bias)
+        if ws is not None and ws.kind != "matrix":
+            return self._linear_full_rank(x, weight, bias, ws, bs)
         ids, per_row = self._expand_ids(x, "linear")
         x2 = x.reshape(-1, x.shape[-1])
         if kernels.use_triton(x.device):
@@ -867,6 +892,38 @@ class _PopulationMode(TorchFunctionMode):
             y = y + self._row_delta(bs)[:, None, :]
         return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
+    def _row_matrix(self, spec: ParamSpec) -> torch.Tensor:
+        """Per-row value of a free (full-rank noise) parameter in its own shape: ``(R, *shape)`` float32."""
+        return self._row_vector(spec).reshape(self.rows, *spec.param.shape)
+
+    def _linear_full_rank(self, x, weight, bias, ws: ParamSpec, bs: ParamSpec | None):
+        """``F.linear`` with a free 2-D parameter as weight: its noise is full-rank, as in the update."""
+        _leading(x, self.rows, "linear")
+        if weight.dim() != 2:
+            raise NotImplementedError(f"batched_forward: F.linear with the {weight.dim()}-D weight {ws.name!r}")
+        xr = x.reshape(self.rows, -1, x.shape[-1]).to(torch.float32)
+        y = torch.bmm(xr, self._row_matrix(ws).transpose(1, 2))  # (R, L, out)
+        if bias is not None:
+            b = self._row_vector(bs) if bs is not None else bias.detach().to(torch.float32).reshape(1, -1)
+            y = y + b[:, None, :]
+        return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+    def _matmul(self, func, a, b):
+        """``x @ W`` with ``W`` a free 2-D parameter ``(in, out)``: each row's ``x`` times its member's ``W``."""
+        sa, sb = self._spec(a), self._spec(b)
+        fname = getattr(func, "__name__", str(func))
+        if sa is None and sb is not None and sb.kind != "matrix" and b.dim() == 2 and a.dim() >= 2:
+            _leading(a, self.rows, fname)
+            dtype = torch.result_type(a, b)
+            ar = a.reshape(self.rows, -1, a.shape[-1]).to(torch.float32)
+            return torch.bmm(ar, self._row_matrix(sb)).to(dtype).reshape(*a.shape[:-1], b.shape[1])
+        spec = sa or sb
+        raise NotImplementedError(
+            f"batched_forward: parameter {spec.name!r} ({spec.layer}) is used by {fname} in a way EGGROLL cannot "
+            "perturb per row; supported: x @ W with x of shape (rows, ..., in) and W a free (in, out) parameter, "
+            "or the parameter as the weight of F.linear"
+        )
+
     def _conv(self, func, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         ws, bs = self._spec(weight), self._spec(bias)
         y = func(x, weight, bias, stride, padding, dilation, groups)
@@ -875,6 +932,14 @@ class _PopulationMode(TorchFunctionMode):
         _leading(x, self.rows, func.__name__)
         if groups != 1:
             raise NotImplementedError(f"batched_forward: {func.__name__} with groups={groups} is not supported")
+        if ws is not None and ws.kind != "matrix":  # a free weight: full-rank noise, one grouped conv per row
+            filters = self._row_matrix(ws).reshape(self.rows * weight.shape[0], *weight.shape[1:])
+            xg = x.to(torch.float32).reshape(1, -1, *x.shape[2:])
+            full = func(xg, filters, None, stride, padding, dilation, self.rows).reshape(y.shape)
+            if bias is not None:
+                b = self._row_vector(bs) if bs is not None else bias.detach().to(torch.float32).reshape(1, -1)
+                full = full + b.reshape(b.shape[0], -1, *([1] * (weight.dim() - 2)))
+            return full.to(y.dtype)
         spatial = weight.dim() - 2
         delta = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
         if ws is not None:
@@ -897,6 +962,11 @@ class _PopulationMode(TorchFunctionMode):
         if ws is None:
             return y
         _leading(input, self.rows, "embedding")
+        if ws.kind != "matrix":  # a free table: full-rank noise, each row looks up its member's table
+            idx = input.reshape(self.rows, -1)
+            table = self._row_matrix(ws)  # (R, num_embeddings, dim)
+            rows = torch.gather(table, 1, idx.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
+            return rows.reshape(y.shape).to(y.dtype)
         A, B = self._row_factors(ws)  # (R, num_embeddings, r), (R, dim, r)
         idx = input.reshape(self.rows, -1)
         a_rows = torch.gather(A, 1, idx.unsqueeze(-1).expand(-1, -1, A.shape[-1]))  # (R, L, r)
@@ -934,8 +1004,16 @@ class _PopulationMode(TorchFunctionMode):
     def _elementwise(self, func, args, kwargs):
         """A free (non-layer) parameter used in an elementwise op: substitute each row's value."""
         flat = list(args) + list(kwargs.values())
+        fname = getattr(func, "__name__", str(func))
         for a in flat:
             spec = self._spec(a)
+            if spec is not None and spec.kind != "matrix" and fname in _NOT_ELEMENTWISE:
+                raise NotImplementedError(
+                    f"batched_forward: free parameter {spec.name!r} is used by {fname}, which reshapes, reduces or "
+                    "mixes its elements; EGGROLL perturbs a free parameter per row only in elementwise ops, "
+                    "x @ W, and as the weight or bias of F.linear/conv/embedding/norms. Compute it inside such "
+                    f"an op, or freeze it with ESModule(model).freeze_parameter({spec.name!r})"
+                )
             if spec is not None and spec.kind == "matrix":
                 raise NotImplementedError(
                     f"batched_forward: parameter {spec.name!r} of {spec.layer} is used by "

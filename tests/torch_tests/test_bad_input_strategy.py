@@ -375,3 +375,30 @@ def test_freeze_parameter_with_esmodule_name_excludes_it_from_evolution(device):
     es.setup(model)
     assert [s.name for s in es.specs] == ["0.weight", "0.bias", "2.weight"]
     assert math.isfinite(es.sigma)
+
+
+class _FreeConvEmbedding(nn.Module):
+    """Free parameters used as the weight of ``F.conv1d`` and ``F.embedding``."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(7, 3))
+        self.filters = nn.Parameter(torch.randn(4, 3, 2))
+        self.b = nn.Parameter(torch.randn(4))
+
+    def forward(self, idx):
+        e = F.embedding(idx, self.table).transpose(1, 2)  # (R, 3, L)
+        return F.conv1d(e, self.filters, self.b)
+
+
+def test_free_conv_and_embedding_weights_match_the_materialized_member(device):
+    torch.manual_seed(1)
+    model = _FreeConvEmbedding().to(device)
+    es = make_strategy(device, sigma=0.2)
+    es.setup(model)
+    idx = torch.randint(0, 7, (4, 5), device=device)
+    with es.perturb(4) as pop:
+        y = pop.batched_forward(model, idx)
+        iterated = torch.stack([model(idx[i : i + 1])[0] for i in pop.iterate()])
+    assert y.shape == (4, 4, 4)
+    torch.testing.assert_close(y, iterated, rtol=1e-5, atol=1e-5)
