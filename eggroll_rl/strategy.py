@@ -117,6 +117,7 @@ class EggrollStrategy:
         self._last: tuple[int, int] | None = None  # (population_size, epoch) of the perturb() not yet stepped
         self._stepped: tuple[int, int] | None = None  # the same, of the perturb() the last step() consumed
         self._active: PerturbationContext | None = None  # the perturb() block being evaluated
+        self._perturbed_with: dict[str, Any] = {}  # the noise settings of that perturb()
         self._group_size = 0
         # The settings are properties: the same checks run here and when one is changed later.
         self.sigma = sigma

@@ -402,3 +402,17 @@ def test_free_conv_and_embedding_weights_match_the_materialized_member(device):
         iterated = torch.stack([model(idx[i : i + 1])[0] for i in pop.iterate()])
     assert y.shape == (4, 4, 4)
     torch.testing.assert_close(y, iterated, rtol=1e-5, atol=1e-5)
+
+
+def test_noise_settings_changed_between_perturb_and_step_are_refused(device):
+    model = nn.Linear(4, 2).to(device)
+    es = make_strategy(device)
+    es.setup(model)
+    with es.perturb(4):
+        pass
+    es.sigma = 0.2
+    with pytest.raises(RuntimeError, match=r"sigma from 0\.1 to 0\.2"):
+        es.step(torch.arange(4.0))
+    with es.perturb(4):  # perturb() again with the new settings: the step goes through
+        pass
+    assert es.step(torch.arange(4.0))["sigma"] == 0.2
