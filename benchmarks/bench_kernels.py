@@ -345,17 +345,19 @@ def case_update(rows, features, rank, noise, dtype, device):
     def stepper(optimizer):
         es = EggrollStrategy(sigma=SIGMA, lr=1e-4, rank=rank, noise=noise, optimizer=optimizer, seed=SEED)
         es.setup(lin)
-        with es.perturb(rows):
-            pass
         return es
+
+    def step(es):
+        es.perturb(rows)  # step() consumes its perturb(); this one costs no GPU time
+        return es.step(fit)
 
     with torch.no_grad():
         rec["plain_ms"] = timed([lambda x=x: F.linear(x, lin.weight, lin.bias) for x in xs], graph=False)
         rec["grad_ms"] = timed([lambda: grad_only(fit[:J])], graph=False)
         es = stepper(None)
-        rec["eggroll_ms"], rec["step_wall_ms"] = gpu_and_wall_ms(lambda: es.step(fit))
+        rec["eggroll_ms"], rec["step_wall_ms"] = gpu_and_wall_ms(lambda: step(es))
         es = stepper("adam")
-        rec["step_adam_ms"], rec["step_adam_wall_ms"] = gpu_and_wall_ms(lambda: es.step(fit))
+        rec["step_adam_ms"], rec["step_adam_wall_ms"] = gpu_and_wall_ms(lambda: step(es))
     rec["eggroll_variant"] = "step() GPU time, optimizer=None (fused apply)"
     rec["ratio"] = rec["plain_ms"] / rec["eggroll_ms"]
     rec["update_over_forward"] = rec["eggroll_ms"] / rec["plain_ms"]

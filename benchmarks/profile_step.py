@@ -21,13 +21,13 @@ def main() -> None:
         for rank in (1, 4):
             es = EggrollStrategy(sigma=0.01, lr=1e-4, rank=rank, optimizer=optimizer, seed=0)
             es.setup(lin)
-            with es.perturb(1024):
-                pass
             for _ in range(3):
+                es.perturb(1024)  # each step() consumes one perturb()
                 es.step(f)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(10):
+                es.perturb(1024)  # each step() consumes one perturb()
                 es.step(f)
             torch.cuda.synchronize()
             wall = (time.perf_counter() - t0) / 10 * 1e3
@@ -35,6 +35,7 @@ def main() -> None:
             if rank == 1:
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                     for _ in range(3):
+                        es.perturb(1024)
                         es.step(f)
                     torch.cuda.synchronize()
                 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))

@@ -10,19 +10,50 @@ SHAPINGS = ("zscore", "centered_rank", "none")
 _EPS = 1e-8
 
 
+def _zscore_formula(f: torch.Tensor, group_size: int, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z, var)``: ``z = (f - mean) / sqrt(var + eps)``, the mean per group of ``group_size`` (0: all), the
+    variance global. Members tied with their whole group get exactly 0: a float32 mean of equal values can be off
+    by an ulp, and the update would then follow that rounding."""
+    if group_size:
+        var = f.var(unbiased=False)
+        rows = f.view(-1, group_size)
+        mean = rows.mean(dim=1, keepdim=True)
+    else:
+        var, mean = torch.var_mean(f, unbiased=False)
+        rows, mean = f.view(1, -1), mean.view(1, 1)
+    tied = rows.amax(dim=1, keepdim=True) == rows.amin(dim=1, keepdim=True)
+    centered = torch.where(tied, torch.zeros_like(rows), rows - mean).view(-1)
+    return centered / torch.sqrt(var + eps).clamp_min(torch.finfo(f.dtype).tiny), var
+
+
+def _zscore(f: torch.Tensor, group_size: int = 0) -> torch.Tensor:
+    z, var = _zscore_formula(f, group_size, _EPS)
+    # The variance overflows float32 once |f| passes ~1e19 (then z would be 0 or NaN): take the moments of
+    # f / max|f| instead, where 1e-8 becomes 1e-8 / max|f|^2. torch.where, not an if: no host sync, and a finite
+    # variance keeps the plain formula bit for bit.
+    scale = f.abs().amax()
+    z_scaled, _ = _zscore_formula(f / scale, group_size, _EPS / scale.square())
+    return torch.where(torch.isfinite(var), z, z_scaled)
+
+
 def zscore(f: torch.Tensor) -> torch.Tensor:
-    """``(f - mean) / sqrt(var + 1e-8)`` with the population (biased) variance."""
-    var, mean = torch.var_mean(f, unbiased=False)
-    return (f - mean) / torch.sqrt(var + _EPS)
+    """``(f - mean) / sqrt(var + 1e-8)`` with the population (biased) variance, for any finite ``f``; all values
+    tied give exactly 0."""
+    return _zscore(f)
 
 
 def centered_rank(f: torch.Tensor) -> torch.Tensor:
-    """Ranks scaled to [-0.5, 0.5]: the worst member gets -0.5, the best +0.5 (ties broken by index)."""
+    """Ranks scaled to [-0.5, 0.5]: the worst member gets -0.5, the best +0.5; tied members share their average
+    rank, so tied fitness gives no update direction (all tied: exactly 0)."""
     n = f.numel()
     if n == 1:
         return torch.zeros_like(f)
+    sorted_f, order = f.sort(stable=True)
+    _, inverse, counts = torch.unique_consecutive(sorted_f, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # sorted position of each distinct value's first member
+    average = first.to(f.dtype) + (counts - 1).to(f.dtype) / 2  # untied: + 0, the old index rank exactly
     ranks = torch.empty_like(f)
-    ranks[f.argsort(stable=True)] = torch.arange(n, dtype=f.dtype, device=f.device)
+    ranks[order] = average[inverse]
     return ranks / (n - 1) - 0.5
 
 
@@ -50,7 +81,7 @@ def shape_fitness(f: torch.Tensor, method: str = "zscore", group_size: int = 0) 
             )
         groups = _grouped(f, group_size)
         if method == "zscore":
-            return ((groups - groups.mean(dim=1, keepdim=True)) / torch.sqrt(f.var(unbiased=False) + _EPS)).view(-1)
+            return _zscore(f, group_size)
         if method == "centered_rank":
             return torch.stack([centered_rank(g) for g in groups]).view(-1)
         raise ValueError("group_size > 0 needs fitness_shaping 'zscore' or 'centered_rank', not 'none'")

@@ -131,8 +131,15 @@ class ESModule(nn.Module):
         return self.module(*args, **kwargs)
 
     def freeze_parameter(self, name: str) -> None:
-        """Exclude the parameter ``name`` (dotted, relative to the wrapped module) from evolution."""
+        """Exclude the parameter ``name`` from evolution.
+
+        Args:
+            name: dotted, relative to the wrapped module (``"2.bias"``), or as this wrapper's own
+                ``named_parameters()`` spells it (``"module.2.bias"``).
+        """
         names = dict(self.module.named_parameters())
+        if name not in names and name.startswith("module.") and name[len("module.") :] in names:
+            name = name[len("module.") :]
         if name not in names:
             raise KeyError(f"freeze_parameter: no parameter named {name!r}; known: {sorted(names)[:20]}")
         self._frozen.add(name)

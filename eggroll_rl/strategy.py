@@ -9,6 +9,7 @@ from the counter-based generator of ``noise.py`` at ``(seed, k, t_eff, j)`` and 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,15 +35,43 @@ _METADATA_FUNCS = {
     "element_size", "stride", "__repr__", "__format__", "type", "is_complex", "get_device", "nelement",
     "ndimension", "__hash__", "storage_offset", "untyped_storage", "_is_view", "has_names",
 }  # fmt: skip
+# Property reads that hand out an evolved parameter without going through an op the population mode sees: the
+# member's value would silently be the unperturbed one.
+_UNPERTURBED_VIEWS = frozenset({"T", "mT", "H", "mH", "data"})
+# Ops that reshape, reduce or mix a parameter's elements: substituting each row's value (R, *shape) into them is
+# wrong, so a free parameter used by one raises (x @ W is handled on its own, as one noise per parameter).
+_NOT_ELEMENTWISE = frozenset({
+    "mm", "bmm", "matmul", "__matmul__", "__rmatmul__", "einsum", "tensordot", "inner", "outer", "dot", "mv",
+    "kron", "sum", "mean", "prod", "std", "var", "norm", "amax", "amin", "max", "min", "logsumexp", "cumsum",
+    "cumprod", "softmax", "log_softmax", "t", "transpose", "permute", "reshape", "view", "flatten", "unsqueeze",
+    "squeeze", "expand", "repeat", "cat", "stack", "split", "chunk", "__getitem__", "index_select", "gather",
+    "diag", "trace", "flip", "roll", "linalg_norm", "vector_norm", "matrix_norm",
+})  # fmt: skip
+
+
+# Above this a member's weights move by more than any network's weights are scaled: sigma=1e30 is a typo, not a
+# setting (the perturbed activations overflow float32 after two layers).
+_SIGMA_LARGE = 1e3
 
 
 def _check_number(name: str, value, lo: float | None = None, lo_inclusive: bool = True, integer: bool = False):
-    kind = "an integer" if integer else "a number"
+    kind = "an integer" if integer else "a finite number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
         raise TypeError(f"{name} must be {kind}, got {value!r}")
     if lo is not None and (value < lo or (value == lo and not lo_inclusive)):
         raise ValueError(f"{name} must be {'>=' if lo_inclusive else '>'} {lo}, got {value!r}")
+
+
+def _check_bool(name: str, value) -> bool:
+    if type(value).__name__ not in ("bool", "bool_") and not (isinstance(value, int) and value in (0, 1)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _max_useful_rank(specs: list[ParamSpec]) -> int:
+    """The largest ``min(m, n)`` of the matrix parameters: a perturbation ``A B^T`` has at most that rank."""
+    return max(min(s.m, s.n) for s in specs if s.kind == "matrix")
 
 
 class EggrollStrategy:
@@ -83,48 +112,177 @@ class EggrollStrategy:
         allow_cpu: bool = False,
         noise: str = "gaussian",
     ):
-        _check_number("sigma", sigma, 0.0, lo_inclusive=False)
+        self.es_module: ESModule | None = None
+        self.specs: list[ParamSpec] = []
+        self._last: tuple[int, int] | None = None  # (population_size, epoch) of the perturb() not yet stepped
+        self._stepped: tuple[int, int] | None = None  # the same, of the perturb() the last step() consumed
+        self._active: PerturbationContext | None = None  # the perturb() block being evaluated
+        self._perturbed_with: dict[str, Any] = {}  # the noise settings of that perturb()
+        self._group_size = 0
+        # The settings are properties: the same checks run here and when one is changed later.
+        self.sigma = sigma
         _check_number("lr", lr, 0.0)
-        _check_number("rank", rank, 1, integer=True)
-        _check_number("noise_reuse", noise_reuse, 0, integer=True)
-        _check_number("group_size", group_size, 0, integer=True)
-        _check_number("weight_decay", weight_decay, 0.0)
-        _check_number("seed", seed, 0, integer=True)
-        if seed >= 2**32:
-            raise ValueError(f"seed must be < 2**32, got {seed}")
-        if grad_clip is not None:
-            _check_number("grad_clip", grad_clip, 0.0, lo_inclusive=False)
+        self.rank = rank
+        self.noise_reuse = noise_reuse
+        self.fitness_shaping = fitness_shaping
+        self.group_size = group_size
+        self.weight_decay = weight_decay
+        self.seed = seed
+        self.grad_clip = grad_clip
         if not (optimizer in _OPTIMIZERS or isinstance(optimizer, torch.optim.Optimizer)):
             raise ValueError(
                 f"optimizer={optimizer!r} is not supported; expected 'adam', 'adamw', 'sgd', None or a "
                 "torch.optim.Optimizer instance"
             )
-        if fitness_shaping not in SHAPINGS:
-            raise ValueError(f"fitness_shaping={fitness_shaping!r} is not supported; expected one of {SHAPINGS}")
-        if group_size and fitness_shaping == "none":
-            raise ValueError("group_size > 0 needs fitness_shaping 'zscore' or 'centered_rank', not 'none'")
-        if noise not in NOISE_TYPES:
-            raise ValueError(f"noise={noise!r} is not supported; expected one of {NOISE_TYPES}")
-        self.sigma = float(sigma)
+        self.noise = noise
+        self.antithetic = antithetic
         self._lr = float(lr)
-        self.rank = rank
         self.optimizer_name = optimizer if not isinstance(optimizer, torch.optim.Optimizer) else "custom"
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
-        self.antithetic = bool(antithetic)
-        self.noise_reuse = noise_reuse
-        self.fitness_shaping = fitness_shaping
-        self.group_size = group_size
-        self.grad_clip = grad_clip
-        self.weight_decay = float(weight_decay)
-        self.seed = seed
         self.allow_cpu = bool(allow_cpu)
-        self.noise = noise
         self._user_optimizer = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.es_module: ESModule | None = None
-        self.specs: list[ParamSpec] = []
         self.num_steps = 0
-        self._last: tuple[int, int] | None = None  # (population_size, epoch) of the last perturb()
+
+    # ----------------------------------------------------------------- settings
+    def _noise_settings(self) -> dict[str, Any]:
+        """The settings that define a population's noise: step() must see the ones its perturb() used."""
+        return {k: getattr(self, k) for k in ("sigma", "rank", "seed", "noise", "antithetic", "noise_reuse")}
+
+    @property
+    def sigma(self) -> float:
+        """Noise scale, > 0."""
+        return self._sigma
+
+    @sigma.setter
+    def sigma(self, value: float) -> None:
+        _check_number("sigma", value, 0.0, lo_inclusive=False)
+        if value > _SIGMA_LARGE:
+            warnings.warn(
+                f"sigma={value!r} is the standard deviation of each weight's noise; values above {_SIGMA_LARGE:g} "
+                "swamp any network's weights (expected about 0.001 to 1)",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._sigma = float(value)
+
+    @property
+    def rank(self) -> int:
+        """Rank ``r`` of each matrix perturbation, >= 1."""
+        return self._rank
+
+    @rank.setter
+    def rank(self, value: int) -> None:
+        _check_number("rank", value, 1, integer=True)
+        if self.specs:
+            self._check_rank_fits(value, self.specs)
+        self._rank = value
+
+    @staticmethod
+    def _check_rank_fits(rank: int, specs: list[ParamSpec]) -> None:
+        matrices = [s for s in specs if s.kind == "matrix"]
+        if not matrices or rank <= max(max(s.m, s.n) for s in matrices):
+            return  # rank > min(out, in) of small layers is normal (the default rank on a 2-action head)
+        useful = _max_useful_rank(specs)
+        msg = (
+            f"rank={rank} exceeds every dimension of the model's matrix parameters; a perturbation A B^T has rank "
+            f"at most {useful} (the largest min(out, in))"
+        )
+        if rank > max(s.param.numel() for s in matrices):  # more factor columns than any matrix has entries
+            raise ValueError(msg + f"; expected rank <= {useful}")
+        warnings.warn(msg + ", so the extra factors only cost time and memory", UserWarning, stacklevel=4)
+
+    @property
+    def noise_reuse(self) -> int:
+        """``> 0`` reuses the noise for blocks of that many epochs."""
+        return self._noise_reuse
+
+    @noise_reuse.setter
+    def noise_reuse(self, value: int) -> None:
+        _check_number("noise_reuse", value, 0, integer=True)
+        self._noise_reuse = value
+
+    @property
+    def fitness_shaping(self) -> str:
+        """One of ``fitness.SHAPINGS``."""
+        return self._fitness_shaping
+
+    @fitness_shaping.setter
+    def fitness_shaping(self, value: str) -> None:
+        if not isinstance(value, str) or value not in SHAPINGS:
+            raise ValueError(f"fitness_shaping={value!r} is not supported; expected one of {SHAPINGS}")
+        if self._group_size and value == "none":
+            raise ValueError(
+                f"fitness_shaping='none' with group_size={self._group_size}: groups need 'zscore' or "
+                "'centered_rank'; set group_size=0 first"
+            )
+        self._fitness_shaping = value
+
+    @property
+    def group_size(self) -> int:
+        """``> 0`` shapes fitness within groups of consecutive members."""
+        return self._group_size
+
+    @group_size.setter
+    def group_size(self, value: int) -> None:
+        _check_number("group_size", value, 0, integer=True)
+        if value and self._fitness_shaping == "none":
+            raise ValueError(f"group_size={value} needs fitness_shaping 'zscore' or 'centered_rank', not 'none'")
+        self._group_size = value
+
+    @property
+    def weight_decay(self) -> float:
+        """Weight decay, >= 0."""
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value: float) -> None:
+        _check_number("weight_decay", value, 0.0)
+        self._weight_decay = float(value)
+
+    @property
+    def seed(self) -> int:
+        """The noise seed, in [0, 2**32)."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        _check_number("seed", value, 0, integer=True)
+        if value >= 2**32:
+            raise ValueError(f"seed must be < 2**32 (a uint32 noise key), got {value}")
+        self._seed = value
+
+    @property
+    def grad_clip(self) -> float | None:
+        """Clip the global norm of the ES gradient to this value (None: no clipping)."""
+        return self._grad_clip
+
+    @grad_clip.setter
+    def grad_clip(self, value: float | None) -> None:
+        if value is not None:
+            _check_number("grad_clip", value, 0.0, lo_inclusive=False)
+        self._grad_clip = value
+
+    @property
+    def noise(self) -> str:
+        """One of ``noise.NOISE_TYPES``."""
+        return self._noise
+
+    @noise.setter
+    def noise(self, value: str) -> None:
+        if not isinstance(value, str) or value not in NOISE_TYPES:
+            raise ValueError(f"noise={value!r} is not supported; expected one of {NOISE_TYPES}")
+        self._noise = value
+
+    @property
+    def antithetic(self) -> bool:
+        """Mirrored sampling: members ``2j`` and ``2j+1`` share noise with opposite signs."""
+        return self._antithetic
+
+    @antithetic.setter
+    def antithetic(self, value: bool) -> None:
+        value = _check_bool("antithetic", value)
+        self._antithetic = value
 
     # ----------------------------------------------------------------- setup
     @property
@@ -173,6 +331,7 @@ class EggrollStrategy:
                 "that advantage is gone. Move the model to a GPU with model.cuda(), or opt in to the (slower, "
                 "identical-noise) pure-torch CPU path with EggrollStrategy(..., allow_cpu=True)."
             )
+        self._check_rank_fits(self._rank, specs)
         self.es_module = es_module
         self.specs = specs
         self.optimizer = self._make_optimizer()
@@ -216,7 +375,14 @@ class EggrollStrategy:
                 f"population_size={population_size} is odd, but antithetic sampling pairs members (2j, 2j+1); "
                 "use an even population or EggrollStrategy(..., antithetic=False)"
             )
+        if self._active is not None:
+            raise RuntimeError(
+                f"perturb(population_size={population_size}, epoch={epoch}) inside the block of "
+                f"perturb(population_size={self._active.population_size}, epoch={self._active.epoch}): step() "
+                "updates from one population; leave the block, call step(fitnesses), then perturb() the next epoch"
+            )
         self._last = (population_size, epoch)
+        self._perturbed_with = self._noise_settings()
         return PerturbationContext(self, population_size, epoch)
 
     # ----------------------------------------------------------------- update
@@ -232,7 +398,21 @@ class EggrollStrategy:
             is ``lr * grad_norm``.
         """
         if self._last is None:
+            if self._stepped is not None:
+                n, t = self._stepped
+                raise RuntimeError(
+                    f"step() already applied the update of perturb(population_size={n}, epoch={t}); a second step() "
+                    "would apply the same update again. Call strategy.perturb(...) for the next epoch, evaluate it, "
+                    "then step()"
+                )
             raise RuntimeError("step() called before any perturb(): evaluate a population first")
+        changed = {k: (v, getattr(self, k)) for k, v in self._perturbed_with.items() if getattr(self, k) != v}
+        if changed:
+            what = ", ".join(f"{k} from {old!r} to {new!r}" for k, (old, new) in changed.items())
+            raise RuntimeError(
+                f"step(): {what} since perturb(); the update must use the noise the population was evaluated "
+                "with. Change settings before perturb(), or perturb() again"
+            )
         num_members, epoch = self._last
         device = self.device
         f = check_fitness(fitnesses, num_members, device)
@@ -253,6 +433,7 @@ class EggrollStrategy:
                 sum((s.param.detach() - b).float().pow(2).sum() for s, b in zip(self.specs, before))
             )
         self.num_steps += 1
+        self._stepped, self._last = self._last, None  # one update per evaluated population
         f_var, f_mean = torch.var_mean(f, unbiased=False)
         f_min, f_max = torch.aminmax(f)
         stats = torch.stack(
@@ -358,23 +539,55 @@ class EggrollStrategy:
         self._require_setup("load_state_dict()")
         if not isinstance(state, dict) or state.get("version") != 1:
             raise ValueError("load_state_dict: not an EggrollStrategy state_dict (missing 'version': 1)")
+        for key in ("config", "num_steps", "last_perturb", "optimizer", "params"):
+            if key not in state:
+                raise ValueError(f"load_state_dict: the state_dict has no {key!r} entry; expected a state_dict()")
+        params, cfg = state["params"], state["config"]
         names = {s.name for s in self.specs}
-        if set(state["params"]) != names:
-            raise ValueError(
-                f"load_state_dict: parameters {sorted(state['params'])} do not match the model's {sorted(names)}"
-            )
-        cfg = state["config"]
-        for key in ("rank", "seed", "noise", "antithetic", "noise_reuse", "fitness_shaping", "group_size"):
-            setattr(self, key, cfg[key])
+        if not isinstance(params, dict) or set(params) != names:
+            stored = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"load_state_dict: parameters {stored} do not match the model's {sorted(names)}")
+        for spec in self.specs:
+            value = params[spec.name]
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(
+                    f"load_state_dict: parameter {spec.name!r} is stored as {type(value).__name__}; expected a "
+                    f"tensor of shape {tuple(spec.param.shape)}"
+                )
+            if value.shape != spec.param.shape:
+                raise ValueError(
+                    f"load_state_dict: parameter {spec.name!r} is stored with shape {tuple(value.shape)}, but the "
+                    f"model's has shape {tuple(spec.param.shape)}"
+                )
+        # Check every setting on a scratch strategy (the properties' own validators) before changing anything.
+        keys = ("sigma", "lr", "rank", "seed", "noise", "antithetic", "noise_reuse", "fitness_shaping", "group_size",
+                "grad_clip", "weight_decay")  # fmt: skip
+        if not isinstance(cfg, dict):
+            raise ValueError(f"load_state_dict: 'config' must be a dict of settings, got {type(cfg).__name__}")
+        for key in keys:
+            if key not in cfg:
+                raise ValueError(f"load_state_dict: the stored config has no {key!r}; expected a state_dict()")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                EggrollStrategy(**{k: cfg[k] for k in keys})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"load_state_dict: the stored config is invalid: {exc}") from exc
+        self._check_rank_fits(cfg["rank"], self.specs)
+        for key in ("rank", "seed", "noise", "antithetic", "noise_reuse", "group_size"):
+            setattr(self, "_" + key, cfg[key])
+        self._fitness_shaping = cfg["fitness_shaping"]
         self.sigma, self.grad_clip, self.weight_decay = cfg["sigma"], cfg["grad_clip"], cfg["weight_decay"]
         with torch.no_grad():
             for spec in self.specs:
-                spec.param.copy_(state["params"][spec.name])
+                spec.param.copy_(params[spec.name])
         if self.optimizer is not None and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.lr = cfg["lr"]
         self.num_steps = state["num_steps"]
         self._last = tuple(state["last_perturb"]) if state["last_perturb"] is not None else None
+        if self._last is not None:
+            self._perturbed_with = self._noise_settings()
 
 
 class PerturbationContext:
@@ -399,12 +612,23 @@ class PerturbationContext:
         return self._population_size // 2 if self.strategy.antithetic else self._population_size
 
     def __enter__(self) -> PerturbationContext:
+        st = self.strategy
+        if st._active is not None:
+            raise RuntimeError(
+                f"perturb(population_size={self._population_size}, epoch={self.epoch}) entered inside the block of "
+                f"perturb(population_size={st._active.population_size}, epoch={st._active.epoch}); leave that "
+                "block and step() first"
+            )
         self._active = True
+        st._active = self
+        st._last = (self._population_size, self.epoch)  # step() updates from the population evaluated here
         return self
 
     def __exit__(self, *exc) -> None:
         self._active = False
         self._cache.clear()
+        if self.strategy._active is self:
+            self.strategy._active = None
 
     def _check_active(self, what: str) -> None:
         if not self._active:
@@ -626,14 +850,27 @@ class _PopulationMode(TorchFunctionMode):
             return self._norm(func, *args, **kwargs)
         flat = list(args) + list(kwargs.values())
         specs = [self._spec(a) for a in flat]
-        if not any(specs) or getattr(func, "__name__", "") in _METADATA_FUNCS:
+        if not any(specs):
             return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") in _UNPERTURBED_VIEWS:
+            spec = next(sp for sp in specs if sp is not None)
+            raise NotImplementedError(
+                f"batched_forward: parameter {spec.name!r} is read as .{func.__self__.__name__}, which bypasses "
+                "the member's perturbation; use the parameter itself (F.linear(x, W) for x @ W.T)"
+            )
+        if name in _METADATA_FUNCS:
+            return func(*args, **kwargs)
+        if name in ("matmul", "__matmul__", "mm") and not kwargs and len(args) == 2:
+            return self._matmul(func, *args)
         return self._elementwise(func, args, kwargs)
 
     def _linear(self, x, weight, bias=None):
         ws, bs = self._spec(weight), self._spec(bias)
         if ws is None and bs is None:
             return F.linear(x, weight, bias)
+        if ws is not None and ws.kind != "matrix":
+            return self._linear_full_rank(x, weight, bias, ws, bs)
         ids, per_row = self._expand_ids(x, "linear")
         x2 = x.reshape(-1, x.shape[-1])
         if kernels.use_triton(x.device):
@@ -656,6 +893,38 @@ class _PopulationMode(TorchFunctionMode):
             y = y + self._row_delta(bs)[:, None, :]
         return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
+    def _row_matrix(self, spec: ParamSpec) -> torch.Tensor:
+        """Per-row value of a free (full-rank noise) parameter in its own shape: ``(R, *shape)`` float32."""
+        return self._row_vector(spec).reshape(self.rows, *spec.param.shape)
+
+    def _linear_full_rank(self, x, weight, bias, ws: ParamSpec, bs: ParamSpec | None):
+        """``F.linear`` with a free 2-D parameter as weight: its noise is full-rank, as in the update."""
+        _leading(x, self.rows, "linear")
+        if weight.dim() != 2:
+            raise NotImplementedError(f"batched_forward: F.linear with the {weight.dim()}-D weight {ws.name!r}")
+        xr = x.reshape(self.rows, -1, x.shape[-1]).to(torch.float32)
+        y = torch.bmm(xr, self._row_matrix(ws).transpose(1, 2))  # (R, L, out)
+        if bias is not None:
+            b = self._row_vector(bs) if bs is not None else bias.detach().to(torch.float32).reshape(1, -1)
+            y = y + b[:, None, :]
+        return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+    def _matmul(self, func, a, b):
+        """``x @ W`` with ``W`` a free 2-D parameter ``(in, out)``: each row's ``x`` times its member's ``W``."""
+        sa, sb = self._spec(a), self._spec(b)
+        fname = getattr(func, "__name__", str(func))
+        if sa is None and sb is not None and sb.kind != "matrix" and b.dim() == 2 and a.dim() >= 2:
+            _leading(a, self.rows, fname)
+            dtype = torch.result_type(a, b)
+            ar = a.reshape(self.rows, -1, a.shape[-1]).to(torch.float32)
+            return torch.bmm(ar, self._row_matrix(sb)).to(dtype).reshape(*a.shape[:-1], b.shape[1])
+        spec = sa or sb
+        raise NotImplementedError(
+            f"batched_forward: parameter {spec.name!r} ({spec.layer}) is used by {fname} in a way EGGROLL cannot "
+            "perturb per row; supported: x @ W with x of shape (rows, ..., in) and W a free (in, out) parameter, "
+            "or the parameter as the weight of F.linear"
+        )
+
     def _conv(self, func, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         ws, bs = self._spec(weight), self._spec(bias)
         y = func(x, weight, bias, stride, padding, dilation, groups)
@@ -664,6 +933,14 @@ class _PopulationMode(TorchFunctionMode):
         _leading(x, self.rows, func.__name__)
         if groups != 1:
             raise NotImplementedError(f"batched_forward: {func.__name__} with groups={groups} is not supported")
+        if ws is not None and ws.kind != "matrix":  # a free weight: full-rank noise, one grouped conv per row
+            filters = self._row_matrix(ws).reshape(self.rows * weight.shape[0], *weight.shape[1:])
+            xg = x.to(torch.float32).reshape(1, -1, *x.shape[2:])
+            full = func(xg, filters, None, stride, padding, dilation, self.rows).reshape(y.shape)
+            if bias is not None:
+                b = self._row_vector(bs) if bs is not None else bias.detach().to(torch.float32).reshape(1, -1)
+                full = full + b.reshape(b.shape[0], -1, *([1] * (weight.dim() - 2)))
+            return full.to(y.dtype)
         spatial = weight.dim() - 2
         delta = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
         if ws is not None:
@@ -686,6 +963,11 @@ class _PopulationMode(TorchFunctionMode):
         if ws is None:
             return y
         _leading(input, self.rows, "embedding")
+        if ws.kind != "matrix":  # a free table: full-rank noise, each row looks up its member's table
+            idx = input.reshape(self.rows, -1)
+            table = self._row_matrix(ws)  # (R, num_embeddings, dim)
+            rows = torch.gather(table, 1, idx.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
+            return rows.reshape(y.shape).to(y.dtype)
         A, B = self._row_factors(ws)  # (R, num_embeddings, r), (R, dim, r)
         idx = input.reshape(self.rows, -1)
         a_rows = torch.gather(A, 1, idx.unsqueeze(-1).expand(-1, -1, A.shape[-1]))  # (R, L, r)
@@ -723,8 +1005,16 @@ class _PopulationMode(TorchFunctionMode):
     def _elementwise(self, func, args, kwargs):
         """A free (non-layer) parameter used in an elementwise op: substitute each row's value."""
         flat = list(args) + list(kwargs.values())
+        fname = getattr(func, "__name__", str(func))
         for a in flat:
             spec = self._spec(a)
+            if spec is not None and spec.kind != "matrix" and fname in _NOT_ELEMENTWISE:
+                raise NotImplementedError(
+                    f"batched_forward: free parameter {spec.name!r} is used by {fname}, which reshapes, reduces or "
+                    "mixes its elements; EGGROLL perturbs a free parameter per row only in elementwise ops, "
+                    "x @ W, and as the weight or bias of F.linear/conv/embedding/norms. Compute it inside such "
+                    f"an op, or freeze it with ESModule(model).freeze_parameter({spec.name!r})"
+                )
             if spec is not None and spec.kind == "matrix":
                 raise NotImplementedError(
                     f"batched_forward: parameter {spec.name!r} of {spec.layer} is used by "

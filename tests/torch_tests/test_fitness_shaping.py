@@ -20,7 +20,7 @@ def test_centered_rank_values_and_ties():
     f = torch.tensor([10.0, -1.0, 3.0, 7.0, 0.0])
     torch.testing.assert_close(centered_rank(f), torch.tensor([0.5, -0.5, 0.0, 0.25, -0.25]))
     tied = centered_rank(torch.tensor([1.0, 1.0, 2.0]))
-    torch.testing.assert_close(tied, torch.tensor([-0.5, 0.0, 0.5]))
+    torch.testing.assert_close(tied, torch.tensor([-0.25, -0.25, 0.5]))  # tied members share their average rank
 
 
 def test_none_is_identity():
