@@ -3,7 +3,7 @@
     eggroll-rl train CartPole                       # tuned defaults, run directory under runs/
     eggroll-rl train HalfCheetah --population 2048 --generations 300 --out runs/cheetah
     eggroll-rl train HalfCheetah --resume runs/cheetah --generations 600
-    eggroll-rl eval runs/cheetah --episodes 20 --video cheetah.html
+    eggroll-rl eval runs/cheetah --episodes 20 --video cheetah.html   # Brax runs; the others: .mp4 or .gif
     eggroll-rl envs
 
 Every ``TrainConfig`` field is a ``train`` flag (``--hidden-sizes 64 64``, ``--lr-schedule linear``, ...); its
@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a trained run", description="Evaluate the policy of a run.")
     ev.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `eggroll-rl train`")
     ev.add_argument("--episodes", type=int, default=10, metavar="K", help="episodes to evaluate (default: 10)")
-    ev.add_argument("--video", metavar="FILE", help="record one episode: .mp4/.gif (gymnasium, MuJoCo), .html (brax)")
+    ev.add_argument(
+        "--video", metavar="FILE", help="record one episode: .html for Brax runs, .mp4/.gif for the others (gymnasium)"
+    )
     ev.add_argument("--policy", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
     ev.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="device (default: auto)")
     ev.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes (default: 12345)")
@@ -310,6 +312,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     policy = load_policy(path, map_location=device)
     env = build_env(config, args.episodes, device, seed=args.seed)
     try:
+        if args.video:  # a wrong format fails before the evaluation, not after
+            from eggroll_rl.agents.video import check_video_path
+
+            check_video_path(config, args.video, backend=getattr(env, "backend", None))
         stats = evaluate(policy, env, seed=args.seed, max_steps=episode_limit(env, config))
     finally:
         env.close()
