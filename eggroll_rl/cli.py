@@ -228,7 +228,7 @@ def _plain_lines(file: typing.TextIO):
     return update
 
 
-def _progress_bar(quiet: bool, console: Any = None):
+def _progress_bar(quiet: bool):
     """A ``progress_fn`` for ``train`` and its closer: a rich (or tqdm) bar on a terminal, plain lines otherwise."""
     if quiet:
         return None, lambda: None
@@ -237,7 +237,7 @@ def _progress_bar(quiet: bool, console: Any = None):
     except ImportError:
         Console = None
     if Console is not None:
-        console = console or Console()
+        console = Console()
         if not console.is_terminal:
             return _plain_lines(sys.stdout), lambda: None
         bar = _rich_progress(console)
