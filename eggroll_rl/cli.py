@@ -3,7 +3,7 @@
     eggroll-rl train CartPole                       # tuned defaults, run directory under runs/
     eggroll-rl train HalfCheetah --population 2048 --generations 300 --out runs/cheetah
     eggroll-rl train HalfCheetah --resume runs/cheetah --generations 600
-    eggroll-rl eval runs/cheetah --episodes 20 --video cheetah.html
+    eggroll-rl eval runs/cheetah --episodes 20 --video cheetah.html   # Brax runs; the others: .mp4 or .gif
     eggroll-rl envs
 
 Every ``TrainConfig`` field is a ``train`` flag (``--hidden-sizes 64 64``, ``--lr-schedule linear``, ...); its
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -111,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a trained run", description="Evaluate the policy of a run.")
     ev.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `eggroll-rl train`")
     ev.add_argument("--episodes", type=int, default=10, metavar="K", help="episodes to evaluate (default: 10)")
-    ev.add_argument("--video", metavar="FILE", help="record one episode: .mp4/.gif (gymnasium, MuJoCo), .html (brax)")
+    ev.add_argument(
+        "--video", metavar="FILE", help="record one episode: .html for Brax runs, .mp4/.gif for the others (gymnasium)"
+    )
     ev.add_argument("--policy", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
     ev.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="device (default: auto)")
     ev.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes (default: 12345)")
@@ -135,7 +138,12 @@ def _train_config(args: argparse.Namespace):
     values: dict[str, Any] = {}
     if args.config:
         values.update(load_config_file(args.config))
-        values.pop("env", None)
+        file_env = values.pop("env", None)
+        if file_env is not None and not _same_env(file_env, args.env):
+            raise ValueError(
+                f"config file {args.config!r} has env={file_env!r} but the command line says {args.env!r}: "
+                "make them agree or remove env from the file"
+            )
     values.update({k: v for k, v in vars(args).items() if k != "env" and k in names})
     # An explicit budget replaces the default budget (steps, generations and time limit together).
     if any(k in values for k in _BUDGET_FIELDS):
@@ -153,58 +161,111 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig.from_dict({**stored, **values, "env": args.env, "out_dir": args.resume})
 
 
+def _same_env(a: Any, b: Any) -> bool:
+    """Whether two env names mean the same env (``"cartpole"``, ``"CartPole-v1"``, ``"CartPole"``)."""
+    from eggroll_rl.envs.registry import resolve_env
+
+    if a == b:
+        return True
+    try:
+        spec_a, spec_b = resolve_env(a), resolve_env(b)
+    except ValueError:
+        return False
+    return spec_a is not None and spec_a == spec_b and a.rpartition(":")[0] == b.rpartition(":")[0]
+
+
+# Outside a terminal, one plain line per this fraction of the budget (about 20 lines a run), or sooner when this
+# many seconds have passed since the last line.
+_PLAIN_LINE_FRACTION = 0.05
+_PLAIN_LINE_EVERY_S = 30.0
+
+
+def _si(value: float) -> str:
+    """``642123`` -> ``"642k"``: at most five characters, for the progress bar."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+def _rich_progress(console: Any = None):
+    """The rich progress bar of ``train``: fits an 80-column terminal (gen, bar, %, returns, steps/s, ETA)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]gen {task.fields[gen]:>5}"),
+        BarColumn(bar_width=12),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("ret {task.fields[ret]:>8} eval {task.fields[ev]:>8} {task.fields[sps]:>5} steps/s"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=False,
+        console=console,
+    )
+
+
+def _plain_lines(file: typing.TextIO):
+    """A ``progress_fn`` printing one line per ``_PLAIN_LINE_FRACTION`` of the budget (for logs and pipes)."""
+    state = {"bucket": -1, "printed_at": -math.inf, "eval": "-"}
+
+    def update(record: dict[str, Any]) -> None:
+        if record.get("eval_return") is not None:
+            state["eval"] = f"{record['eval_return']:.1f}"
+        progress = min(record["progress"], 1.0)  # a time limit can overshoot
+        bucket = int(progress / _PLAIN_LINE_FRACTION)
+        now = time.monotonic()
+        if bucket == state["bucket"] and now - state["printed_at"] < _PLAIN_LINE_EVERY_S:
+            return
+        state.update(bucket=bucket, printed_at=now)
+        print(
+            f"gen {record['generation']} ({100 * progress:.0f}%)  return "
+            f"{record['train_return_mean']:.1f}  eval {state['eval']}  {record['steps_per_s']:,.0f} steps/s  "
+            f"{record.get('wall_time_s', 0.0):.0f} s",
+            file=file,
+            flush=True,
+        )
+
+    return update
+
+
 def _progress_bar(quiet: bool):
-    """A ``progress_fn`` drawing a rich (or tqdm) bar with return, eval, steps/s and ETA; and its closer."""
+    """A ``progress_fn`` for ``train`` and its closer: a rich (or tqdm) bar on a terminal, plain lines otherwise."""
     if quiet:
         return None, lambda: None
     try:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.console import Console
     except ImportError:
-        rich_ok = False
-    else:
-        rich_ok = True
-    if rich_ok:
-        bar = Progress(
-            TextColumn("[bold]gen {task.fields[gen]:>5}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("return {task.fields[ret]:>9}  eval {task.fields[ev]:>9}  {task.fields[sps]:>8} steps/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
+        Console = None
+    if Console is not None:
+        console = Console()
+        if not console.is_terminal:
+            return _plain_lines(sys.stdout), lambda: None
+        bar = _rich_progress(console)
         bar.start()
         task = bar.add_task("train", total=1000, gen=0, ret="-", ev="-", sps="-")
 
         def update(record: dict[str, Any]) -> None:
             ev = record.get("eval_return")
             fields = dict(
-                gen=record["generation"], ret=f"{record['train_return_mean']:.1f}", sps=f"{record['steps_per_s']:,.0f}"
+                gen=record["generation"], ret=f"{record['train_return_mean']:.1f}", sps=_si(record["steps_per_s"])
             )
             if ev is not None:
                 fields["ev"] = f"{ev:.1f}"
-            bar.update(task, completed=int(1000 * record["progress"]), **fields)
+            bar.update(task, completed=int(1000 * min(record["progress"], 1.0)), **fields)
 
         return update, bar.stop
     try:
         from tqdm import tqdm
     except ImportError:
-
-        def update(record: dict[str, Any]) -> None:
-            print(
-                f"gen {record['generation']} return {record['train_return_mean']:.1f} "
-                f"eval {record.get('eval_return', '-')}",
-                file=sys.stderr,
-            )
-
-        return update, lambda: None
+        tqdm = None
+    if tqdm is None or not sys.stderr.isatty():
+        return _plain_lines(sys.stdout), lambda: None
     t = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 
     def update(record: dict[str, Any]) -> None:
         t.n = int(1000 * record["progress"])
         t.set_postfix(
-            ret=f"{record['train_return_mean']:.1f}", eval=record.get("eval_return"), sps=f"{record['steps_per_s']:.0f}"
+            ret=f"{record['train_return_mean']:.1f}", eval=record.get("eval_return"), sps=_si(record["steps_per_s"])
         )
 
     return update, t.close
@@ -251,6 +312,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     policy = load_policy(path, map_location=device)
     env = build_env(config, args.episodes, device, seed=args.seed)
     try:
+        if args.video:  # a wrong format fails before the evaluation, not after
+            from eggroll_rl.agents.video import check_video_path
+
+            check_video_path(config, args.video, backend=getattr(env, "backend", None))
         stats = evaluate(policy, env, seed=args.seed, max_steps=episode_limit(env, config))
     finally:
         env.close()
@@ -308,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": _cmd_train, "eval": _cmd_eval, "envs": _cmd_envs}
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"eggroll-rl {args.command}: warning: {message}\n"
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
@@ -318,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"eggroll-rl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import dataclasses
 import inspect
 import json
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,8 +135,9 @@ class TrainConfig:
     """Write TensorBoard events to the run directory when tensorboard is installed."""
 
     def __post_init__(self) -> None:
-        self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
-        self.env_kwargs = dict(self.env_kwargs)
+        self.hidden_sizes = _layer_widths(self.hidden_sizes)
+        if isinstance(self.env_kwargs, dict):
+            self.env_kwargs = dict(self.env_kwargs)
         self.validate()
 
     # --- construction -------------------------------------------------------------------------------------------
@@ -235,6 +238,26 @@ class TrainConfig:
             raise bad("hidden_sizes", "one or more positive layer widths")
         if not isinstance(self.env_kwargs, dict):
             raise bad("env_kwargs", "a dict")
+        cores = os.cpu_count() or 1
+        if self.cpu_threads > cores:
+            # More threads than cores oversubscribes the CPU: a generation gets many times slower, not faster.
+            warnings.warn(
+                f"cpu_threads={self.cpu_threads} is more than this machine's {cores} CPU cores; training will be "
+                f"much slower than with cpu_threads <= {cores} (0: torch's default)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+def _layer_widths(value: Any) -> tuple[int, ...]:
+    # A bare int (``hidden_sizes: 32`` in YAML) is one layer; anything else must be a sequence of ints.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(h, int) and not isinstance(h, bool) for h in value):
+        return tuple(value)
+    raise ValueError(
+        f"hidden_sizes={value!r} is invalid: expected a layer width or a list of them (integers, e.g. [64, 64])"
+    )
 
 
 def _is_number(value: Any) -> bool:
@@ -324,21 +347,47 @@ def field_docs(cls: type = TrainConfig) -> dict[str, str]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict of ``TrainConfig`` fields (not yet validated)."""
+    """Read a YAML or JSON config file into a dict of ``TrainConfig`` fields (not yet validated).
+
+    YAML is read with ``yaml.safe_load``: plain values only, a ``!!python/...`` tag is an error, never run.
+    Raises ``ValueError`` naming the file (and line) for a syntax error or a file that is not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix.lower() == ".json":
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"config file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
     else:
         try:
             import yaml
         except ImportError as exc:  # pragma: no cover - pyyaml is a dependency of the CLI extras
             raise ImportError(f"reading {path} needs pyyaml (pip install pyyaml), or use a .json config") from exc
-        values = yaml.safe_load(text) or {}
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {str(path)!r} {_yaml_problem(exc)}") from None
     if not isinstance(values, dict):
         raise ValueError(
             f"config file {str(path)!r} must hold a mapping of field names to values, got {type(values).__name__}"
         )
     return values
+
+
+def _yaml_problem(exc: Exception) -> str:
+    # One line from PyYAML's multi-line message: what and where.
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if "constructor for the tag" in problem:
+        tag = problem.split("tag", 1)[1].strip().strip("'").replace("tag:yaml.org,2002:", "!!")
+        return (
+            f"uses the YAML tag {tag!r}{where}, which is not allowed: a config holds plain values only "
+            "(numbers, strings, booleans, lists, mappings)"
+        )
+    return f"is not valid YAML: {problem}{where}"

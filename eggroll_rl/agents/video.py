@@ -1,8 +1,10 @@
 """Record one episode of a trained policy: mp4 (or gif) through gymnasium's renderer, html for Brax envs.
 
-Torch-native and EnvPool envs are rendered with gymnasium's env of the same id (same dynamics); MuJoCo envs use
-``MUJOCO_GL=egl`` by default (set it to ``osmesa`` on a machine without a GPU driver). Brax envs are written with
-``brax.io.html`` — an interactive 3D page, no renderer needed.
+Torch-native, gymnasium and EnvPool runs are replayed in gymnasium's env of the same id (same dynamics) and written
+as .mp4/.gif: pygame draws the classic-control envs, MuJoCo's renderer the locomotion envs (both come with the
+``gym`` extra; mp4 needs imageio-ffmpeg from the ``cli`` extra). MuJoCo uses ``MUJOCO_GL=egl`` by default (set it
+to ``osmesa`` on a machine without a GPU driver). Brax runs are written with ``brax.io.html`` — an interactive 3D
+page, no renderer needed — and only those.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from eggroll_rl.agents.config import TrainConfig
 from eggroll_rl.agents.policy import MLPPolicy
 
-__all__ = ["record_video", "video_env_id"]
+__all__ = ["check_video_path", "record_video", "video_env_id"]
 
 
 def video_env_id(config: TrainConfig) -> tuple[str, str]:
@@ -57,6 +59,29 @@ def video_env_id(config: TrainConfig) -> tuple[str, str]:
     return "gym", spec.gym
 
 
+def check_video_path(config: TrainConfig, path: str | os.PathLike, backend: str | None = None) -> str:
+    """Raise ``ValueError`` unless ``path``'s format is one the env of ``config`` is rendered in; return the kind.
+
+    Brax runs are written as ``.html`` (``brax.io.html``); every other run (torch-native, gymnasium, EnvPool) is
+    replayed in gymnasium's env of the same id and written as ``.mp4`` or ``.gif``.
+    """
+    path = Path(path)
+    kind, env_id = video_env_id(config if backend is None else config.replace(backend=backend))
+    suffix = path.suffix.lower()
+    if kind == "brax" and suffix != ".html":
+        raise ValueError(
+            f"video={str(path)!r}: Brax envs are recorded as an .html page, not {suffix or 'a file without suffix'}; "
+            f"expected e.g. {str(path.with_suffix('.html'))!r}"
+        )
+    if kind == "gym" and suffix not in (".mp4", ".gif"):
+        trained_on = f" (trained on {backend})" if backend else ""
+        raise ValueError(
+            f"video={str(path)!r}: {config.env}{trained_on} is rendered through gymnasium's {env_id} as .mp4 or "
+            f".gif (.html pages are for Brax runs); expected e.g. {str(path.with_suffix('.mp4'))!r}"
+        )
+    return kind
+
+
 def record_video(
     policy: MLPPolicy,
     config: TrainConfig,
@@ -70,26 +95,30 @@ def record_video(
     Args:
         policy: a trained policy (e.g. ``load_policy(run_dir / "checkpoints/best.pt")``).
         config: the run's config (env name, backend, env kwargs).
-        path: ``.mp4`` or ``.gif`` for gymnasium/MuJoCo envs, ``.html`` for Brax envs.
+        path: ``.html`` for Brax envs; ``.mp4`` or ``.gif`` for the others (torch-native, gymnasium, EnvPool), which
+            are rendered by gymnasium (classic-control envs need pygame, MuJoCo envs an OpenGL backend).
         backend: the backend the policy was trained on (``"brax"`` forces the Brax renderer).
     Returns:
         ``{"path", "return", "length", "format"}``.
     """
     path = Path(path)
-    kind, env_id = video_env_id(config if backend is None else config.replace(backend=backend))
+    kind = check_video_path(config, path, backend)
+    _, env_id = video_env_id(config if backend is None else config.replace(backend=backend))
     if kind == "brax":
-        if path.suffix.lower() != ".html":
-            raise ValueError(f"video={str(path)!r}: Brax envs are recorded as .html, not {path.suffix or 'no suffix'}")
         return _record_brax(policy, config, env_id, path, seed, max_steps)
-    if path.suffix.lower() not in (".mp4", ".gif"):
-        raise ValueError(f"video={str(path)!r}: expected a .mp4 or .gif file for gymnasium envs")
     return _record_gym(policy, env_id, path, seed, max_steps)
 
 
 @torch.no_grad()
 def _record_gym(policy: MLPPolicy, env_id: str, path: Path, seed: int, max_steps: int) -> dict[str, Any]:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    import gymnasium as gym
+    try:
+        import gymnasium as gym
+    except ImportError as exc:
+        raise ImportError(f"a video of {env_id} is rendered by gymnasium: pip install 'eggroll-rl[gym]'") from exc
+    from eggroll_rl.envs.gym_adapter import quiet_mujoco_warnings
+
+    quiet_mujoco_warnings()
 
     try:
         import imageio.v2 as imageio
@@ -104,7 +133,10 @@ def _record_gym(policy: MLPPolicy, env_id: str, path: Path, seed: int, max_steps
         frames = [env.render()]
     except gym.error.DependencyNotInstalled as exc:
         env.close()
-        raise ImportError(f"rendering {env_id} needs an extra package: {exc}") from exc
+        raise ImportError(
+            f"rendering {env_id} needs an extra package: pip install 'eggroll-rl[gym]' (brings pygame and MuJoCo); "
+            f"gymnasium says: {exc}"
+        ) from exc
     except Exception as exc:  # MuJoCo's GL context (egl/osmesa/glfw) failing to start
         env.close()
         raise RuntimeError(

@@ -96,7 +96,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` → CUDA if available, else CPU; ``"cuda"`` → ``cuda:<current index>``."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    requested = device
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(requested)!r} is not available: torch sees no CUDA GPU (torch.cuda.is_available() is "
+            "False); expected 'cpu' or None (CUDA if available, else CPU)"
+        )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

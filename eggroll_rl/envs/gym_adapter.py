@@ -10,6 +10,7 @@ spaces, float32 for boxes).
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from .base import Discrete, StepResult, VecEnv, resolve_device, space_from_gymnasium
 
-__all__ = ["GymVecEnv", "import_gymnasium"]
+__all__ = ["GymVecEnv", "import_gymnasium", "quiet_mujoco_warnings"]
 
 
 def import_gymnasium() -> Any:
@@ -31,6 +32,39 @@ def import_gymnasium() -> Any:
             "pip install eggroll-rl[gym]"
         ) from e
     return gymnasium
+
+
+def quiet_mujoco_warnings() -> None:
+    """Route MuJoCo's warnings through Python's ``warnings``, each distinct text once per process.
+
+    MuJoCo's default handler prints every warning and appends it to ``MUJOCO_LOG.TXT`` in the working directory:
+    gymnasium's HalfCheetah model gives one ``settotalmass`` deprecation per sub-env (2048 lines and a 1 MB file
+    for a CPU HalfCheetah run). A handler the user installed is left alone.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("mujoco") is None:
+        return
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is not None:
+        return
+    seen: set[str] = set()
+
+    def handler(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            category = DeprecationWarning if "deprecated" in message else RuntimeWarning
+            warnings.warn(f"MuJoCo: {message}", category, stacklevel=2)
+
+    mujoco.set_mju_user_warning(handler)
+
+
+def _uses_mujoco(gym: Any, env_id: str) -> bool:
+    try:
+        return "mujoco" in str(gym.spec(env_id).entry_point)
+    except gym.error.Error:
+        return False
 
 
 class GymVecEnv(VecEnv):
@@ -75,13 +109,20 @@ class GymVecEnv(VecEnv):
         self.device = resolve_device(device)
         self.check_finite = check_finite
         self.vectorization_mode = vectorization_mode
-        self._env = gym.make_vec(
-            env_id,
-            num_envs=num_envs,
-            vectorization_mode=vectorization_mode,
-            vector_kwargs=vector_kwargs,
-            **make_kwargs,
-        )
+        if _uses_mujoco(gym, env_id):
+            quiet_mujoco_warnings()
+        try:
+            self._env = gym.make_vec(
+                env_id,
+                num_envs=num_envs,
+                vectorization_mode=vectorization_mode,
+                vector_kwargs=vector_kwargs,
+                **make_kwargs,
+            )
+        except gym.error.DependencyNotInstalled as exc:
+            raise ImportError(f"gymnasium env {env_id!r} needs a package that is not installed: {exc}") from exc
+        except gym.error.Error as exc:  # NameNotFound, VersionNotFound, ... (not ValueErrors)
+            raise ValueError(f"env_id={env_id!r} is not a gymnasium env: {exc}") from exc
         self.single_observation_space = space_from_gymnasium(self._env.single_observation_space)
         self.single_action_space = space_from_gymnasium(self._env.single_action_space)
         self._seed: int | None = int(seed)

@@ -2,7 +2,7 @@
 
 Names are matched case-insensitively, ignoring ``-``/``_``/spaces (``"halfcheetah"``, ``"Half_Cheetah"``).
 A backend id also works: an unprefixed gymnasium/EnvPool id that the table knows (``"HalfCheetah-v5"``), or
-any id with a backend prefix, passed through as is: ``"gym:LunarLander-v3"``, ``"envpool:Pong-v5"``,
+any id with a backend prefix, passed through as is: ``"gym:MountainCar-v0"``, ``"envpool:LunarLander-v3"``,
 ``"brax:halfcheetah"``, ``"torch:CartPole-v1"``.
 
 ``backend="auto"`` takes the first backend that has the env and is installed, in the order of
@@ -29,6 +29,14 @@ BACKENDS = ("torch", "gym", "envpool", "brax")
 AUTO_ORDER = {"cuda": ("torch", "brax", "envpool", "gym"), "cpu": ("torch", "envpool", "gym", "brax")}
 _EXTRAS = {"gym": "gym", "envpool": "envpool", "brax": "brax", "torch": None}
 _PACKAGES = {"gym": ("gymnasium",), "envpool": ("envpool",), "brax": ("brax", "jax"), "torch": ()}
+# Prefixed ids outside the table that train with that backend's extra alone (gymnasium's LunarLander needs Box2D,
+# EnvPool's has it built in); the unknown-name error offers those whose backend is installed.
+_PREFIX_EXAMPLES = {
+    "gym": "gym:MountainCar-v0",
+    "envpool": "envpool:LunarLander-v3",
+    "brax": "brax:fast",
+    "torch": "torch:CartPole-v1",
+}
 
 
 @dataclass(frozen=True)
@@ -130,15 +138,16 @@ def _lookup(name: str) -> tuple[EnvSpec | None, str | None, str | None]:
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
     close += [c for c in candidates if _norm(c).startswith(key[:4]) and c not in close][: 3 - len(close)]
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    examples = ", ".join(repr(ex) for b, ex in _PREFIX_EXAMPLES.items() if _installed(b))
     raise ValueError(
         f"unknown env name {name!r}.{hint} Known names: {list_envs()}; any backend id works with a prefix, "
-        "e.g. 'gym:LunarLander-v3', 'envpool:Pong-v5', 'brax:halfcheetah'."
+        f"e.g. {examples}."
     )
 
 
 def resolve_env(name: str) -> EnvSpec | None:
     """The registry entry of a friendly name or backend id (``None`` for a prefixed id the registry does not list,
-    e.g. ``'gym:LunarLander-v3'``). Raises ``ValueError`` with close matches for an unknown name; imports nothing."""
+    e.g. ``'gym:MountainCar-v0'``). Raises ``ValueError`` with close matches for an unknown name; imports nothing."""
     return _lookup(name)[0]
 
 
@@ -162,7 +171,7 @@ def make_env(
 
     Args:
         name: a friendly name from ``list_envs()`` (``"HalfCheetah"``), a known backend id (``"HalfCheetah-v5"``)
-            or a prefixed id (``"brax:halfcheetah"``, ``"gym:LunarLander-v3"``).
+            or a prefixed id (``"brax:halfcheetah"``, ``"gym:MountainCar-v0"``).
         backend: ``"auto"`` (fastest installed for this env and device), ``"torch"``, ``"gym"``, ``"envpool"``
             or ``"brax"``. A prefix in ``name`` pins the backend; it must then agree with ``backend``.
         num_envs: batch size ``B``.
