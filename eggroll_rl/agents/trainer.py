@@ -102,7 +102,7 @@ def resolve_device(device: str) -> torch.device:
             "no CUDA GPU found: running on the CPU through EGGROLL's pure-torch path (much slower on large "
             "populations). Pass --device cpu to silence this warning.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of train() (train -> _train -> resolve_device)
         )
         return torch.device("cpu")
     if device == "cuda":
