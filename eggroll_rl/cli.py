@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted: metrics and the last checkpoint are kept; continue with --resume", file=sys.stderr)
+        # A run that had started is reported by _cmd_train (TrainingInterrupted): this is before or after one.
+        print(f"eggroll-rl {args.command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         if os.environ.get("EGGROLL_RL_DEBUG"):

@@ -52,7 +52,14 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -483,6 +483,7 @@ def _train(
         )
         interrupts.saved_generation = generation
 
+    interrupts.begin_update()  # until the loop starts: a stop now leaves a checkpoint and config.yaml, or neither
     if run is not None:
         if checkpoint is None:
             save_last()  # before config.yaml: a directory that holds a run can always be resumed
@@ -496,6 +497,7 @@ def _train(
     start = time.perf_counter() - wall_offset
     done = not _budget_left(config, generation, env_steps, wall_time_s)
     try:
+        interrupts.end_update()
         while not done:
             gen_start = time.perf_counter()
             progress = _progress(config, generation, env_steps, wall_time_s)
