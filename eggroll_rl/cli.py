@@ -2,7 +2,7 @@
 
     eggroll-rl train CartPole                       # tuned defaults, run directory under runs/
     eggroll-rl train HalfCheetah --population 2048 --generations 300 --out runs/cheetah
-    eggroll-rl train HalfCheetah --resume runs/cheetah --generations 600
+    eggroll-rl train --resume runs/cheetah --generations 600   # the run directory knows its env
     eggroll-rl eval runs/cheetah --episodes 20 --video cheetah.html   # Brax runs; the others: .mp4 or .gif
     eggroll-rl envs
 
@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a policy", description="Train an MLP policy with EGGROLL.")
-    train.add_argument("env", metavar="ENV", help="environment name (see `eggroll-rl envs`), e.g. CartPole")
+    train.add_argument(
+        "env",
+        metavar="ENV",
+        nargs="?",
+        help="environment name (see `eggroll-rl envs`), e.g. CartPole (optional with --resume)",
+    )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "env"}
     main = train.add_argument_group("main settings")
     for name in _MAIN_FIELDS:
@@ -101,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_field(budget, fields["total_steps"], docs["total_steps"], "--total-steps")
     main.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (field names as keys)")
     _add_field(main, fields["out_dir"], "Run directory (default: runs/<ENV>_s<seed>_<date-time>)", "--out")
-    main.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    main.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (ENV may be left out)"
+    )
     rest = train.add_argument_group("all settings")
     for name, f in fields.items():
         if name in _MAIN_FIELDS or name in ("generations", "total_steps", "out_dir"):
@@ -139,7 +146,7 @@ def _train_config(args: argparse.Namespace):
     if args.config:
         values.update(load_config_file(args.config))
         file_env = values.pop("env", None)
-        if file_env is not None and not _same_env(file_env, args.env):
+        if file_env is not None and args.env is not None and not _same_env(file_env, args.env):
             raise ValueError(
                 f"config file {args.config!r} has env={file_env!r} but the command line says {args.env!r}: "
                 "make them agree or remove env from the file"
@@ -158,7 +165,8 @@ def _train_config(args: argparse.Namespace):
             f"--out {values['out_dir']} and --resume {args.resume} differ; a resumed run writes to its own directory"
         )
     stored = RunDirectory(args.resume).read_config()
-    return TrainConfig.from_dict({**stored, **values, "env": args.env, "out_dir": args.resume})
+    env = args.env or stored.get("env")  # a different ENV is refused by train() with both names
+    return TrainConfig.from_dict({**stored, **values, "env": env, "out_dir": args.resume})
 
 
 def _same_env(a: Any, b: Any) -> bool:
@@ -271,9 +279,25 @@ def _progress_bar(quiet: bool):
     return update, t.close
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from eggroll_rl.agents.trainer import train
+def _interrupted_message(exc) -> str:
+    """Where an interrupted run stands and the exact command that continues it."""
+    import shlex
+    import signal
 
+    name = signal.Signals(exc.signum).name
+    if exc.run_dir is None or exc.generation is None:
+        return f"interrupted by {name} before the run started: nothing to resume; run the same command again"
+    return (
+        f"interrupted by {name}: {exc.run_dir} holds the metrics, the learning curve and a checkpoint after "
+        f"{exc.generation} generations. Continue with:\n  eggroll-rl train --resume {shlex.quote(str(exc.run_dir))}"
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from eggroll_rl.agents.trainer import TrainingInterrupted, train
+
+    if args.env is None and not args.resume:
+        raise ValueError("ENV is missing: give an environment name (e.g. `eggroll-rl train CartPole`) or --resume DIR")
     config = _train_config(args)
     if not config.out_dir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -283,6 +307,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             result = train(config, progress_fn=update, resume=args.resume)
+    except TrainingInterrupted as exc:
+        close()  # the bar first, then the message (closing twice is harmless)
+        print(_interrupted_message(exc), file=sys.stderr)
+        return 128 + exc.signum
     finally:
         close()
     last = result.metrics[-1] if result.metrics else {}
@@ -378,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted: metrics and the last checkpoint are kept; continue with --resume", file=sys.stderr)
+        # A run that had started is reported by _cmd_train (TrainingInterrupted): this is before or after one.
+        print(f"eggroll-rl {args.command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         if os.environ.get("EGGROLL_RL_DEBUG"):

@@ -10,6 +10,11 @@ Layout::
       checkpoints/last.pt    full training state, written atomically; last.prev.pt is the one before
       checkpoints/best.pt    the policy with the best evaluation so far (a self-contained policy file)
       learning_curve.png     train and eval return against environment steps
+      .lock                  held (flock) by the process training into the directory; its pid, host and start time
+
+A run directory is a run once ``config.yaml`` exists, and from then on ``checkpoints/last.pt`` exists too (the
+trainer writes a generation-0 checkpoint before the config), so every run can be resumed. ``docs/run_directories.md``
+has the whole story: locking, the checks on resume, signals.
 """
 
 from __future__ import annotations
@@ -19,18 +24,86 @@ import io
 import json
 import math
 import os
+import socket
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from eggroll_rl.agents.checkpoint import atomic_write_text
 
-__all__ = ["RunDirectory", "CSV_COLUMNS", "read_metrics", "plot_learning_curve"]
+__all__ = ["RunDirectory", "RunLock", "RunLockedError", "CSV_COLUMNS", "read_metrics", "plot_learning_curve"]
 
 CSV_COLUMNS = (
     "generation", "env_steps", "wall_time_s", "train_return_mean", "train_return_max", "train_return_min",
     "train_return_std", "episode_length_mean", "eval_return", "eval_return_std", "lr", "sigma", "grad_norm",
     "update_norm", "steps_per_s",
 )  # fmt: skip
+
+
+class RunLockedError(RuntimeError):
+    """The run directory is held by another live training process."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``DIR/.lock`` for the life of one training run.
+
+    The kernel drops the lock when its process ends in any way (kill -9 included), so a stale lock file never blocks
+    a later run; the pid, host and start time written into the file only name the holder in the error message.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``RunLockedError`` naming the directory and the holder; no-op without ``fcntl``."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking (documented in docs/run_directories.md)
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # no O_TRUNC: the holder's record must survive
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip()
+            os.close(fd)
+            try:
+                info = json.loads(holder)
+                who = f"pid {info['pid']} on {info['host']}, started {info['started']}"
+            except (ValueError, KeyError, TypeError):
+                who = "a process that has not written its pid yet"
+            raise RunLockedError(
+                f"run directory {str(self.directory)!r} is in use by another training run ({who}); wait for it to "
+                "finish or stop it (it saves a checkpoint on Ctrl-C/SIGTERM), or choose another directory"
+            ) from None
+        except OSError as exc:  # a filesystem without flock (some network mounts): train unlocked, but say so
+            os.close(fd)
+            warnings.warn(
+                f"run directory {str(self.directory)!r} cannot be locked ({exc.strerror or exc}); nothing stops "
+                "a second training run from writing into it at the same time",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)  # the file stays (unlinking a flock file races with a waiting opener)
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
 
 class RunDirectory:
@@ -60,6 +133,10 @@ class RunDirectory:
         return self.path / "checkpoints" / "last.pt"
 
     @property
+    def prev_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.prev.pt"
+
+    @property
     def best_checkpoint(self) -> Path:
         return self.path / "checkpoints" / "best.pt"
 
@@ -77,6 +154,15 @@ class RunDirectory:
             probe.unlink()
         except OSError as exc:
             raise OSError(f"out_dir={str(self.path)!r} cannot be written: {exc.strerror or exc}") from exc
+
+    def holds_run(self) -> bool:
+        """Whether a run was started here: its ``config.yaml`` exists."""
+        return self.config_path.is_file()
+
+    def remove_stale_checkpoints(self) -> None:
+        """Delete checkpoints of a start that never wrote ``config.yaml`` (stopped during setup), before a new start."""
+        for path in (self.last_checkpoint, self.prev_checkpoint, self.best_checkpoint):
+            path.unlink(missing_ok=True)
 
     def write_config(self, config: dict[str, Any]) -> None:
         try:

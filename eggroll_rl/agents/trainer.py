@@ -13,12 +13,21 @@ Reproducibility: every generation resets the environments with a seed derived fr
 and the policy is deterministic, so a generation depends only on the state saved in a checkpoint (strategy,
 optimizer, observation statistics). Resuming from ``checkpoints/last.pt`` therefore gives the same curve as an
 uninterrupted run.
+
+A run directory is locked while a run trains into it, holds a checkpoint from before the first generation, and gets
+a checkpoint of the last completed generation on SIGINT/SIGTERM (``TrainingInterrupted``); see
+``docs/run_directories.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import threading
 import time
+import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +40,12 @@ from eggroll_rl.agents.checkpoint import CheckpointError, load_latest_checkpoint
 from eggroll_rl.agents.config import TrainConfig
 from eggroll_rl.agents.policy import POLICY_FORMAT, MLPPolicy, make_policy, save_policy
 from eggroll_rl.agents.rollout import rollout
-from eggroll_rl.agents.run_dir import RunDirectory, plot_learning_curve
+from eggroll_rl.agents.run_dir import RunDirectory, RunLock, plot_learning_curve
 from eggroll_rl.agents.schedules import schedule_value
 
 __all__ = [
     "TrainResult",
+    "TrainingInterrupted",
     "train",
     "evaluate",
     "resolve_device",
@@ -92,7 +102,7 @@ def resolve_device(device: str) -> torch.device:
             "no CUDA GPU found: running on the CPU through EGGROLL's pure-torch path (much slower on large "
             "populations). Pass --device cpu to silence this warning.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of train() (train -> _train -> resolve_device)
         )
         return torch.device("cpu")
     if device == "cuda":
@@ -242,11 +252,139 @@ def check_resume_config(stored: dict[str, Any], config: TrainConfig) -> TrainCon
     return stored_cfg.replace(**changes) if changes else stored_cfg
 
 
+def check_checkpoint_config(stored: dict[str, Any], checkpoint_config: Any, source: str | Path) -> None:
+    """Raise ``ValueError`` listing the fields where ``config.yaml`` (``stored``) and the checkpoint's config differ.
+
+    Only ``RESUMABLE_OVERRIDES`` may differ: the checkpoint holds the state the run reached with its own settings,
+    so an edited seed, sigma, ... in ``config.yaml`` would continue it as another run.
+    """
+    if not isinstance(checkpoint_config, dict):
+        raise CheckpointError(f"checkpoint {str(source)!r} holds no config: not an eggroll_rl training checkpoint")
+    yaml_cfg = TrainConfig.from_dict(stored).to_dict()
+    ckpt_cfg = TrainConfig.from_dict(checkpoint_config).to_dict()
+    diffs = [
+        f"{name} (config.yaml: {value!r}, checkpoint: {ckpt_cfg[name]!r})"
+        for name, value in yaml_cfg.items()
+        if name not in RESUMABLE_OVERRIDES and value != ckpt_cfg[name]
+    ]
+    if diffs:
+        raise ValueError(
+            f"resume: config.yaml differs from the checkpoint {str(source)!r} in {'; '.join(diffs)}. The checkpoint "
+            "holds the run as trained with its own settings: put them back in config.yaml (only "
+            f"{sorted(RESUMABLE_OVERRIDES)} may change on resume) or start a new run in another directory"
+        )
+
+
+def _resume_dir(config: TrainConfig, resume: str | os.PathLike | bool | None) -> Path | None:
+    """The run directory to continue, or None for a new run (``resume=True``: ``out_dir`` if it holds a run)."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        if not config.out_dir:
+            raise ValueError(
+                "resume=True continues the run in config.out_dir, but out_dir='' (no run directory); set out_dir "
+                "or leave resume=None"
+            )
+        return Path(config.out_dir) if RunDirectory(config.out_dir).holds_run() else None
+    if isinstance(resume, (str, os.PathLike)):
+        return Path(resume)
+    raise TypeError(f"resume={resume!r} is invalid: expected a run directory (str or Path), True or None")
+
+
+def _load_resume_checkpoint(run: RunDirectory, stored: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to continue ``run`` from (None: none was ever written, start at generation 0)."""
+    if not run.last_checkpoint.exists() and not run.prev_checkpoint.exists():
+        # Only a run from before generation-0 checkpoints can be in this state; its config.yaml says it all.
+        warnings.warn(
+            f"{str(run.path)!r} holds no checkpoint (a run stopped before its first one): it starts again from "
+            "generation 0 with its config.yaml",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    checkpoint, source = load_latest_checkpoint(run.last_checkpoint)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{source} is not an eggroll_rl training checkpoint")
+    check_checkpoint_config(stored, checkpoint.get("config"), source)
+    return checkpoint
+
+
+def _lock(run: RunDirectory, cleanup: contextlib.ExitStack) -> None:
+    lock = RunLock(run.path)
+    lock.acquire()
+    cleanup.callback(lock.release)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped ``train`` (a ``KeyboardInterrupt``, so ``except Exception`` lets it through).
+
+    Attributes:
+        signum: the signal.
+        run_dir: the run directory (None when the run has none).
+        generation: generations completed in the run directory's last checkpoint — metrics, the learning curve and
+            that checkpoint are written, and ``train(..., resume=run_dir)`` continues from it; None when nothing can
+            be resumed (stopped while setting up a new run: start it again).
+    """
+
+    def __init__(self, signum: int, run_dir: Path | None = None, generation: int | None = None) -> None:
+        super().__init__(signum)
+        self.signum, self.run_dir, self.generation = signum, run_dir, generation
+        self.forced = False  # a second signal during an update: the state in memory was not saved
+
+    def __str__(self) -> str:
+        return f"training interrupted by {signal.Signals(self.signum).name}"
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM -> ``TrainingInterrupted``, in the main thread. A signal during an update (obs statistics,
+    step, evaluation, logging, checkpoint) waits for the update's end, so the saved state is never half-updated; a
+    second one during the same update is raised at once (``forced``)."""
+
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None
+        self.saved_generation: int | None = None
+        self._updating = False
+        self._pending: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(sig) is default:  # a caller's own handler is left alone
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _raise(self, signum: int, forced: bool) -> typing.NoReturn:
+        exc = TrainingInterrupted(signum, self.run_dir, self.saved_generation)
+        exc.forced = forced
+        raise exc
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._updating and self._pending is None:
+            self._pending = signum
+            return
+        self._raise(signum, forced=self._updating)
+
+    def begin_update(self) -> None:
+        self._updating = True
+
+    def end_update(self) -> None:
+        self._updating = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            self._raise(signum, forced=False)
+
+
 # ----------------------------------------------------------------------------------------------------- train
 def train(
     config: TrainConfig,
     progress_fn: Callable[[dict[str, Any]], None] | None = None,
-    resume: str | Path | None = None,
+    resume: str | Path | bool | None = None,
 ) -> TrainResult:
     """Train an MLP policy on ``config.env`` with EGGROLL.
 
@@ -256,28 +394,54 @@ def train(
             ``progress``, the fraction of the budget used, and ``best_eval_return``).
         resume: a run directory to continue from its last checkpoint (``config`` must be for the same env and
             may change only the budget and output fields, see ``RESUMABLE_OVERRIDES``). The run keeps writing to
-            that directory.
+            that directory. ``True``: continue ``config.out_dir`` if it holds a run, else start one there — so a
+            script can be run again (a finished run returns at once, a stopped one continues, a changed config is
+            an error).
     Returns:
         ``TrainResult`` with the final mean policy, the best evaluated policy, the strategy and all metrics.
+    Raises:
+        RunLockedError: another process is training into the run directory.
+        TrainingInterrupted: SIGINT or SIGTERM (when ``train`` runs in the main thread and the signal has its
+            default handler); the run directory then holds flushed metrics, the learning curve and a checkpoint
+            of the last completed generation.
     """
+    with contextlib.ExitStack() as cleanup:
+        return _train(config, progress_fn, resume, cleanup)
+
+
+def _train(
+    config: TrainConfig,
+    progress_fn: Callable[[dict[str, Any]], None] | None,
+    resume: str | Path | bool | None,
+    cleanup: contextlib.ExitStack,
+) -> TrainResult:
     # --- everything that can fail on bad input, before any work -------------------------------------------------
     checkpoint = None
-    if resume is not None:
-        run = RunDirectory(resume, tensorboard=config.tensorboard)
+    resume_dir = _resume_dir(config, resume)
+    interrupts = cleanup.enter_context(_Interrupts())
+    if resume_dir is not None:
+        run = RunDirectory(resume_dir, tensorboard=config.tensorboard)
+        run.read_config()  # "not a run directory" before anything is created there
+        _lock(run, cleanup)  # before reading: a run still training there would change what is read
         stored = run.read_config()
-        config = check_resume_config(stored, config.replace(out_dir=str(resume)))
-        checkpoint, _ = load_latest_checkpoint(run.last_checkpoint)
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{run.last_checkpoint} is not an eggroll_rl training checkpoint")
+        config = check_resume_config(stored, config.replace(out_dir=str(resume_dir)))
+        checkpoint = _load_resume_checkpoint(run, stored)
     _check_env_name(config.env)
     run = RunDirectory(config.out_dir, tensorboard=config.tensorboard) if config.out_dir else None
     if run is not None:
-        if resume is None and run.config_path.exists():
+        if resume_dir is None and run.holds_run():
             raise ValueError(
                 f"out_dir={config.out_dir!r} already holds a run (config.yaml); resume it with resume=/--resume "
                 "or choose another directory"
             )
         run.check_writable()
+        if resume_dir is None:
+            _lock(run, cleanup)
+            if run.holds_run():  # started by another process between the check above and the lock
+                raise ValueError(f"out_dir={config.out_dir!r} already holds a run (config.yaml) started just now")
+            run.remove_stale_checkpoints()
+        interrupts.run_dir = run.path
+        interrupts.saved_generation = checkpoint["generation"] if checkpoint is not None else None
     device = resolve_device(config.device)
 
     # --- environment, policy, strategy ---------------------------------------------------------------------------
@@ -298,9 +462,7 @@ def train(
         generation, env_steps = checkpoint["generation"], checkpoint["env_steps"]
         wall_offset, best_eval = checkpoint["wall_time_s"], checkpoint["best_eval_return"]
         history = list(checkpoint["history"])
-    if run is not None:
-        run.write_config(config.to_dict())
-        run.start_metrics(history, generation)
+    wall_time_s = wall_offset
 
     def save_last() -> None:
         if run is None:
@@ -319,15 +481,23 @@ def train(
             },
             run.last_checkpoint,
         )
+        interrupts.saved_generation = generation
+
+    interrupts.begin_update()  # until the loop starts: a stop now leaves a checkpoint and config.yaml, or neither
+    if run is not None:
+        if checkpoint is None:
+            save_last()  # before config.yaml: a directory that holds a run can always be resumed
+        run.write_config(config.to_dict())
+        run.start_metrics(history, generation)
 
     best_policy: MLPPolicy | None = None
     threads_before = torch.get_num_threads()
     if device.type == "cpu" and config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     start = time.perf_counter() - wall_offset
-    wall_time_s = wall_offset
     done = not _budget_left(config, generation, env_steps, wall_time_s)
     try:
+        interrupts.end_update()
         while not done:
             gen_start = time.perf_counter()
             progress = _progress(config, generation, env_steps, wall_time_s)
@@ -345,6 +515,7 @@ def train(
                     seed=generation_seed(config.seed, generation),
                     record_obs=policy.obs_norm is not None,
                 )
+            interrupts.begin_update()  # a signal from here to end_update() waits: the state is being changed
             # 2. observation statistics from the live steps of the whole population.
             if policy.obs_norm is not None and episodes.obs_count > 0:
                 policy.obs_norm.update_moments(episodes.obs_count, episodes.obs_mean, episodes.obs_var)
@@ -408,6 +579,7 @@ def train(
                 run.log(record)
                 if done or generation % config.checkpoint_every == 0:
                     save_last()
+            interrupts.end_update()
             if progress_fn is not None:
                 progress_fn(
                     dict(
@@ -419,6 +591,11 @@ def train(
                         best_eval_return=best_eval,
                     )
                 )
+    except TrainingInterrupted as exc:
+        if not exc.forced and run is not None and interrupts.saved_generation != generation:
+            save_last()  # between updates: the state in memory is that of `generation` completed generations
+        exc.generation = interrupts.saved_generation
+        raise
     finally:
         torch.set_num_threads(threads_before)
         if run is not None:
