@@ -5,9 +5,11 @@ from .rollout import RolloutResult, default_action_fn, population_act, rollout, 
 __all__ = ["RolloutResult", "default_action_fn", "population_act", "rollout", "rollout_iterate"]
 
 # RL trainer, policies and config (issue #5).
+from .checkpoint import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from .config import ENV_DEFAULTS, TrainConfig  # noqa: E402
 from .policy import MLPPolicy, ObservationNormalizer, load_policy, make_policy, save_policy  # noqa: E402
-from .trainer import TrainResult, evaluate, train  # noqa: E402
+from .run_dir import RunLockedError  # noqa: E402
+from .trainer import TrainingInterrupted, TrainResult, evaluate, train  # noqa: E402
 
 __all__ += [
     "ENV_DEFAULTS",
@@ -20,4 +22,8 @@ __all__ += [
     "TrainResult",
     "evaluate",
     "train",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "RunLockedError",
+    "TrainingInterrupted",
 ]
