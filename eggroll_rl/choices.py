@@ -1,0 +1,39 @@
+"""Every closed set of settings, declared once as a ``Literal`` type; ``options(T)`` lists its values.
+
+The strategy, the env registry, the training config (and so the CLI's help and checks) import these names
+instead of keeping their own lists.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Literal
+
+__all__ = [
+    "Activation",
+    "ActionMode",
+    "BraxBackend",
+    "Device",
+    "EnvBackend",
+    "FitnessShaping",
+    "NoiseKind",
+    "Optimizer",
+    "Schedule",
+    "options",
+]
+
+Optimizer = Literal["adam", "adamw", "sgd", "none"]
+"""Optimizer applied to the ES gradient ("none": plain ``p += lr * g``)."""
+FitnessShaping = Literal["zscore", "centered_rank", "none"]
+NoiseKind = Literal["gaussian", "rademacher"]
+EnvBackend = Literal["auto", "torch", "gym", "envpool", "brax"]
+BraxBackend = Literal["generalized", "positional", "spring", "mjx"]
+Device = Literal["auto", "cuda", "cpu"]
+Schedule = Literal["constant", "linear", "exponential"]
+Activation = Literal["pqn", "tanh", "relu", "silu"]
+ActionMode = Literal["tanh", "clip"]
+
+
+def options(choice: typing.Any) -> tuple[str, ...]:
+    """The values of a ``Literal`` type above, in declaration order."""
+    return typing.get_args(choice)
