@@ -1,0 +1,515 @@
+"""Perturbed linear forward: ``y = x W^T + b + (sigma s/sqrt r)(x B_j) A_j^T + sigma s eps_j`` for every row.
+
+``perturbed_linear_triton`` (CUDA) and its pure-torch twin ``perturbed_linear_reference`` (any device) take the same
+arguments and give the same result to float rounding; ``eggroll_rl.kernels.perturbed_linear`` picks one.
+
+The kernel, ``lowrank_delta_kernel``, writes ``D = (sigma s/sqrt r)(x B_j) A_j^T + b + sigma s eps_j`` and cuBLAS then
+adds ``x W^T`` into ``D``. The perturbation of a row needs only that row: ``u = x B_j`` (a length-``n`` dot per rank)
+and ``u A_j^T`` (a length-``m`` outer product). One program owns ``P`` rows (or ``P`` row pairs): it generates ``B_j``
+while it reads ``x`` once, then generates ``A_j`` and the bias noise while it writes ``D`` once. cuBLAS then adds
+``x W^T`` into ``D`` in place (``addmm`` with ``beta = 1``: reading ``C`` rides in the GEMM's epilogue, nearly free
+when the GEMM is compute bound). Compared with "cuBLAS first, then a pass over ``y``", this saves one read of ``y``
+and one launch, and the noise of a pair of rows that share ``j`` (antithetic members ``2q``, ``2q+1``) is generated
+once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, vector_noise
+from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, check_int, noise_code, tl, triton
+from .philox import noise_block
+
+# Launch shape of the delta kernel, from the sweep of benchmarks/tune_delta.py on the H100 (2026-11-24): layers with
+# a side of at least WIDE_FEATURES get WIDE_WARPS warps, others NARROW_WARPS; feature blocks and row tiles hold
+# 4 * 32 * warps elements (one Philox call per thread per noise block); at most MAX_ROWS_PER_PROGRAM rows a program.
+WIDE_FEATURES = 4096
+WIDE_WARPS = 8
+NARROW_WARPS = 4
+MAX_ROWS_PER_PROGRAM = 16
+INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks (fast on the CPU, same values)
+
+
+@triton.jit
+def _x_block(x_ptr, rows, mask, stride_xr, stride_xk, k_start, K, BLOCK_K: tl.constexpr):
+    ks = k_start + tl.arange(0, BLOCK_K)
+    ptrs = x_ptr + rows[:, None] * stride_xr + ks[None, :] * stride_xk
+    return tl.load(ptrs, mask=mask[:, None] & (ks < K)[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _b_dots(
+    xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
+    RANK: tl.constexpr, PAIRED: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr, P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Accumulate ``x * B[:, c]`` elementwise for rank columns ``c < RANK <= 4`` of one block of ``K``."""
+    bn = noise_block(k0, kw, j, t, (1 << 16) | 0, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+    aa0 += xa * bn
+    if PAIRED:
+        ab0 += xb * bn
+    if RANK > 1:
+        bn = noise_block(k0, kw, j, t, (1 << 16) | 1, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        aa1 += xa * bn
+        if PAIRED:
+            ab1 += xb * bn
+    if RANK > 2:
+        bn = noise_block(k0, kw, j, t, (1 << 16) | 2, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        aa2 += xa * bn
+        if PAIRED:
+            ab2 += xb * bn
+    if RANK > 3:
+        bn = noise_block(k0, kw, j, t, (1 << 16) | 3, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        aa3 += xa * bn
+        if PAIRED:
+            ab3 += xb * bn
+    return aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3
+
+
+@triton.jit
+def _d_block(
+    d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
+    ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, eps_a, eps_b, k0, kw, kb, j, t,
+    RANK: tl.constexpr, PAIRED: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PERTURB_W: tl.constexpr, PERTURB_B: tl.constexpr, P: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Write one block of ``D = sum_c u_c A[:, c]^T + b + sigma s eps`` (rank columns ``c < RANK <= 4``)."""
+    ms = m_start + tl.arange(0, BLOCK_M)
+    mmask = ms < M
+    d_a = tl.zeros([P, BLOCK_M], dtype=tl.float32)
+    d_b = tl.zeros([P, BLOCK_M], dtype=tl.float32)
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + ms, mask=mmask, other=0.0).to(tl.float32)
+        d_a += b[None, :]
+        if PAIRED:
+            d_b += b[None, :]
+    if PERTURB_W:
+        an = noise_block(k0, kw, j, t, 0, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        d_a += ua0[:, None] * an
+        if PAIRED:
+            d_b += ub0[:, None] * an
+        if RANK > 1:
+            an = noise_block(k0, kw, j, t, 1, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            d_a += ua1[:, None] * an
+            if PAIRED:
+                d_b += ub1[:, None] * an
+        if RANK > 2:
+            an = noise_block(k0, kw, j, t, 2, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            d_a += ua2[:, None] * an
+            if PAIRED:
+                d_b += ub2[:, None] * an
+        if RANK > 3:
+            an = noise_block(k0, kw, j, t, 3, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            d_a += ua3[:, None] * an
+            if PAIRED:
+                d_b += ub3[:, None] * an
+    if PERTURB_B:
+        eps = noise_block(k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        d_a += eps_a[:, None] * eps
+        if PAIRED:
+            d_b += eps_b[:, None] * eps
+    out_a = d_ptr + rows_a[:, None] * stride_dr + ms[None, :] * stride_dm
+    tl.store(out_a, d_a.to(d_ptr.dtype.element_ty), mask=mask_a[:, None] & mmask[None, :])
+    if PAIRED:
+        out_b = d_ptr + rows_b[:, None] * stride_dr + ms[None, :] * stride_dm
+        tl.store(out_b, d_b.to(d_ptr.dtype.element_ty), mask=mask_b[:, None] & mmask[None, :])
+
+
+@triton.jit(do_not_specialize=["seed", "w_index", "b_index", "t_eff"])
+def lowrank_delta_kernel(
+    # pointers
+    x_ptr,  # (R, K) input rows
+    ids_ptr,  # (R,) int64 member of each row
+    bias_ptr,  # (M,) or dummy
+    d_ptr,  # (R, M) output delta (+ bias)
+    # dimensions
+    R,
+    M,
+    K,
+    # strides
+    stride_xr,
+    stride_xk,
+    stride_dr,
+    stride_dm,
+    # noise contract
+    seed,
+    w_index,
+    b_index,
+    t_eff,
+    scale,  # sigma / sqrt(rank)
+    sigma,
+    # meta-parameters
+    RANK: tl.constexpr,
+    RP: tl.constexpr,  # next power of two >= RANK
+    ANTITHETIC: tl.constexpr,
+    PAIRED: tl.constexpr,  # rows 2q and 2q+1 share their noise index: generate it once for both
+    NOISE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    PERTURB_W: tl.constexpr,
+    PERTURB_B: tl.constexpr,
+    P: tl.constexpr,  # rows (PAIRED: row pairs) per program
+    BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    k0 = seed.to(tl.uint32, bitcast=True)
+    t = t_eff.to(tl.uint32, bitcast=True)
+    STEP: tl.constexpr = 2 if PAIRED else 1
+
+    # -- rows, noise index, sign --
+    rows_a = (pid * P + tl.arange(0, P)) * STEP
+    mask_a = rows_a < R
+    mem_a = tl.load(ids_ptr + rows_a, mask=mask_a, other=0)
+    if ANTITHETIC:
+        j = mem_a // 2
+        s_a = 1.0 - 2.0 * (mem_a % 2).to(tl.float32)
+    else:
+        j = mem_a
+        s_a = tl.full([P], 1.0, tl.float32)
+    if PAIRED:
+        rows_b = rows_a + 1
+        mask_b = rows_b < R
+        mem_b = tl.load(ids_ptr + rows_b, mask=mask_b, other=0)
+        if ANTITHETIC:
+            s_b = 1.0 - 2.0 * (mem_b % 2).to(tl.float32)
+        else:
+            s_b = tl.full([P], 1.0, tl.float32)
+    rcols = tl.arange(0, RP)
+
+    # -- phase 1: u = (sigma s / sqrt r) x B_j, B generated while x is read once --
+    # RANK <= 4 (SPLIT): one register accumulator per rank column, reduced once after the loop (no per-block
+    # cross-warp reduction); larger ranks: a per-block reduction into a (P, RP) tensor.
+    SPLIT: tl.constexpr = RANK <= 4
+    u_a = tl.zeros([P, RP], dtype=tl.float32)
+    u_b = tl.zeros([P, RP], dtype=tl.float32)
+    ua0 = tl.zeros([P], dtype=tl.float32)
+    ua1 = ua0
+    ua2 = ua0
+    ua3 = ua0
+    ub0 = ua0
+    ub1 = ua0
+    ub2 = ua0
+    ub3 = ua0
+    if PERTURB_W:
+        kw = w_index.to(tl.uint32, bitcast=True)
+        if SPLIT:
+            aa0 = tl.zeros([P, BLOCK_K], dtype=tl.float32)
+            aa1 = aa0
+            aa2 = aa0
+            aa3 = aa0
+            ab0 = aa0
+            ab1 = aa0
+            ab2 = aa0
+            ab3 = aa0
+            if not PAIRED:
+                rows_b = rows_a
+                mask_b = mask_a
+            for k_start in range(0, K, BLOCK_K):
+                xa = _x_block(x_ptr, rows_a, mask_a, stride_xr, stride_xk, k_start, K, BLOCK_K)
+                xb = xa
+                if PAIRED:
+                    xb = _x_block(x_ptr, rows_b, mask_b, stride_xr, stride_xk, k_start, K, BLOCK_K)
+                aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3 = _b_dots(
+                    xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
+                    RANK, PAIRED, NOISE, FAST_MATH, P, BLOCK_K,
+                )  # fmt: skip
+            ua0 = tl.sum(aa0, axis=1) * (scale * s_a)
+            ua1 = tl.sum(aa1, axis=1) * (scale * s_a)
+            ua2 = tl.sum(aa2, axis=1) * (scale * s_a)
+            ua3 = tl.sum(aa3, axis=1) * (scale * s_a)
+            if PAIRED:
+                ub0 = tl.sum(ab0, axis=1) * (scale * s_b)
+                ub1 = tl.sum(ab1, axis=1) * (scale * s_b)
+                ub2 = tl.sum(ab2, axis=1) * (scale * s_b)
+                ub3 = tl.sum(ab3, axis=1) * (scale * s_b)
+        else:
+            for k_start in range(0, K, BLOCK_K):
+                ks = k_start + tl.arange(0, BLOCK_K)
+                kmask = ks < K
+                xa = tl.load(
+                    x_ptr + rows_a[:, None] * stride_xr + ks[None, :] * stride_xk,
+                    mask=mask_a[:, None] & kmask[None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                if PAIRED:
+                    xb = tl.load(
+                        x_ptr + rows_b[:, None] * stride_xr + ks[None, :] * stride_xk,
+                        mask=mask_b[:, None] & kmask[None, :],
+                        other=0.0,
+                    ).to(tl.float32)
+                for c in tl.static_range(RANK):
+                    bnoise = noise_block(k0, kw, j, t, (1 << 16) | c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                    sel = (rcols == c)[None, :]
+                    u_a += tl.where(sel, tl.sum(xa * bnoise, axis=1)[:, None], 0.0)
+                    if PAIRED:
+                        u_b += tl.where(sel, tl.sum(xb * bnoise, axis=1)[:, None], 0.0)
+            u_a = u_a * (scale * s_a)[:, None]
+            if PAIRED:
+                u_b = u_b * (scale * s_b)[:, None]
+
+    # -- phase 2: D = u A_j^T + b + sigma s eps_j, A and eps generated while D is written once --
+    kb = b_index.to(tl.uint32, bitcast=True)
+    if SPLIT:
+        if not PAIRED:
+            rows_b = rows_a
+            mask_b = mask_a
+            s_b = s_a
+        if not PERTURB_W:
+            kw = kb
+        for m_start in range(0, M, BLOCK_M):
+            _d_block(
+                d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
+                ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, sigma * s_a, sigma * s_b, k0, kw, kb, j, t,
+                RANK, PAIRED, NOISE, FAST_MATH, HAS_BIAS, PERTURB_W, PERTURB_B, P, BLOCK_M,
+            )  # fmt: skip
+    else:
+        for m_start in range(0, M, BLOCK_M):
+            ms = m_start + tl.arange(0, BLOCK_M)
+            mmask = ms < M
+            d_a = tl.zeros([P, BLOCK_M], dtype=tl.float32)
+            d_b = tl.zeros([P, BLOCK_M], dtype=tl.float32)
+            if PERTURB_W:
+                for c in tl.static_range(RANK):
+                    anoise = noise_block(k0, kw, j, t, c, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                    sel = (rcols == c)[None, :]
+                    d_a += tl.sum(tl.where(sel, u_a, 0.0), axis=1)[:, None] * anoise
+                    if PAIRED:
+                        d_b += tl.sum(tl.where(sel, u_b, 0.0), axis=1)[:, None] * anoise
+            if HAS_BIAS:
+                b = tl.load(bias_ptr + ms, mask=mmask, other=0.0).to(tl.float32)
+                d_a += b[None, :]
+                if PAIRED:
+                    d_b += b[None, :]
+            if PERTURB_B:
+                eps = noise_block(k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                d_a += (sigma * s_a)[:, None] * eps
+                if PAIRED:
+                    d_b += (sigma * s_b)[:, None] * eps
+            tl.store(
+                d_ptr + rows_a[:, None] * stride_dr + ms[None, :] * stride_dm,
+                d_a.to(d_ptr.dtype.element_ty),
+                mask=mask_a[:, None] & mmask[None, :],
+            )
+            if PAIRED:
+                tl.store(
+                    d_ptr + rows_b[:, None] * stride_dr + ms[None, :] * stride_dm,
+                    d_b.to(d_ptr.dtype.element_ty),
+                    mask=mask_b[:, None] & mmask[None, :],
+                )
+
+
+# --- launcher ----------------------------------------------------------------------------------------------------
+
+
+def delta_launch_shape(
+    K: int, M: int, block_max: int | None = None, tile: int | None = None, num_warps: int | None = None
+) -> tuple[int, int, int]:
+    """``(block_max, tile, num_warps)`` of the delta kernel for a ``K -> M`` layer; None picks the default."""
+    # A tile of 4 elements per thread lets each thread make exactly one Philox call (4 words = 4 consecutive
+    # elements) per noise block, so the noise lands in the layout of the vector loads/stores with no shuffle.
+    # Wide layers: more warps (benchmarks/NOTES_kernels.md, session 2 and 3).
+    if num_warps is None:
+        num_warps = WIDE_WARPS if max(K, M) >= WIDE_FEATURES else NARROW_WARPS
+    block_max = 4 * 32 * num_warps if block_max is None else block_max
+    tile = 4 * 32 * num_warps if tile is None else tile
+    return block_max, tile, num_warps
+
+
+def perturbed_linear_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    member_ids: torch.Tensor,
+    *,
+    seed: int,
+    weight_index: int | None,
+    bias_index: int | None,
+    t_eff: int,
+    sigma: float,
+    rank: int,
+    antithetic: bool,
+    noise: str = "gaussian",
+    paired: bool = False,
+    block_max: int | None = None,
+    tile: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
+    """Triton version of ``perturbed_linear_reference`` (same arguments and result); CUDA tensors.
+
+    ``block_max``, ``tile``, ``num_warps``: the delta kernel's launch shape (``delta_launch_shape``; None = the
+    tuned default).
+    """
+    # -- check --
+    if x.dim() < 2:
+        raise ValueError(f"x must be (rows, ..., in_features), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x has dtype {x.dtype}; expected one of {FLOAT_DTYPES}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (out_features, {x.shape[-1]})")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype}; expected x's dtype {x.dtype}")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != x.dtype):
+        raise ValueError(
+            f"bias has shape {tuple(bias.shape)} and dtype {bias.dtype}; expected ({weight.shape[0]},) {x.dtype}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}; expected x's device {x.device}")
+    ids = check_ids("member_ids", member_ids, x.shape[0], x.device)
+    noise_code(noise)
+    check_int("rank", rank)
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    for name, v in (("seed", seed), ("t_eff", t_eff)):
+        check_int(name, v)
+    if weight_index is None and bias_index is None:
+        return F.linear(x, weight, bias)
+
+    # -- one row of x2 per vector: each member's rows repeated --
+    per_row = math.prod(x.shape[1:-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    ids = ids.repeat_interleave(per_row)
+    # Flattened rows 2q, 2q+1 share a noise index when each member row repeats an even number of times, or when
+    # member rows 2q, 2q+1 do (then a pair that straddles two member rows straddles such a pair).
+    paired = per_row % 2 == 0 or paired
+
+    # -- launch: D = perturbation + bias, then D += x W^T --
+    d = lowrank_delta(
+        x2, weight.shape[0], bias, ids, seed=seed, weight_index=weight_index, bias_index=bias_index, t_eff=t_eff,
+        sigma=sigma, rank=rank, antithetic=antithetic, noise=noise, paired=paired, block_max=block_max, tile=tile,
+        num_warps=num_warps,
+    )  # fmt: skip
+    if INTERPRET and x.dtype != torch.float32:
+        # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
+        y = (d.float() + x2.float() @ weight.float().T).to(x.dtype)
+    else:
+        y = d.addmm_(x2, weight.T)
+    return y.reshape(*x.shape[:-1], -1)
+
+
+def lowrank_delta(
+    x: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+    member_ids: torch.Tensor,
+    *,
+    seed: int,
+    weight_index: int | None,
+    bias_index: int | None,
+    t_eff: int,
+    sigma: float,
+    rank: int,
+    antithetic: bool,
+    noise: str = "gaussian",
+    paired: bool = False,
+    block_max: int | None = None,
+    tile: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
+    """``D = (sigma s/sqrt r)(x B_j) A_j^T + b + sigma s eps_j``: the forward without ``x W^T``, one launch of
+    ``lowrank_delta_kernel`` (``benchmarks/profile_delta.py`` times it alone).
+
+    Args:
+        x: ``(R, n)``; member_ids: ``(R,)`` int64, contiguous, on ``x``'s device (unchecked).
+    Returns:
+        ``(R, out_features)`` in ``x.dtype``.
+    """
+    R, K = x.shape
+    M = out_features
+    d = torch.empty((R, M), dtype=x.dtype, device=x.device)
+    if R == 0:
+        return d
+    paired = bool(paired) and R % 2 == 0
+    block_max, tile, warps = delta_launch_shape(K, M, block_max, tile, num_warps)
+    block_k = min(block_max, max(8, triton.next_power_of_2(K)))
+    block_m = min(block_max, max(8, triton.next_power_of_2(M)))
+    if INTERPRET:
+        block_k, block_m, warps = min(block_k, INTERPRET_BLOCK_MAX), min(block_m, INTERPRET_BLOCK_MAX), NARROW_WARPS
+    rows_per_prog = max(1, min(MAX_ROWS_PER_PROGRAM, tile // max(block_k, block_m)))
+    units = R // 2 if paired else R
+    grid = (triton.cdiv(units, rows_per_prog),)
+    lowrank_delta_kernel[grid](
+        x, member_ids, bias if bias is not None else d, d, R, M, K,
+        x.stride(0), x.stride(1), d.stride(0), d.stride(1),
+        as_i32(seed), as_i32(weight_index if weight_index is not None else 0),
+        as_i32(bias_index if bias_index is not None else 0), as_i32(t_eff),
+        float(sigma) / math.sqrt(rank), float(sigma),
+        RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=bool(antithetic), PAIRED=paired,
+        NOISE=noise_code(noise), FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None,
+        PERTURB_W=weight_index is not None, PERTURB_B=bias_index is not None, P=rows_per_prog,
+        BLOCK_K=block_k, BLOCK_M=block_m, num_warps=warps,
+    )  # fmt: skip
+    return d
+
+
+# --- pure-torch twin ---------------------------------------------------------------------------------------------
+
+NoiseSource = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def perturbed_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    member_ids: torch.Tensor,
+    *,
+    seed: int,
+    weight_index: int | None,
+    bias_index: int | None,
+    t_eff: int,
+    sigma: float,
+    rank: int,
+    antithetic: bool,
+    noise: str = "gaussian",
+    paired: bool = False,
+    noise_source: NoiseSource | None = None,
+) -> torch.Tensor:
+    """``y = x W^T + b + (sigma s/sqrt r) (x B_j) A_j^T + sigma s eps_j`` for every row, in float32.
+
+    Args:
+        x: ``(R, ..., n)``; every vector of row ``i`` runs as member ``member_ids[i]``.
+        weight: ``(m, n)``; bias: ``(m,)`` or None.
+        member_ids: ``(R,)`` int64 member of each row.
+        weight_index / bias_index: the parameters' indices ``k`` in the noise contract, or None when that
+            parameter is not evolved (no noise added for it).
+        paired: a hint that rows ``2q`` and ``2q+1`` share their noise index (the kernel then generates it once);
+            the result does not depend on it.
+        noise_source: ``noise_source(what, noise_ids)`` gives ``A`` ``(U, m, r)`` (``what="A"``), ``B``
+            ``(U, n, r)`` (``"B"``) or ``eps`` ``(U, m)`` (``"eps"``) of the unique noise indices ``noise_ids``,
+            float32, so a caller can reuse noise it holds (the strategy keeps a ``perturb()`` block's); default:
+            generated from the contract (``eggroll_rl.noise``). The kernel always generates it in registers.
+    Returns:
+        ``(R, ..., m)`` in ``x.dtype``.
+    """
+    y = F.linear(x, weight, bias)
+    if weight_index is None and bias_index is None:
+        return y
+    m, n = weight.shape
+    if noise_source is None:
+
+        def noise_source(what: str, ids: torch.Tensor) -> torch.Tensor:
+            if what == "eps":
+                return vector_noise(seed, bias_index, t_eff, ids, m, noise, x.device)
+            rows, stream = (m, STREAM_A) if what == "A" else (n, STREAM_B)
+            return factor_noise(seed, weight_index, t_eff, ids, rows, rank, stream, noise, x.device)
+
+    rows = x.shape[0]
+    j, s = member_noise_and_sign(member_ids, antithetic)
+    uniq, inv = torch.unique(j, return_inverse=True)
+    y = y.reshape(rows, -1, m).to(torch.float32)
+    xr = x.reshape(rows, -1, n).to(torch.float32)
+    if weight_index is not None:
+        scale = (sigma / math.sqrt(rank)) * s
+        A = noise_source("A", uniq)[inv] * scale[:, None, None]  # (R, m, r), scaled
+        B = noise_source("B", uniq)[inv]  # (R, n, r)
+        y = y + torch.bmm(torch.bmm(xr, B), A.transpose(1, 2))
+    if bias_index is not None:
+        y = y + ((sigma * s)[:, None] * noise_source("eps", uniq)[inv])[:, None, :]
+    return y.to(x.dtype).reshape(*x.shape[:-1], -1)
