@@ -1,16 +1,16 @@
 """Perturbed linear forward: ``y = x W^T + b + (sigma s/sqrt r)(x B_j) A_j^T + sigma s eps_j`` for every row.
 
 ``perturbed_linear_triton`` (CUDA) and its pure-torch twin ``perturbed_linear_reference`` (any device) take the same
-arguments and give the same result to float rounding; ``eggroll_rl.kernels.perturbed_linear`` picks one.
+arguments (plus the kernel's launch shape, and the twin's ``noise_source``) and give the same result to float
+rounding; ``eggroll_rl.kernels.perturbed_linear`` picks one.
 
-The kernel, ``lowrank_delta_kernel``, writes ``D = (sigma s/sqrt r)(x B_j) A_j^T + b + sigma s eps_j`` and cuBLAS then
-adds ``x W^T`` into ``D``. The perturbation of a row needs only that row: ``u = x B_j`` (a length-``n`` dot per rank)
-and ``u A_j^T`` (a length-``m`` outer product). One program owns ``P`` rows (or ``P`` row pairs): it generates ``B_j``
-while it reads ``x`` once, then generates ``A_j`` and the bias noise while it writes ``D`` once. cuBLAS then adds
-``x W^T`` into ``D`` in place (``addmm`` with ``beta = 1``: reading ``C`` rides in the GEMM's epilogue, nearly free
-when the GEMM is compute bound). Compared with "cuBLAS first, then a pass over ``y``", this saves one read of ``y``
-and one launch, and the noise of a pair of rows that share ``j`` (antithetic members ``2q``, ``2q+1``) is generated
-once.
+The kernel, ``lowrank_delta_kernel``, writes ``D = (sigma s/sqrt r)(x B_j) A_j^T + b + sigma s eps_j``. The
+perturbation of a row needs only that row: ``u = x B_j`` (a length-``n`` dot per rank) and ``u A_j^T`` (a
+length-``m`` outer product). One program owns ``P`` rows (or ``P`` row pairs): it generates ``B_j`` while it reads
+``x`` once, then generates ``A_j`` and the bias noise while it writes ``D`` once. cuBLAS then adds ``x W^T`` into
+``D`` in place (``addmm`` with ``beta = 1``: reading ``C`` rides in the GEMM's epilogue, nearly free when the GEMM
+is compute bound). Compared with "cuBLAS first, then a pass over ``y``", this saves one read of ``y`` and one
+launch, and the noise of a pair of rows that share ``j`` (antithetic members ``2q``, ``2q+1``) is generated once.
 """
 
 from __future__ import annotations
