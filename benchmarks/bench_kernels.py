@@ -24,7 +24,8 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from eggroll_rl.kernels import reference, triton_ops
+from eggroll_rl.kernels import linear, philox, update
+from eggroll_rl.noise import member_noise_and_sign
 
 SEED = 1234
 SIGMA = 0.1
@@ -99,19 +100,13 @@ def timed(fns, graph: bool) -> float | None:
 
 def member_sign(num_rows: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ids = torch.arange(num_rows, device=device)
-    j, s = reference.member_noise_and_sign(ids, True)
+    j, s = member_noise_and_sign(ids, True)
     return ids, j, s
-
-
-def set_variant(v: str) -> None:
-    """``delta``: row-wise delta kernel + cuBLAS addmm; ``cublas``/``triton``/``tiles``: the tile kernels."""
-    triton_ops.FORWARD_MODE = "delta" if v == "delta" else "tiles"
-    triton_ops.FORWARD_GEMM = "triton" if v == "triton" else "cublas"
 
 
 def eggroll_layer(x, lin, ids, k_w, k_b, rank, noise):
     # ids = arange(rows) with antithetic pairs: rows 2q, 2q+1 share their noise (paired=True).
-    return triton_ops.perturbed_linear_triton(
+    return linear.perturbed_linear_triton(
         x, lin.weight, lin.bias, ids, seed=SEED, weight_index=k_w, bias_index=k_b, t_eff=0, sigma=SIGMA,
         rank=rank, antithetic=True, noise=noise, paired=True,
     )  # fmt: skip
@@ -149,7 +144,7 @@ def naive_factors(lin, rows, rank, dtype, device, randn_per_call: bool):
 # ------------------------------------------------------------------------------------------------------- cases
 
 
-def case_linear(name, rows, features, rank, noise, dtype, device, variants):
+def case_linear(name, rows, features, rank, noise, dtype, device):
     torch.manual_seed(0)
     lin = nn.Linear(features, features, device=device, dtype=dtype)
     xs = [torch.randn(rows, features, device=device, dtype=dtype) for _ in range(3)]
@@ -157,15 +152,7 @@ def case_linear(name, rows, features, rank, noise, dtype, device, variants):
     rec = {"case": name, "noise": noise, "dtype": str(dtype).removeprefix("torch."), "rank": rank, "rows": rows}
     rec["shape"] = f"Linear {features}x{features}, {rows} rows"
     with torch.no_grad():
-        best = None
-        for v in variants:
-            set_variant(v)
-            t = timed([lambda x=x: eggroll_layer(x, lin, ids, 0, 1, rank, noise) for x in xs], graph=False)
-            rec[f"eggroll_{v}_ms"] = t
-            if t is not None and (best is None or t < best[0]):
-                best = (t, v)
-        rec["eggroll_ms"], rec["eggroll_variant"] = best
-        set_variant(best[1])
+        timed([lambda x=x: eggroll_layer(x, lin, ids, 0, 1, rank, noise) for x in xs], graph=False)  # compile
         # The plain GEMM's time drifts with the clocks by up to ~10 % between measurements: time plain and
         # perturbed alternately REPEATS times and keep the median pair (by ratio) and the spread.
         pairs = []
@@ -177,7 +164,6 @@ def case_linear(name, rows, features, rank, noise, dtype, device, variants):
         _, rec["plain_ms"], rec["eggroll_ms"] = pairs[len(pairs) // 2]
         rec["ratio_min"], rec["ratio_max"] = pairs[0][0], pairs[-1][0]
         rec["kernels_us"] = kernel_breakdown(lambda: eggroll_layer(xs[0], lin, ids, 0, 1, rank, noise))
-        set_variant("delta")
         if noise == "gaussian":
             for label, per_call in (("naive_stored_ms", False), ("naive_randn_ms", True)):
                 try:
@@ -206,7 +192,7 @@ class MLP(nn.Module):
         return x
 
 
-def case_mlp(name, members, rank, noise, device, with_strategy: bool, variants=("delta", "tiles")):
+def case_mlp(name, members, rank, noise, device, with_strategy: bool):
     torch.manual_seed(0)
     dtype = torch.float32
     sizes = (17, 256, 256, 256, 6)
@@ -226,15 +212,7 @@ def case_mlp(name, members, rank, noise, device, with_strategy: bool, variants=(
 
     with torch.no_grad():
         rec["plain_ms"] = timed([lambda x=x: model(x) for x in xs], graph=True)
-        best = None
-        for v in variants:
-            set_variant(v)
-            t = timed([lambda x=x: eggroll(x) for x in xs], graph=True)
-            rec[f"eggroll_{v}_ms"] = t
-            if t is not None and (best is None or t < best[0]):
-                best = (t, v)
-        rec["eggroll_ms"], rec["eggroll_variant"] = best
-        set_variant(best[1])
+        rec["eggroll_ms"] = timed([lambda x=x: eggroll(x) for x in xs], graph=True)
         rec["kernels_us"] = kernel_breakdown(lambda: eggroll(xs[0]))
         if with_strategy:
             try:
@@ -249,7 +227,6 @@ def case_mlp(name, members, rank, noise, device, with_strategy: bool, variants=(
             except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
                 rec["batched_forward_ms"] = None
                 rec["batched_forward_error"] = repr(exc)[:200]
-        set_variant("delta")
         if noise == "gaussian":
             for label, per_call in (("naive_stored_ms", False), ("naive_randn_ms", True)):
                 facs = [naive_factors(lin, members, rank, dtype, device, per_call) for lin in layers]
@@ -338,9 +315,9 @@ def case_update(rows, features, rank, noise, dtype, device):
 
     def grad_only(w):
         kw = dict(seed=SEED, param_index=0, t_eff=0, noise_ids=ids, weights=w, noise=noise)
-        triton_ops.lowrank_update_triton(m=features, n=features, rank=rank, factor_dtype=dtype, **kw)
+        update.lowrank_update_triton(m=features, n=features, rank=rank, factor_dtype=dtype, **kw)
         kw["param_index"] = 1
-        triton_ops.vector_update_triton(numel=features, **kw)
+        update.vector_update_triton(numel=features, **kw)
 
     def stepper(optimizer):
         es = EggrollStrategy(sigma=SIGMA, lr=1e-4, rank=rank, noise=noise, optimizer=optimizer, seed=SEED)
@@ -369,7 +346,7 @@ def case_noise(device, noise):
     """Raw generator throughput: 2^26 values of one stream kind, written to memory (256 MiB)."""
     ids = torch.arange(1024, device=device)
     length = 1 << 16
-    t = timed([lambda: triton_ops.noise_stream_triton(SEED, 0, 0, ids, 0, 0, length, noise)], graph=False)
+    t = timed([lambda: philox.noise_stream_triton(SEED, 0, 0, ids, 0, 0, length, noise)], graph=False)
     n = ids.numel() * length
     return {"case": "noise_throughput", "noise": noise, "values": n, "ms": t, "gvalues_per_s": n / t / 1e6}
 
@@ -384,6 +361,9 @@ TARGETS = {"paper_r1": 0.90, "paper_r4": 0.85, "rl_4096": 0.60, "rl_65536": 0.50
 def write_md(path: Path, meta: dict, records: list[dict]) -> None:
     def fmt(v):
         return "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    def variant(r):
+        return f" ({r['eggroll_variant']})" if "eggroll_variant" in r else ""
 
     def spread(r):
         return f" ({r['ratio_min']:.3f}–{r['ratio_max']:.3f})" if "ratio_min" in r else ""
@@ -407,7 +387,7 @@ def write_md(path: Path, meta: dict, records: list[dict]) -> None:
         tgt_s = f"≥ {tgt}" if tgt else ("≤ 1.5× fwd" if r["case"] == "update" else "")
         lines.append(
             f"| {r['case']} | {r['shape']} | {r['noise']} | {r['dtype']} | {r['rank']} | {fmt(r['plain_ms'])} "
-            f"| {fmt(r['eggroll_ms'])} ({r.get('eggroll_variant', '')}) | **{r['ratio']:.3f}**{spread(r)} | {tgt_s} "
+            f"| {fmt(r['eggroll_ms'])}{variant(r)} | **{r['ratio']:.3f}**{spread(r)} | {tgt_s} "
             f"| {fmt(r.get('naive_stored_ms'))} | {fmt(r.get('naive_randn_ms'))} | {fmt(r.get('openes_ms'))} "
             f"| {fmt(r.get('vmap_ms'))} | {fmt(r.get('batched_forward_ms'))} |"
         )
@@ -433,20 +413,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cases", default="paper_r1,paper_r4,rl_4096,rl_65536,update,noise")
     ap.add_argument("--noises", default="gaussian,rademacher")
-    ap.add_argument("--variants", default="delta,cublas", help="forward variants for the wide layer (delta, cublas, "
-                    "triton)")  # fmt: skip
-    ap.add_argument("--no-autotune", action="store_true", help="first tile config only (much less compile time)")
-    ap.add_argument("--fuse-max-out", type=int, default=None, help="override triton_ops.FUSE_MAX_OUT")
     args = ap.parse_args()
-    if args.fuse_max_out is not None:
-        triton_ops.FUSE_MAX_OUT = args.fuse_max_out
-    if args.no_autotune:
-        triton_ops.set_autotune(False)
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels.py needs a CUDA GPU")
     device = torch.device("cuda")
     cases = args.cases.split(",")
-    variants = args.variants.split(",")
     meta = {
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
@@ -458,8 +429,8 @@ def main() -> None:
     records = []
     for noise in args.noises.split(","):
         table = {
-            "paper_r1": [(case_linear, ("paper_r1", 1024, 8192, 1, noise, torch.bfloat16, device, variants))],
-            "paper_r4": [(case_linear, ("paper_r4", 1024, 8192, 4, noise, torch.bfloat16, device, variants))],
+            "paper_r1": [(case_linear, ("paper_r1", 1024, 8192, 1, noise, torch.bfloat16, device))],
+            "paper_r4": [(case_linear, ("paper_r4", 1024, 8192, 4, noise, torch.bfloat16, device))],
             "rl_4096": [(case_mlp, ("rl_4096", 4096, 4, noise, device, True))],
             "rl_65536": [(case_mlp, ("rl_65536", 65536, 4, noise, device, True))],
             "update": [

@@ -11,7 +11,7 @@ import argparse
 import torch
 import triton
 
-from eggroll_rl.kernels import triton_ops
+from eggroll_rl.kernels import linear
 
 
 def main() -> None:
@@ -30,8 +30,10 @@ def main() -> None:
         for noise in ("gaussian", "rademacher"):
 
             def delta(rank=rank, noise=noise):  # the production launch (shape, unroll) without the GEMM
-                code = triton_ops._noise_code(noise)
-                return triton_ops.lowrank_delta(x, F, b, ids, 1, 0, 1, 0, 0.1, rank, True, code, True)
+                return linear.lowrank_delta(
+                    x, F, b, ids, seed=1, weight_index=0, bias_index=1, t_eff=0, sigma=0.1, rank=rank,
+                    antithetic=True, noise=noise, paired=True,
+                )  # fmt: skip
 
             def both(delta=delta):  # what the forward does: the delta, then cuBLAS adds x W^T into it
                 return delta().addmm_(x, w.T)

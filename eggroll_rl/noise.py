@@ -39,6 +39,9 @@ with ``c0 = e // 128``; a set bit is ``+1``, a clear bit ``-1``. One call gives 
 
 The two factors of a matrix parameter are i.i.d. N(0, 1) (or +-1) entries; scaling by ``sigma * s_i / sqrt(r)``
 happens outside the generator.
+
+Members and noise indices (``member_noise_and_sign``): with antithetic sampling members ``2j`` and ``2j + 1`` share
+noise index ``j`` with signs ``+1`` and ``-1``; without it member ``i`` has noise index ``i`` and sign ``+1``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ __all__ = [
     "rademacher_stream",
     "factor_noise",
     "vector_noise",
+    "member_noise_and_sign",
 ]
 
 NOISE_TYPES = ("gaussian", "rademacher")
@@ -223,3 +227,10 @@ def vector_noise(
 ) -> torch.Tensor:
     """Full-rank noise of a non-matrix parameter, flattened: ``(J, numel)`` float32."""
     return _stream(noise)(seed, param_index, t_eff, noise_ids, STREAM_VECTOR, 0, numel, device)
+
+
+def member_noise_and_sign(member_ids: torch.Tensor, antithetic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise index ``j`` and sign ``s`` (+1/-1, float32) of each member id: two tensors of ``member_ids``' shape."""
+    if antithetic:
+        return member_ids // 2, 1.0 - 2.0 * (member_ids % 2).to(torch.float32)
+    return member_ids, torch.ones(member_ids.shape, dtype=torch.float32, device=member_ids.device)

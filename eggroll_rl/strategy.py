@@ -20,9 +20,8 @@ from torch.overrides import TorchFunctionMode
 
 from . import kernels
 from .fitness import SHAPINGS, check_fitness, shape_fitness
-from .kernels.reference import member_noise_and_sign
 from .module import ESModule, ParamSpec
-from .noise import NOISE_TYPES, STREAM_A, STREAM_B, factor_noise, vector_noise
+from .noise import NOISE_TYPES, STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, vector_noise
 
 __all__ = ["EggrollStrategy", "PerturbationContext"]
 
@@ -647,9 +646,8 @@ class PerturbationContext:
         return member_id
 
     def _sign_and_noise(self, member_id: int) -> tuple[float, int]:
-        if self.strategy.antithetic:
-            return (1.0 if member_id % 2 == 0 else -1.0), member_id // 2
-        return 1.0, member_id
+        j, s = member_noise_and_sign(torch.tensor(member_id), self.strategy.antithetic)
+        return float(s), int(j)
 
     def get_factors(self, member_id: int, param_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-rank factors ``(A', B)`` of a matrix parameter: the member's weight is ``W + A' @ B.T``.
@@ -873,27 +871,13 @@ class _PopulationMode(TorchFunctionMode):
             return F.linear(x, weight, bias)
         if ws is not None and ws.kind != "matrix":
             return self._linear_full_rank(x, weight, bias, ws, bs)
-        ids, per_row = self._expand_ids(x, "linear")
-        x2 = x.reshape(-1, x.shape[-1])
-        if kernels.use_triton(x.device):
-            # Flattened rows 2q, 2q+1 share a noise index when each batch row repeats an even number of times, or
-            # when batch rows 2q, 2q+1 do (then a pair that straddles two batch rows straddles such a pair).
-            paired = per_row % 2 == 0 or self.paired
-            y = kernels.perturbed_linear(
-                x2, weight, bias, ids, seed=self.st.seed, weight_index=ws.index if ws else None,
-                bias_index=bs.index if bs else None, t_eff=self.ctx.t_eff, sigma=self.st.sigma,
-                rank=self.st.rank, antithetic=self.st.antithetic, noise=self.st.noise, paired=paired,
-            )  # fmt: skip
-            return y.reshape(*x.shape[:-1], -1)
-        # Torch path: same math as kernels.reference, with the population's noise cached per perturb() block.
-        y = F.linear(x, weight, bias).reshape(self.rows, -1, weight.shape[0]).to(torch.float32)
-        xr = x.reshape(self.rows, -1, x.shape[-1]).to(torch.float32)
-        if ws is not None:
-            A, B = self._row_factors(ws)
-            y = y + torch.bmm(torch.bmm(xr, B), A.transpose(1, 2))
-        if bs is not None:
-            y = y + self._row_delta(bs)[:, None, :]
-        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        _leading(x, self.rows, "linear")
+        return kernels.perturbed_linear(
+            x, weight, bias, self.ids, seed=self.st.seed, weight_index=ws.index if ws else None,
+            bias_index=bs.index if bs else None, t_eff=self.ctx.t_eff, sigma=self.st.sigma, rank=self.st.rank,
+            antithetic=self.st.antithetic, noise=self.st.noise, paired=self.paired,
+            noise_source=lambda what, uniq: self.ctx._noise(bs if what == "eps" else ws, what, uniq),
+        )  # fmt: skip
 
     def _row_matrix(self, spec: ParamSpec) -> torch.Tensor:
         """Per-row value of a free (full-rank noise) parameter in its own shape: ``(R, *shape)`` float32."""

@@ -1,8 +1,15 @@
-"""Kernels and their dispatcher.
+"""Kernels and the one dispatch point.
 
-Callers use the four functions below; they run the Triton kernels for CUDA tensors (when Triton imports) and the
-pure-torch twins of ``reference.py`` elsewhere. Set ``EGGROLL_DISABLE_TRITON=1`` to force the twins everywhere
+Callers (the strategy, on every device) use the functions below; each runs the Triton kernel for CUDA tensors (when
+Triton imports) and its pure-torch twin elsewhere. Set ``EGGROLL_DISABLE_TRITON=1`` to force the twins everywhere
 (for debugging or comparison).
+
+One file per op, each holding its Triton kernel, launcher (``*_triton``) and twin (``*_reference``, same arguments):
+
+* ``linear.py``: the perturbed linear forward (row-wise delta kernel + cuBLAS ``addmm``);
+* ``update.py``: ``sum_j w_j A_j B_j^T`` (built, or added straight into a parameter) and ``sum_j w_j eps_j``;
+* ``philox.py``: the noise contract in registers (used by the other kernels) and whole streams for tests;
+* ``_launch.py``: what the launchers share (Triton import, interpreter flag, argument checks).
 """
 
 from __future__ import annotations
@@ -12,27 +19,19 @@ import warnings
 
 import torch
 
-from .reference import (
-    lowrank_update_reference,
-    perturbed_linear_reference,
-    vector_update_reference,
-)
+from . import linear as _linear
+from . import update as _update
+from ._launch import TRITON_IMPORT_ERROR
+from .linear import NoiseSource
 
 __all__ = ["perturbed_linear", "lowrank_update", "lowrank_apply", "vector_update", "triton_available", "use_triton"]
-
-_TRITON_IMPORT_ERROR: Exception | None = None
-try:  # Triton is optional: CPU installs and CI may not have it.
-    from . import triton_ops as _triton_ops
-except Exception as exc:  # noqa: BLE001 - any import failure means "use the twins"
-    _triton_ops = None
-    _TRITON_IMPORT_ERROR = exc
 
 _warned = False
 
 
 def triton_available() -> bool:
-    """True when the Triton kernels imported."""
-    return _triton_ops is not None
+    """True when Triton imported."""
+    return TRITON_IMPORT_ERROR is None
 
 
 def use_triton(device: torch.device) -> bool:
@@ -40,10 +39,10 @@ def use_triton(device: torch.device) -> bool:
     global _warned
     if device.type != "cuda" or os.environ.get("EGGROLL_DISABLE_TRITON", "0") not in ("", "0"):
         return False
-    if _triton_ops is None:
+    if TRITON_IMPORT_ERROR is not None:
         if not _warned:
             warnings.warn(
-                f"Triton kernels unavailable ({_TRITON_IMPORT_ERROR!r}); using the slower pure-torch path on CUDA.",
+                f"Triton kernels unavailable ({TRITON_IMPORT_ERROR!r}); using the slower pure-torch path on CUDA.",
                 stacklevel=3,
             )
             _warned = True
@@ -51,35 +50,96 @@ def use_triton(device: torch.device) -> bool:
     return True
 
 
-def perturbed_linear(x, weight, bias, member_ids, **kw) -> torch.Tensor:
-    """Perturbed linear forward for all rows and members; see ``reference.perturbed_linear_reference``."""
+def perturbed_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    member_ids: torch.Tensor,
+    *,
+    seed: int,
+    weight_index: int | None,
+    bias_index: int | None,
+    t_eff: int,
+    sigma: float,
+    rank: int,
+    antithetic: bool,
+    noise: str = "gaussian",
+    paired: bool = False,
+    noise_source: NoiseSource | None = None,
+) -> torch.Tensor:
+    """``y = x W^T + b + (sigma s/sqrt r)(x B_j) A_j^T + sigma s eps_j``, ``(R, ..., n) -> (R, ..., m)``.
+
+    See ``linear.perturbed_linear_reference`` for the arguments; ``noise_source`` reaches only the twin
+    (the kernel generates the noise in registers).
+    """
+    kw = dict(seed=seed, weight_index=weight_index, bias_index=bias_index, t_eff=t_eff, sigma=sigma, rank=rank,
+              antithetic=antithetic, noise=noise, paired=paired)  # fmt: skip
     if use_triton(x.device):
-        return _triton_ops.perturbed_linear_triton(x, weight, bias, member_ids, **kw)
-    return perturbed_linear_reference(x, weight, bias, member_ids, **kw)
+        return _linear.perturbed_linear_triton(x, weight, bias, member_ids, **kw)
+    return _linear.perturbed_linear_reference(x, weight, bias, member_ids, noise_source=noise_source, **kw)
 
 
-def lowrank_update(**kw) -> torch.Tensor:
-    """``sum_j w_j A_j B_j^T``; see ``reference.lowrank_update_reference``."""
-    if use_triton(kw["weights"].device):
-        return _triton_ops.lowrank_update_triton(**kw)
-    return lowrank_update_reference(**kw)
+def lowrank_update(
+    *,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``G = sum_j w_j A_j B_j^T``, ``(m, n)`` float32; see ``update.lowrank_update_reference``."""
+    kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
+              rank=rank, noise=noise, factor_dtype=factor_dtype)  # fmt: skip
+    if use_triton(weights.device):
+        return _update.lowrank_update_triton(**kw)
+    return _update.lowrank_update_reference(**kw)
 
 
-def lowrank_apply(param: torch.Tensor, alpha: float, **kw) -> torch.Tensor:
+def lowrank_apply(
+    param: torch.Tensor,
+    alpha: float,
+    *,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """``param += alpha * sum_j w_j A_j B_j^T`` in place; returns ``||sum_j w_j A_j B_j^T||_F^2`` (0-d float32).
 
     On CUDA the sum goes straight into ``param`` (one GEMM over the regenerated factors, no ``(m, n)`` float32
-    buffer); elsewhere the twin builds it. ``kw`` are ``lowrank_update``'s arguments.
+    buffer); elsewhere the twin builds it. The other arguments are ``lowrank_update``'s.
     """
-    if use_triton(kw["weights"].device):
-        return _triton_ops.lowrank_apply_triton(param, alpha, **kw)
-    G = lowrank_update_reference(**kw)
-    param.add_(G.to(param.dtype), alpha=alpha)
-    return G.square().sum()
+    kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
+              rank=rank, noise=noise, factor_dtype=factor_dtype)  # fmt: skip
+    if use_triton(weights.device):
+        return _update.lowrank_apply_triton(param, alpha, **kw)
+    return _update.lowrank_apply_reference(param, alpha, **kw)
 
 
-def vector_update(**kw) -> torch.Tensor:
-    """``sum_j w_j eps_j``; see ``reference.vector_update_reference``."""
-    if use_triton(kw["weights"].device):
-        return _triton_ops.vector_update_triton(**kw)
-    return vector_update_reference(**kw)
+def vector_update(
+    *,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    numel: int,
+    noise: str = "gaussian",
+) -> torch.Tensor:
+    """``g = sum_j w_j eps_j``, ``(numel,)`` float32; see ``update.vector_update_reference``."""
+    kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, numel=numel,
+              noise=noise)  # fmt: skip
+    if use_triton(weights.device):
+        return _update.vector_update_triton(**kw)
+    return _update.vector_update_reference(**kw)

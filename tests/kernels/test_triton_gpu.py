@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from eggroll_rl import noise as N  # noqa: E402
-from eggroll_rl.kernels import reference, triton_ops  # noqa: E402
+from eggroll_rl.kernels import linear, philox, update  # noqa: E402
 
 DEV = torch.device("cuda")
 
@@ -30,7 +30,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_words_bit_exact(stream, column):
     ids = torch.tensor([0, 1, 2, 511, 12345, 2**31 + 7, 2**33 + 5], device=DEV)
     for seed in (0, 1, 0xDEADBEEF):
-        got = triton_ops.stream_words_triton(seed, 7, 3, ids, stream, column, 1000)
+        got = philox.stream_words_triton(seed, 7, 3, ids, stream, column, 1000)
         ref = N.stream_words(seed, 7, 3, ids, stream, column, 1000)
         assert torch.equal(got, ref)
 
@@ -39,7 +39,7 @@ def test_normals_fast_math_within_1e5():
     """All 2^23 radii and many angles: the SFU approximations stay within 1e-5 of the exact twin."""
     ids = torch.arange(256, device=DEV)
     length = 1 << 15  # 8M normals, a 2^-5 sample of the 2^23 radii and of the angles
-    got = triton_ops.noise_stream_triton(99, 2, 5, ids, 1, 1, length, "gaussian", fast_math=True)
+    got = philox.noise_stream_triton(99, 2, 5, ids, 1, 1, length, "gaussian", fast_math=True)
     ref = N.normal_stream(99, 2, 5, ids, 1, 1, length).to(torch.float64)
     assert (got.double() - ref).abs().max().item() < 1e-5
     words = N.stream_words(99, 2, 5, ids[:8], 1, 1, length // 4)
@@ -53,21 +53,14 @@ def test_normals_fast_math_within_1e5():
 
 def test_rademacher_exact():
     ids = torch.arange(64, device=DEV) * 3
-    got = triton_ops.noise_stream_triton(5, 1, 0, ids, 0, 2, 10000, "rademacher")
+    got = philox.noise_stream_triton(5, 1, 0, ids, 0, 2, 10000, "rademacher")
     assert torch.equal(got, N.rademacher_stream(5, 1, 0, ids, 0, 2, 10000))
 
 
 def _fp32_reference(x, w, b, ids, **kw):
     """The twin on upcast inputs (fp32 delta, float64 GEMM): the "exact" answer for every dtype."""
     bb = None if b is None else b.double()
-    return reference.perturbed_linear_reference(x.double(), w.double(), bb, ids, **kw)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_config():
-    triton_ops.set_autotune(False)  # values do not depend on the tile shape; compile once per variant
-    yield
-    triton_ops.set_autotune(True)
+    return linear.perturbed_linear_reference(x.double(), w.double(), bb, ids, **kw)
 
 
 VARIANTS = [  # noise, rank, antithetic, weight_index, bias_index
@@ -76,20 +69,17 @@ VARIANTS = [  # noise, rank, antithetic, weight_index, bias_index
     ("gaussian", 2, False, 3, None),
     ("gaussian", 1, True, None, 4),
 ]
-CASES = [  # rows, in, out, FORWARD_GEMM, variants: the paper's layer (scaled down), MLP layers, odd sizes
-    (1024, 2048, 2048, "triton", VARIANTS),
-    (1024, 2048, 2048, "cublas", VARIANTS[:2]),
-    (4096, 17, 256, "triton", VARIANTS[:2]),
-    (4096, 256, 6, "triton", VARIANTS[::2]),
-    (333, 515, 701, "triton", VARIANTS[:3]),
-    (333, 515, 701, "cublas", VARIANTS[2:3]),
+CASES = [  # rows, in, out, variants: the paper's layer (scaled down), MLP layers, odd sizes
+    (1024, 2048, 2048, VARIANTS),
+    (4096, 17, 256, VARIANTS[:2]),
+    (4096, 256, 6, VARIANTS[::2]),
+    (333, 515, 701, VARIANTS[:3]),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("R,n,m,gemm,variants", CASES)
-def test_perturbed_linear_vs_twin(R, n, m, gemm, variants, dtype, monkeypatch):
-    monkeypatch.setattr(triton_ops, "FORWARD_GEMM", gemm)
+@pytest.mark.parametrize("R,n,m,variants", CASES)
+def test_perturbed_linear_vs_twin(R, n, m, variants, dtype):
     shape = (R, n, m)
     torch.manual_seed(hash((shape, str(dtype))) % 1000)
     x = torch.randn(R, n, device=DEV).to(dtype)
@@ -98,10 +88,10 @@ def test_perturbed_linear_vs_twin(R, n, m, gemm, variants, dtype, monkeypatch):
     ids = torch.arange(R, device=DEV)
     for noise, rank, anti, wi, bi in variants:
         kw = dict(seed=77, weight_index=wi, bias_index=bi, t_eff=2, sigma=0.3, rank=rank, antithetic=anti, noise=noise)
-        y = triton_ops.perturbed_linear_triton(x, w, b, ids, **kw)
+        y = linear.perturbed_linear_triton(x, w, b, ids, **kw)
         assert y.dtype == dtype and y.shape == (R, m)
         exact = _fp32_reference(x, w, b, ids, **kw)
-        twin_err = _rel(reference.perturbed_linear_reference(x, w, b, ids, **kw), exact)
+        twin_err = _rel(linear.perturbed_linear_reference(x, w, b, ids, **kw), exact)
         err = _rel(y, exact)
         floor = 1e-6 if dtype == torch.float32 else 1e-4
         assert err <= 3 * twin_err + floor, (noise, rank, anti, wi, bi, err, twin_err)
@@ -114,34 +104,46 @@ def test_perturbed_linear_shuffled_members_and_no_bias():
     ids = torch.randperm(900, device=DEV)[:600]
     for m_out, wt in ((520, w), (200, w[:200])):
         kw = dict(seed=3, weight_index=0, bias_index=None, t_eff=1, sigma=0.1, rank=3, antithetic=True)
-        y = triton_ops.perturbed_linear_triton(x, wt, None, ids, **kw)
-        ref = reference.perturbed_linear_reference(x, wt, None, ids, **kw)
+        y = linear.perturbed_linear_triton(x, wt, None, ids, **kw)
+        ref = linear.perturbed_linear_reference(x, wt, None, ids, **kw)
         assert y.shape == (600, m_out)
         assert _rel(y, ref) < 1e-5
 
 
+@pytest.mark.parametrize("inner,paired", [((3,), False), ((4,), False), ((3,), True), ((2, 5), True)])
+def test_perturbed_linear_several_rows_per_member(inner, paired):
+    """``x`` of shape ``(R, ..., n)``: every vector of row ``i`` runs as member ``i`` (odd and even repeats)."""
+    torch.manual_seed(2)
+    x = torch.randn(256, *inner, 96, device=DEV)
+    w = torch.randn(130, 96, device=DEV) / 10
+    b = torch.randn(130, device=DEV)
+    ids = torch.arange(256, device=DEV)
+    kw = dict(seed=4, weight_index=0, bias_index=1, t_eff=2, sigma=0.2, rank=2, antithetic=True, paired=paired)
+    y = linear.perturbed_linear_triton(x, w, b, ids, **kw)
+    assert y.shape == (256, *inner, 130)
+    assert _rel(y, linear.perturbed_linear_reference(x, w, b, ids, **kw)) < 1e-5
+
+
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
-@pytest.mark.parametrize("update_dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-def test_lowrank_update_vs_twin(noise, update_dtype, tol, monkeypatch):
-    monkeypatch.setattr(triton_ops, "UPDATE_DTYPE", update_dtype)
+@pytest.mark.parametrize("factor_dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_lowrank_update_vs_twin(noise, factor_dtype, tol, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     ids = torch.arange(0, 600, 2, device=DEV)
     w = torch.randn(ids.numel(), device=DEV)
     kw = dict(seed=11, param_index=2, t_eff=4, noise_ids=ids, weights=w, m=1000, n=333, rank=3, noise=noise)
-    got = triton_ops.lowrank_update_triton(**kw)
-    ref = reference.lowrank_update_reference(**kw)
+    got = update.lowrank_update_triton(factor_dtype=factor_dtype, **kw)
+    ref = update.lowrank_update_reference(**kw)
     assert got.dtype == torch.float32 and got.shape == (1000, 333)
     assert _rel(got, ref) < tol
 
 
 def test_lowrank_update_chunks(monkeypatch):
-    monkeypatch.setattr(triton_ops, "UPDATE_CHUNK_ELEMENTS", 3 * 2 * (64 + 48))  # 3 noise indices per chunk
-    monkeypatch.setattr(triton_ops, "UPDATE_DTYPE", torch.float32)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     ids = torch.arange(10, device=DEV)
     w = torch.randn(10, device=DEV)
     kw = dict(seed=1, param_index=0, t_eff=0, noise_ids=ids, weights=w, m=64, n=48, rank=2)
-    assert _rel(triton_ops.lowrank_update_triton(**kw), reference.lowrank_update_reference(**kw)) < 1e-5
+    got = update.lowrank_update_triton(chunk_elements=3 * 2 * (64 + 48), **kw)  # 3 noise indices per chunk
+    assert _rel(got, update.lowrank_update_reference(**kw)) < 1e-5
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
@@ -149,9 +151,9 @@ def test_vector_update_vs_twin(noise):
     ids = torch.arange(2048, device=DEV)
     w = torch.randn(2048, device=DEV)
     kw = dict(seed=8, param_index=5, t_eff=0, noise_ids=ids, weights=w, numel=3001, noise=noise)
-    got = triton_ops.vector_update_triton(**kw)
+    got = update.vector_update_triton(**kw)
     assert got.dtype == torch.float32 and got.shape == (3001,)
-    assert _rel(got, reference.vector_update_reference(**kw)) < 1e-5
+    assert _rel(got, update.vector_update_reference(**kw)) < 1e-5
 
 
 def _extra_peak(fn, base_fn) -> int:
@@ -179,19 +181,15 @@ def test_extra_memory_grows_like_n_r():
         x = torch.randn(rows, n, device=DEV, dtype=torch.bfloat16)
         ids = torch.arange(rows, device=DEV)
         kw = dict(seed=0, weight_index=0, bias_index=1, t_eff=0, sigma=0.1, rank=rank, antithetic=True)
-        for gemm in ("triton", "cublas"):
-            triton_ops.FORWARD_GEMM = gemm
-            triton_ops.perturbed_linear_triton(x, w, b, ids, **kw)  # compile / autotune outside the measurement
-            extra = _extra_peak(
-                lambda x=x, ids=ids, kw=kw: triton_ops.perturbed_linear_triton(x, w, b, ids, **kw),
-                lambda x=x: torch.nn.functional.linear(x, w, b),
-            )
-            extras[(rows, gemm)] = extra
-        triton_ops.FORWARD_GEMM = "triton"
-    for (rows, gemm), extra in extras.items():
+        linear.perturbed_linear_triton(x, w, b, ids, **kw)  # compile outside the measurement
+        extras[rows] = _extra_peak(
+            lambda x=x, ids=ids, kw=kw: linear.perturbed_linear_triton(x, w, b, ids, **kw),
+            lambda x=x: torch.nn.functional.linear(x, w, b),
+        )
+    for rows, extra in extras.items():
         per_factor_bytes = rows * rank * (m + n) * 2  # what stored factors would take
-        bound = 16 * rows * rank * 4 + (rows * m * 2 if gemm == "cublas" else 0) + (1 << 20)
-        assert extra <= bound, (rows, gemm, extra, bound)
+        bound = 16 * rows * rank * 4 + (1 << 20)
+        assert extra <= bound, (rows, extra, bound)
         assert extra < per_factor_bytes / 4
 
 

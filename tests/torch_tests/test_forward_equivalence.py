@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from es_helpers import make_strategy, materialized_forward
 
-from eggroll_rl.kernels.reference import perturbed_linear_reference
+from eggroll_rl.kernels.linear import perturbed_linear_reference
 from eggroll_rl.noise import STREAM_A, STREAM_B, factor_noise, vector_noise
 
 

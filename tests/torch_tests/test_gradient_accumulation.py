@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 from es_helpers import make_strategy
 
-from eggroll_rl.kernels import reference
-from eggroll_rl.kernels.reference import lowrank_update_reference, vector_update_reference
+from eggroll_rl.kernels import update
+from eggroll_rl.kernels.update import lowrank_update_reference, vector_update_reference
 from eggroll_rl.noise import STREAM_A, STREAM_B, factor_noise, vector_noise
 
 
@@ -48,30 +50,33 @@ def test_chunked_update_equals_the_unchunked_one(device, monkeypatch):
     whole = lowrank_update_reference(**kw)
     vec_whole = vector_update_reference(seed=1, param_index=1, t_eff=0, noise_ids=ids, weights=w, numel=50)
     # 160 elements per noise index (r (m + n)): chunks of 3 members.
-    monkeypatch.setattr(reference, "UPDATE_CHUNK_ELEMENTS", 500)
-    chunks = list(reference._chunks(300, 4 * (17 + 23)))
+    chunks = list(update._chunks(300, 4 * (17 + 23), 500))
     assert len(chunks) == 100 and all(hi - lo <= 3 for lo, hi in chunks)
-    torch.testing.assert_close(lowrank_update_reference(**kw), whole, rtol=1e-4, atol=1e-4)
-    vec = vector_update_reference(seed=1, param_index=1, t_eff=0, noise_ids=ids, weights=w, numel=50)
+    torch.testing.assert_close(lowrank_update_reference(chunk_elements=500, **kw), whole, rtol=1e-4, atol=1e-4)
+    vec = vector_update_reference(
+        seed=1, param_index=1, t_eff=0, noise_ids=ids, weights=w, numel=50, chunk_elements=500
+    )
     torch.testing.assert_close(vec, vec_whole, rtol=1e-4, atol=1e-4)
 
 
 def test_large_population_update_runs_in_bounded_chunks(device, monkeypatch):
     """N = 65536 members on a small layer: the update never holds more than one chunk of factors (the twin's
-    chunking is observed here; the Triton update bounds its buffer by ``triton_ops.UPDATE_CHUNK_ELEMENTS``)."""
+    chunking is observed here; the Triton update bounds its buffer by its ``chunk_elements`` argument)."""
     monkeypatch.setenv("EGGROLL_DISABLE_TRITON", "1")
     model = nn.Linear(16, 8).to(device)
     s = make_strategy(device, rank=4, optimizer=None, lr=1.0)
     s.setup(model)
-    monkeypatch.setattr(reference, "UPDATE_CHUNK_ELEMENTS", 1 << 18)
+    # The strategy (optimizer=None: the fused apply) calls the twin with its default chunk: make it small here.
+    small_chunks = functools.partial(update.lowrank_apply_reference, chunk_elements=1 << 18)
+    monkeypatch.setattr(update, "lowrank_apply_reference", small_chunks)
     sizes = []
-    original = reference.factor_noise
+    original = update.factor_noise
 
     def spy(seed, k, t, ids, *args, **kw):
         sizes.append(ids.numel())
         return original(seed, k, t, ids, *args, **kw)
 
-    monkeypatch.setattr(reference, "factor_noise", spy)
+    monkeypatch.setattr(update, "factor_noise", spy)
     with s.perturb(65536):
         pass
     metrics = s.step(torch.randn(65536, device=device))

@@ -4,16 +4,17 @@ Every helper here reproduces the pure-torch reference bit for bit on the raw 32-
 the normals (``FAST_MATH`` uses the special-function unit's approximations; see ``_box_muller`` for the error
 budget). Blocks of noise are produced for several noise indices at once: ``j`` is a ``(P,)`` tensor and the result is
 ``(P, NCOL)`` elements ``e0 .. e0 + NCOL - 1`` of one stream.
+
+The other kernels call ``noise_block``. Whole streams (``stream_words_triton``, ``noise_stream_triton``) are for tests
+and tools; their twins are ``noise.stream_words`` and ``noise_stream_reference`` (``noise.py``'s streams).
 """
 
 from __future__ import annotations
 
-import os
+import torch
 
-import triton
-import triton.language as tl
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from .. import noise as _noise
+from ._launch import FAST_MATH, as_i32, check_ids, noise_code, tl, triton
 
 # Philox4x32 constants (Salmon et al. 2011); literals in [2^31, 2^32) are typed uint32 by Triton.
 _M0 = tl.constexpr(0xD2511F53)
@@ -150,7 +151,7 @@ def noise_block(
         return rademacher_block(k0, k1, j, t_eff, c3, e0, P, NCOL)
 
 
-# --- test hooks: whole streams, for checking against noise.py ---
+# --- whole streams (tests and tools) -------------------------------------------------------------------
 
 
 @triton.jit(do_not_specialize=["seed", "param_index", "t_eff"])
@@ -209,3 +210,62 @@ def _stream_kernel(
     ee = e0 + tl.arange(0, NCOL)
     mask = (jj[:, None] < J) & (ee[None, :] < length)
     tl.store(out_ptr + jj[:, None] * length + ee[None, :], z, mask=mask)
+
+
+def stream_words_triton(
+    seed: int, param_index: int, t_eff: int, noise_ids: torch.Tensor, stream: int, column: int, num_blocks: int
+) -> torch.Tensor:
+    """Triton twin of ``noise.stream_words``: ``(J, num_blocks, 4)`` int64 words."""
+    ids = check_ids("noise_ids", noise_ids, None, noise_ids.device)
+    out = torch.empty(ids.numel(), num_blocks, 4, dtype=torch.int64, device=ids.device)
+    if out.numel():
+        p, nb = 4, 64
+        _words_kernel[(triton.cdiv(ids.numel(), p), triton.cdiv(num_blocks, nb))](
+            out, ids, ids.numel(), num_blocks, as_i32(seed), as_i32(param_index), as_i32(t_eff),
+            ((stream << 16) | column) & 0x7FFFFFFF, P=p, NB=nb,
+        )  # fmt: skip
+    return out
+
+
+def noise_stream_triton(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    stream: int,
+    column: int,
+    length: int,
+    noise: str = "gaussian",
+    fast_math: bool = FAST_MATH,
+) -> torch.Tensor:
+    """Elements ``0 .. length-1`` of one stream for each noise index: ``(J, length)`` float32.
+
+    ``fast_math``: the special-function unit's ``lg2/sin/cos`` approximations (default off under the interpreter).
+    """
+    ids = check_ids("noise_ids", noise_ids, None, noise_ids.device)
+    code = noise_code(noise)
+    out = torch.empty(ids.numel(), length, dtype=torch.float32, device=ids.device)
+    if out.numel():
+        p, ncol = 4, 512
+        _stream_kernel[(triton.cdiv(ids.numel(), p), triton.cdiv(length, ncol))](
+            out, ids, ids.numel(), length, as_i32(seed), as_i32(param_index), as_i32(t_eff),
+            ((stream << 16) | column) & 0x7FFFFFFF, P=p, NCOL=ncol, NOISE=code, FAST_MATH=fast_math,
+        )  # fmt: skip
+    return out
+
+
+def noise_stream_reference(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    stream: int,
+    column: int,
+    length: int,
+    noise: str = "gaussian",
+    fast_math: bool = FAST_MATH,
+) -> torch.Tensor:
+    """Pure-torch twin of ``noise_stream_triton`` (``noise.normal_stream`` / ``noise.rademacher_stream``; exact
+    math, so ``fast_math`` is ignored)."""
+    fn = _noise.normal_stream if noise_code(noise) == 0 else _noise.rademacher_stream
+    return fn(seed, param_index, t_eff, noise_ids, stream, column, length)

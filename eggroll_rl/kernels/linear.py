@@ -1,6 +1,11 @@
-"""Row-wise low-rank delta kernel: ``D = (sigma s/sqrt r)(x B_j) A_j^T + b + sigma s eps_j``, then ``D += x W^T``.
+"""Perturbed linear forward: ``y = x W^T + b + (sigma s/sqrt r)(x B_j) A_j^T + sigma s eps_j`` for every row.
 
-The perturbation of a row needs only that row: ``u = x B_j`` (a length-``n`` dot per rank) and ``u A_j^T`` (a
+``perturbed_linear_triton`` (CUDA) and its pure-torch twin ``perturbed_linear_reference`` (any device) take the same
+arguments (plus the kernel's launch shape, and the twin's ``noise_source``) and give the same result to float
+rounding; ``eggroll_rl.kernels.perturbed_linear`` picks one.
+
+The kernel, ``lowrank_delta_kernel``, writes ``D = (sigma s/sqrt r)(x B_j) A_j^T + b + sigma s eps_j``. The
+perturbation of a row needs only that row: ``u = x B_j`` (a length-``n`` dot per rank) and ``u A_j^T`` (a
 length-``m`` outer product). One program owns ``P`` rows (or ``P`` row pairs): it generates ``B_j`` while it reads
 ``x`` once, then generates ``A_j`` and the bias noise while it writes ``D`` once. cuBLAS then adds ``x W^T`` into
 ``D`` in place (``addmm`` with ``beta = 1``: reading ``C`` rides in the GEMM's epilogue, nearly free when the GEMM
@@ -10,14 +15,24 @@ launch, and the noise of a pair of rows that share ``j`` (antithetic members ``2
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+import math
+from collections.abc import Callable
 
-from .triton_noise import noise_block
+import torch
+import torch.nn.functional as F
 
-STREAM_A = tl.constexpr(0)
-STREAM_B = tl.constexpr(1)
-STREAM_VECTOR = tl.constexpr(2)
+from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, vector_noise
+from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, check_int, noise_code, tl, triton
+from .philox import noise_block
+
+# Launch shape of the delta kernel, from the sweep of benchmarks/tune_delta.py on the H100 (2026-11-24): layers with
+# a side of at least WIDE_FEATURES get WIDE_WARPS warps, others NARROW_WARPS; feature blocks and row tiles hold
+# 4 * 32 * warps elements (one Philox call per thread per noise block); at most MAX_ROWS_PER_PROGRAM rows a program.
+WIDE_FEATURES = 4096
+WIDE_WARPS = 8
+NARROW_WARPS = 4
+MAX_ROWS_PER_PROGRAM = 16
+INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks (fast on the CPU, same values)
 
 
 @triton.jit
@@ -288,3 +303,213 @@ def lowrank_delta_kernel(
                     d_b.to(d_ptr.dtype.element_ty),
                     mask=mask_b[:, None] & mmask[None, :],
                 )
+
+
+# --- launcher ----------------------------------------------------------------------------------------------------
+
+
+def delta_launch_shape(
+    K: int, M: int, block_max: int | None = None, tile: int | None = None, num_warps: int | None = None
+) -> tuple[int, int, int]:
+    """``(block_max, tile, num_warps)`` of the delta kernel for a ``K -> M`` layer; None picks the default."""
+    # A tile of 4 elements per thread lets each thread make exactly one Philox call (4 words = 4 consecutive
+    # elements) per noise block, so the noise lands in the layout of the vector loads/stores with no shuffle.
+    # Wide layers: more warps (benchmarks/NOTES_kernels.md, session 2 and 3).
+    if num_warps is None:
+        num_warps = WIDE_WARPS if max(K, M) >= WIDE_FEATURES else NARROW_WARPS
+    block_max = 4 * 32 * num_warps if block_max is None else block_max
+    tile = 4 * 32 * num_warps if tile is None else tile
+    return block_max, tile, num_warps
+
+
+def perturbed_linear_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    member_ids: torch.Tensor,
+    *,
+    seed: int,
+    weight_index: int | None,
+    bias_index: int | None,
+    t_eff: int,
+    sigma: float,
+    rank: int,
+    antithetic: bool,
+    noise: str = "gaussian",
+    paired: bool = False,
+    block_max: int | None = None,
+    tile: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
+    """Triton version of ``perturbed_linear_reference`` (same arguments and result); CUDA tensors.
+
+    ``block_max``, ``tile``, ``num_warps``: the delta kernel's launch shape (``delta_launch_shape``; None = the
+    tuned default).
+    """
+    # -- check --
+    if x.dim() < 2:
+        raise ValueError(f"x must be (rows, ..., in_features), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x has dtype {x.dtype}; expected one of {FLOAT_DTYPES}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (out_features, {x.shape[-1]})")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype}; expected x's dtype {x.dtype}")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != x.dtype):
+        raise ValueError(
+            f"bias has shape {tuple(bias.shape)} and dtype {bias.dtype}; expected ({weight.shape[0]},) {x.dtype}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}; expected x's device {x.device}")
+    ids = check_ids("member_ids", member_ids, x.shape[0], x.device)
+    noise_code(noise)
+    check_int("rank", rank)
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    for name, v in (("seed", seed), ("t_eff", t_eff)):
+        check_int(name, v)
+    if weight_index is None and bias_index is None:
+        return F.linear(x, weight, bias)
+
+    # -- one row of x2 per vector: each member's rows repeated --
+    per_row = math.prod(x.shape[1:-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    ids = ids.repeat_interleave(per_row)
+    # Flattened rows 2q, 2q+1 share a noise index when each member row repeats an even number of times, or when
+    # member rows 2q, 2q+1 do (then a pair that straddles two member rows straddles such a pair).
+    paired = per_row % 2 == 0 or paired
+
+    # -- launch: D = perturbation + bias, then D += x W^T --
+    d = lowrank_delta(
+        x2, weight.shape[0], bias, ids, seed=seed, weight_index=weight_index, bias_index=bias_index, t_eff=t_eff,
+        sigma=sigma, rank=rank, antithetic=antithetic, noise=noise, paired=paired, block_max=block_max, tile=tile,
+        num_warps=num_warps,
+    )  # fmt: skip
+    if INTERPRET and x.dtype != torch.float32:
+        # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
+        y = (d.float() + x2.float() @ weight.float().T).to(x.dtype)
+    else:
+        y = d.addmm_(x2, weight.T)
+    return y.reshape(*x.shape[:-1], -1)
+
+
+def lowrank_delta(
+    x: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+    member_ids: torch.Tensor,
+    *,
+    seed: int,
+    weight_index: int | None,
+    bias_index: int | None,
+    t_eff: int,
+    sigma: float,
+    rank: int,
+    antithetic: bool,
+    noise: str = "gaussian",
+    paired: bool = False,
+    block_max: int | None = None,
+    tile: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
+    """``D = (sigma s/sqrt r)(x B_j) A_j^T + b + sigma s eps_j``: the forward without ``x W^T``, one launch of
+    ``lowrank_delta_kernel`` (``benchmarks/profile_delta.py`` times it alone).
+
+    Args:
+        x: ``(R, n)``; member_ids: ``(R,)`` int64, contiguous, on ``x``'s device (unchecked).
+    Returns:
+        ``(R, out_features)`` in ``x.dtype``.
+    """
+    R, K = x.shape
+    M = out_features
+    d = torch.empty((R, M), dtype=x.dtype, device=x.device)
+    if R == 0:
+        return d
+    paired = bool(paired) and R % 2 == 0
+    block_max, tile, warps = delta_launch_shape(K, M, block_max, tile, num_warps)
+    block_k = min(block_max, max(8, triton.next_power_of_2(K)))
+    block_m = min(block_max, max(8, triton.next_power_of_2(M)))
+    if INTERPRET:
+        block_k, block_m, warps = min(block_k, INTERPRET_BLOCK_MAX), min(block_m, INTERPRET_BLOCK_MAX), NARROW_WARPS
+    rows_per_prog = max(1, min(MAX_ROWS_PER_PROGRAM, tile // max(block_k, block_m)))
+    units = R // 2 if paired else R
+    grid = (triton.cdiv(units, rows_per_prog),)
+    lowrank_delta_kernel[grid](
+        x, member_ids, bias if bias is not None else d, d, R, M, K,
+        x.stride(0), x.stride(1), d.stride(0), d.stride(1),
+        as_i32(seed), as_i32(weight_index if weight_index is not None else 0),
+        as_i32(bias_index if bias_index is not None else 0), as_i32(t_eff),
+        float(sigma) / math.sqrt(rank), float(sigma),
+        RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=bool(antithetic), PAIRED=paired,
+        NOISE=noise_code(noise), FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None,
+        PERTURB_W=weight_index is not None, PERTURB_B=bias_index is not None, P=rows_per_prog,
+        BLOCK_K=block_k, BLOCK_M=block_m, num_warps=warps,
+    )  # fmt: skip
+    return d
+
+
+# --- pure-torch twin ---------------------------------------------------------------------------------------------
+
+NoiseSource = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def perturbed_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    member_ids: torch.Tensor,
+    *,
+    seed: int,
+    weight_index: int | None,
+    bias_index: int | None,
+    t_eff: int,
+    sigma: float,
+    rank: int,
+    antithetic: bool,
+    noise: str = "gaussian",
+    paired: bool = False,
+    noise_source: NoiseSource | None = None,
+) -> torch.Tensor:
+    """``y = x W^T + b + (sigma s/sqrt r) (x B_j) A_j^T + sigma s eps_j`` for every row, in float32.
+
+    Args:
+        x: ``(R, ..., n)``; every vector of row ``i`` runs as member ``member_ids[i]``.
+        weight: ``(m, n)``; bias: ``(m,)`` or None.
+        member_ids: ``(R,)`` int64 member of each row.
+        weight_index / bias_index: the parameters' indices ``k`` in the noise contract, or None when that
+            parameter is not evolved (no noise added for it).
+        paired: a hint that rows ``2q`` and ``2q+1`` share their noise index (the kernel then generates it once);
+            the result does not depend on it.
+        noise_source: ``noise_source(what, noise_ids)`` gives ``A`` ``(U, m, r)`` (``what="A"``), ``B``
+            ``(U, n, r)`` (``"B"``) or ``eps`` ``(U, m)`` (``"eps"``) of the unique noise indices ``noise_ids``,
+            float32, so a caller can reuse noise it holds (the strategy keeps a ``perturb()`` block's); default:
+            generated from the contract (``eggroll_rl.noise``). The kernel always generates it in registers.
+    Returns:
+        ``(R, ..., m)`` in ``x.dtype``.
+    """
+    y = F.linear(x, weight, bias)
+    if weight_index is None and bias_index is None:
+        return y
+    m, n = weight.shape
+    if noise_source is None:
+
+        def noise_source(what: str, ids: torch.Tensor) -> torch.Tensor:
+            if what == "eps":
+                return vector_noise(seed, bias_index, t_eff, ids, m, noise, x.device)
+            rows, stream = (m, STREAM_A) if what == "A" else (n, STREAM_B)
+            return factor_noise(seed, weight_index, t_eff, ids, rows, rank, stream, noise, x.device)
+
+    rows = x.shape[0]
+    j, s = member_noise_and_sign(member_ids, antithetic)
+    uniq, inv = torch.unique(j, return_inverse=True)
+    y = y.reshape(rows, -1, m).to(torch.float32)
+    xr = x.reshape(rows, -1, n).to(torch.float32)
+    if weight_index is not None:
+        scale = (sigma / math.sqrt(rank)) * s
+        A = noise_source("A", uniq)[inv] * scale[:, None, None]  # (R, m, r), scaled
+        B = noise_source("B", uniq)[inv]  # (R, n, r)
+        y = y + torch.bmm(torch.bmm(xr, B), A.transpose(1, 2))
+    if bias_index is not None:
+        y = y + ((sigma * s)[:, None] * noise_source("eps", uniq)[inv])[:, None, :]
+    return y.to(x.dtype).reshape(*x.shape[:-1], -1)
