@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from .choices import FitnessShaping, options
+from .validation import check_choice
+
 __all__ = ["SHAPINGS", "shape_fitness", "zscore", "centered_rank", "check_fitness"]
 
-SHAPINGS = ("zscore", "centered_rank", "none")
+SHAPINGS = options(FitnessShaping)
 _EPS = 1e-8
 
 
@@ -71,8 +74,7 @@ def shape_fitness(f: torch.Tensor, method: str = "zscore", group_size: int = 0) 
             each group. ``N`` must be a multiple of ``G``.
     """
     f = f.to(torch.float32)
-    if method not in SHAPINGS:
-        raise ValueError(f"fitness_shaping={method!r} is not supported; expected one of {SHAPINGS}")
+    check_choice("fitness_shaping", method, SHAPINGS)
     if group_size and group_size > 0:
         if f.numel() % group_size:
             raise ValueError(

@@ -50,6 +50,9 @@ import math
 
 import torch
 
+from .choices import NoiseKind, options
+from .validation import invalid
+
 __all__ = [
     "NOISE_TYPES",
     "STREAM_A",
@@ -65,7 +68,7 @@ __all__ = [
     "member_noise_and_sign",
 ]
 
-NOISE_TYPES = ("gaussian", "rademacher")
+NOISE_TYPES = options(NoiseKind)
 STREAM_A, STREAM_B, STREAM_VECTOR = 0, 1, 2
 
 _MASK32 = 0xFFFFFFFF
@@ -193,7 +196,7 @@ def _stream(noise: str):
         return normal_stream
     if noise == "rademacher":
         return rademacher_stream
-    raise ValueError(f"noise={noise!r} is not supported; expected one of {NOISE_TYPES}")
+    raise invalid("noise", noise, f"one of {list(NOISE_TYPES)}")
 
 
 def factor_noise(

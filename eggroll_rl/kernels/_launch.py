@@ -12,6 +12,7 @@ import os
 import torch
 
 from ..noise import NOISE_TYPES
+from ..validation import check_choice
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # The special-function unit's approximations (see philox.py's error budget); the interpreter has only exact math.
@@ -67,14 +68,7 @@ def as_i32(v: int) -> int:
 
 def noise_code(noise: str) -> int:
     """The kernels' ``NOISE`` meta-parameter: 0 Gaussian, 1 Rademacher."""
-    if noise not in NOISE_TYPES:
-        raise ValueError(f"noise={noise!r} is not supported; expected one of {NOISE_TYPES}")
-    return NOISE_TYPES.index(noise)
-
-
-def check_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+    return NOISE_TYPES.index(check_choice("noise", noise, NOISE_TYPES))
 
 
 def check_ids(name: str, ids: torch.Tensor, length: int | None, device: torch.device) -> torch.Tensor:

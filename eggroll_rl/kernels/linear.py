@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, vector_noise
-from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, check_int, noise_code, tl, triton
+from ..validation import check_int
+from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, tl, triton
 from .philox import noise_block
 
 # Launch shape of the delta kernel, from the sweep of benchmarks/tune_delta.py on the H100 (2026-11-24): layers with
@@ -364,9 +365,7 @@ def perturbed_linear_triton(
             raise ValueError(f"{name} is on {t.device}; expected x's device {x.device}")
     ids = check_ids("member_ids", member_ids, x.shape[0], x.device)
     noise_code(noise)
-    check_int("rank", rank)
-    if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
+    check_int("rank", rank, 1)
     for name, v in (("seed", seed), ("t_eff", t_eff)):
         check_int(name, v)
     if weight_index is None and bias_index is None:

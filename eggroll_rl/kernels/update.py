@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..noise import STREAM_A, STREAM_B, factor_noise, vector_noise
-from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, check_int, noise_code, num_sms, tl, triton
+from ..validation import check_int
+from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, num_sms, tl, triton
 from .philox import noise_block
 
 # Bound on the regenerated factor elements held at once: the kernels' buffer (bf16: 128 MiB) and the twin's (fp32
@@ -165,9 +166,7 @@ def lowrank_update_triton(
     ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
     code = noise_code(noise)
     for name, v in (("m", m), ("n", n), ("rank", rank)):
-        check_int(name, v)
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
+        check_int(name, v, 1)
     J = ids.numel()
     if J == 0:
         return torch.zeros(m, n, dtype=torch.float32, device=w.device)
@@ -252,9 +251,7 @@ def vector_update_triton(
     """Triton version of ``vector_update_reference``: ``sum_j w_j eps_j``, ``(numel,)`` float32."""
     ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
     code = noise_code(noise)
-    check_int("numel", numel)
-    if numel < 0:
-        raise ValueError(f"numel must be >= 0, got {numel}")
+    check_int("numel", numel, 0)
     J = ids.numel()
     if J == 0 or numel == 0:
         return torch.zeros(numel, dtype=torch.float32, device=w.device)

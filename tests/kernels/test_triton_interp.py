@@ -165,8 +165,18 @@ def test_bad_input_raises(mutate):
         linear.perturbed_linear_triton(*args, **kw)
 
 
+@pytest.mark.parametrize(
+    ("arg", "value", "exc"), [("rank", 0, ValueError), ("rank", 1.0, TypeError), ("seed", True, TypeError)]
+)
+def test_bad_scalar_names_argument_value_and_expectation(arg, value, exc):
+    kw = dict(seed=0, weight_index=0, bias_index=None, t_eff=0, sigma=0.1, rank=1, antithetic=True)
+    kw[arg] = value
+    with pytest.raises(exc, match=rf"^{arg}={value!r} is invalid: expected an integer"):
+        linear.perturbed_linear_triton(torch.randn(4, 8), torch.randn(5, 8), None, torch.arange(4), **kw)
+
+
 def test_bad_noise_name_raises():
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match="noise='uniform' is invalid"):
         linear.perturbed_linear_triton(
             torch.randn(4, 8), torch.randn(5, 8), None, torch.arange(4), seed=0, weight_index=0, bias_index=None,
             t_eff=0, sigma=0.1, rank=1, antithetic=True, noise="uniform",

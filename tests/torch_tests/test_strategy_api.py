@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -42,8 +44,24 @@ def test_defaults_match_the_seed():
     ],
 )
 def test_invalid_constructor_arguments_name_the_argument(kwargs, word):
-    with pytest.raises((ValueError, TypeError), match=word):
+    # The shared shape (eggroll_rl.validation): the argument, the value given, what was expected.
+    with pytest.raises((ValueError, TypeError), match=rf"^{word}={kwargs[word]!r} is invalid: expected \S"):
         EggrollStrategy(**kwargs)
+
+
+def test_optimizer_none_by_name_is_plain_ascent(device, simple_mlp):
+    """``optimizer="none"`` (the choice's name in ``eggroll_rl.choices.Optimizer``) is ``optimizer=None``."""
+    results = []
+    for optimizer in (None, "none"):
+        model = copy.deepcopy(simple_mlp)
+        s = make_strategy(device, optimizer=optimizer, lr=0.5)
+        s.setup(model)
+        with s.perturb(6):
+            pass
+        s.step(torch.arange(6.0))
+        assert s.optimizer is None and s.optimizer_name is None and s.config()["optimizer"] is None
+        results.append(_params(model))
+    assert _same(*results)
 
 
 def test_cpu_model_needs_opt_in():
