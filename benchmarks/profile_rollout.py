@@ -29,15 +29,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _timing import host_and_total  # noqa: E402  (benchmarks/, the script's folder)
 
+from eggroll_rl.agents.builders import build_env, build_policy, build_strategy, episode_limit  # noqa: E402
 from eggroll_rl.agents.config import TrainConfig  # noqa: E402
 from eggroll_rl.agents.rollout import rollout  # noqa: E402
-from eggroll_rl.agents.trainer import (  # noqa: E402
-    _strategy,
-    build_env,
-    build_policy,
-    episode_limit,
-    resolve_device,
-)
+from eggroll_rl.envs import resolve_device  # noqa: E402
 
 
 def _time(fn, calls: int, sync, warmup: int = 1) -> dict:
@@ -66,7 +61,7 @@ def main() -> None:
     num_envs = config.population * config.episodes_per_member
     env = build_env(config, num_envs, device, seed=0)
     policy = build_policy(config, env, device)
-    strategy = _strategy(config, device)
+    strategy = build_strategy(config, device)
     strategy.setup(policy)
     steps = min(args.steps, episode_limit(env, config))
     result = {

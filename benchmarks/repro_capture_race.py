@@ -21,8 +21,8 @@ import torch
 
 from eggroll_rl import EggrollStrategy
 from eggroll_rl.agents import TrainConfig
+from eggroll_rl.agents.builders import build_policy
 from eggroll_rl.agents.rollout import population_act, rollout
-from eggroll_rl.agents.trainer import build_policy
 from eggroll_rl.envs import make_env
 
 

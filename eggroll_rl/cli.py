@@ -2,19 +2,21 @@
 
     eggroll-rl train CartPole                       # tuned defaults, run directory under runs/
     eggroll-rl train HalfCheetah --population 2048 --generations 300 --out runs/cheetah
+    eggroll-rl train Ant --help                     # every setting, with Ant's defaults
+    eggroll-rl train Ant --print-config             # the resolved config as YAML (a --config FILE)
     eggroll-rl train --resume runs/cheetah --generations 600   # the run directory knows its env
     eggroll-rl eval runs/cheetah --episodes 20 --video cheetah.html   # Brax runs; the others: .mp4 or .gif
     eggroll-rl envs
 
-Every ``TrainConfig`` field is a ``train`` flag (``--hidden-sizes 64 64``, ``--lr-schedule linear``, ...); its
-docstring is the help. Precedence: per-env defaults < ``--config FILE`` < flags. Bad input (unknown flag or env,
-invalid values, an unwritable output directory, a ``--resume`` directory of another env) stops with an error
-message and exit status 2 before any environment is built.
+The flags are made by tyro from ``TrainConfig``'s fields; each field's docstring is its help (``--hidden-sizes 64 64``,
+``--lr-schedule linear``, ...). Precedence: per-env defaults < ``--config FILE`` < flags. Bad input (unknown flag or
+env, invalid values, an unwritable output directory, a ``--resume`` directory of another env) stops with exit
+status 2 before any environment is built: tyro's message for what it cannot parse, a one-line
+``eggroll-rl train: error: ...`` for the rest.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -23,135 +25,149 @@ import sys
 import time
 import typing
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-__all__ = ["main", "build_parser"]
+import tyro
 
-# Flags whose name differs from the field name.
-_FLAG_NAMES = {"out_dir": "--out"}
-# The short list in the usage line; every other field is in the help under "all settings".
-_MAIN_FIELDS = ("backend", "device", "population", "rank", "sigma", "lr", "optimizer", "seed")
+from eggroll_rl.agents.config import TrainConfig, load_config_file
+from eggroll_rl.choices import Device
+
+__all__ = ["main"]
+
+_PROG = "eggroll-rl"
+_COMMANDS = {
+    "train": "train a policy",
+    "eval": "evaluate a trained run",
+    "envs": "list environment names and installed backends",
+}
 _BUDGET_FIELDS = ("generations", "total_steps", "time_limit_s")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:  # exit status 2 with the usage, as argparse does
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+class _UsageError(ValueError):
+    """Bad command-line input found outside tyro (reported like every other ``ValueError``: one line, exit 2)."""
 
 
-def _field_type(f: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(_config_cls())
-    return hints[f.name]
-
-
-def _config_cls():
-    from eggroll_rl.agents.config import TrainConfig
-
-    return TrainConfig
-
-
-def _json_dict(text: str) -> dict:
+# ------------------------------------------------------------------------------------------------------- the flags
+def _json_dict(args: list[str]) -> dict:
     try:
-        value = json.loads(text)
+        value = json.loads(args[0])
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc.msg})") from exc
+        raise ValueError(f"expected a JSON object, got {args[0]!r} ({exc.msg})") from exc
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+        raise ValueError(f"expected a JSON object, got {args[0]!r}")
     return value
 
 
-def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, doc: str, flag: str) -> None:
-    tp = _field_type(f)
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    # argparse %-formats help strings: a literal "%" in a docstring must reach it as "%%".
-    help_text = f"{doc} (default: {default!r})".replace("%", "%%") if doc else None
-    kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-    if tp is bool:
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-    elif tp is int:
-        group.add_argument(flag, type=int, metavar="N", **kwargs)
-    elif tp is float:
-        group.add_argument(flag, type=float, metavar="X", **kwargs)
-    elif typing.get_origin(tp) is tuple:
-        group.add_argument(flag, type=int, nargs="+", metavar="N", **kwargs)
-    elif tp is dict or typing.get_origin(tp) is dict:
-        group.add_argument(flag, type=_json_dict, metavar="JSON", **kwargs)
-    else:
-        group.add_argument(flag, type=str, **kwargs)
+_JsonDict = Annotated[
+    dict,
+    tyro.constructors.PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="JSON",
+        instance_from_str=_json_dict,
+        is_instance=lambda value: isinstance(value, dict),
+        str_from_instance=lambda value: [json.dumps(value)],
+    ),
+]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from eggroll_rl.agents.config import field_docs
+# TrainConfig as tyro parses it: the env is the ENV argument, --out names the run directory, and the values are
+# checked once, by TrainConfig, after the per-env defaults, the config file and the flags are merged.
+@dataclass
+class _Settings(TrainConfig):
+    env: tyro.conf.Suppress[str] = "CartPole"
+    env_kwargs: _JsonDict = dataclasses.field(default_factory=dict)
+    out_dir: Annotated[
+        str,
+        tyro.conf.arg(
+            name="out",
+            metavar="DIR",
+            help="Run directory (default: runs/<ENV>_s<seed>_<date-time>)",
+            help_behavior_hint="",
+        ),
+    ] = ""
 
-    cls = _config_cls()
-    docs = field_docs(cls)
-    parser = _Parser(prog="eggroll-rl", description="EGGROLL low-rank evolution strategies for RL.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    train = sub.add_parser("train", help="train a policy", description="Train an MLP policy with EGGROLL.")
-    train.add_argument(
-        "env",
-        metavar="ENV",
-        nargs="?",
-        help="environment name (see `eggroll-rl envs`), e.g. CartPole (optional with --resume)",
-    )
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "env"}
-    main = train.add_argument_group("main settings")
-    for name in _MAIN_FIELDS:
-        _add_field(main, fields[name], docs.get(name, ""), "--" + name.replace("_", "-"))
-    budget = main.add_mutually_exclusive_group()
-    _add_field(budget, fields["generations"], docs["generations"], "--generations")
-    _add_field(budget, fields["total_steps"], docs["total_steps"], "--total-steps")
-    main.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (field names as keys)")
-    _add_field(main, fields["out_dir"], "Run directory (default: runs/<ENV>_s<seed>_<date-time>)", "--out")
-    main.add_argument(
-        "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (ENV may be left out)"
-    )
-    rest = train.add_argument_group("all settings")
-    for name, f in fields.items():
-        if name in _MAIN_FIELDS or name in ("generations", "total_steps", "out_dir"):
-            continue
-        _add_field(rest, f, docs.get(name, ""), _FLAG_NAMES.get(name, "--" + name.replace("_", "-")))
-    train.add_argument("--quiet", action="store_true", help="no progress bar (errors and the summary only)")
-
-    ev = sub.add_parser("eval", help="evaluate a trained run", description="Evaluate the policy of a run.")
-    ev.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `eggroll-rl train`")
-    ev.add_argument("--episodes", type=int, default=10, metavar="K", help="episodes to evaluate (default: 10)")
-    ev.add_argument(
-        "--video", metavar="FILE", help="record one episode: .html for Brax runs, .mp4/.gif for the others (gymnasium)"
-    )
-    ev.add_argument("--policy", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
-    ev.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="device (default: auto)")
-    ev.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes (default: 12345)")
-    ev.add_argument("--json", action="store_true", help="print the result as JSON")
-
-    sub.add_parser(
-        "envs",
-        help="list environment names and installed backends",
-        description="List environment names and which backends are installed.",
-    )
-    return parser
+    def __post_init__(self) -> None:  # no checks here: see the class docstring
+        pass
 
 
-# ------------------------------------------------------------------------------------------------------------ train
-def _train_config(args: argparse.Namespace):
-    """The run's config: per-env defaults (or, with --resume, the run's stored config) < --config FILE < flags."""
-    from eggroll_rl.agents.config import TrainConfig, load_config_file
+@dataclass
+class _TrainArgs:
+    env: tyro.conf.Positional[Annotated[str | None, tyro.conf.arg(metavar="ENV")]] = None
+    """Environment name (see `eggroll-rl envs`), e.g. CartPole (optional with --resume)."""
+    config: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
+    """YAML or JSON file of settings (field names as keys)."""
+    resume: Annotated[str | None, tyro.conf.arg(metavar="DIR")] = None
+    """Continue the run in DIR from its last checkpoint (ENV may be left out)."""
+    quiet: tyro.conf.FlagCreatePairsOff[bool] = False
+    """No progress bar (errors and the summary only)."""
+    print_config: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Print the resolved config (YAML, usable as --config FILE) and exit."""
+    settings: tyro.conf.OmitArgPrefixes[_Settings] = dataclasses.field(default_factory=_Settings)
+    """Every field of TrainConfig; the defaults shown are those of ENV (or of the --resume run) and --config FILE."""
+
+
+@dataclass
+class _EvalArgs:
+    run_dir: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="RUN_DIR")]]
+    """A run directory written by `eggroll-rl train`."""
+    episodes: Annotated[int, tyro.conf.arg(metavar="K")] = 10
+    """Episodes to evaluate."""
+    video: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
+    """Record one episode: .html for Brax runs, .mp4/.gif for the others (gymnasium)."""
+    policy: Literal["best", "last"] = "best"
+    """Which checkpoint."""
+    device: Device = "auto"
+    """Device."""
+    seed: int = 12345
+    """Seed of the evaluation episodes."""
+    json: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Print the result as JSON."""
+
+
+def _flags(f: dataclasses.Field) -> tuple[str, ...]:
+    """The flags that set field ``f`` of ``TrainConfig``."""
+    name = "--out" if f.name == "out_dir" else "--" + f.name.replace("_", "-")
+    return (name, "--no-" + name[2:]) if f.type in (bool, "bool") else (name,)
+
+
+def _given(argv: list[str], flags: tuple[str, ...]) -> bool:
+    return any(arg in flags or arg.split("=", 1)[0] in flags for arg in argv)
+
+
+def _parse_train(argv: list[str]) -> tuple[_TrainArgs, TrainConfig]:
+    """The train command's arguments and the run's config: per-env defaults (or, with --resume, the run's stored
+    config) < --config FILE < flags."""
     from eggroll_rl.agents.run_dir import RunDirectory
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    # Pass 1 finds ENV, --config and --resume (with generic defaults and no checks; --help waits for pass 2).
+    helping = any(a in ("-h", "--help") for a in argv)
+    first = _tyro(_TrainArgs, [a for a in argv if a not in ("-h", "--help")], "train")
+    if helping and not (first.config is None or Path(first.config).is_file()):
+        first = dataclasses.replace(first, config=None)  # the help does not need it: shown without it
+    if helping and not (first.resume is None or (Path(first.resume) / "config.yaml").is_file()):
+        first = dataclasses.replace(first, resume=None)
     values: dict[str, Any] = {}
-    if args.config:
-        values.update(load_config_file(args.config))
+    if first.config:
+        values.update(load_config_file(first.config))
         file_env = values.pop("env", None)
-        if file_env is not None and args.env is not None and not _same_env(file_env, args.env):
+        if file_env is not None and first.env is not None and not _same_env(file_env, first.env):
             raise ValueError(
-                f"config file {args.config!r} has env={file_env!r} but the command line says {args.env!r}: "
+                f"config file {first.config!r} has env={file_env!r} but the command line says {first.env!r}: "
                 "make them agree or remove env from the file"
             )
-    values.update({k: v for k, v in vars(args).items() if k != "env" and k in names})
+    stored = RunDirectory(first.resume).read_config() if first.resume else None
+    # Pass 2: the same arguments over the defaults that apply (so --help shows them), then the flags given win.
+    shown = _defaults(first.env, stored, values)
+    args = _tyro(_TrainArgs, argv, "train", default=_TrainArgs(settings=_Settings(**shown)))
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "env" and _given(argv, _flags(f)):
+            values[f.name] = getattr(args.settings, f.name)
+    if _given(argv, ("--generations",)) and _given(argv, ("--total-steps",)):
+        raise _UsageError("argument --total-steps: not allowed with argument --generations")
+    if args.env is None and not args.resume:
+        raise _UsageError("ENV is missing: give an environment name (e.g. `eggroll-rl train CartPole`) or --resume DIR")
     # An explicit budget replaces the default budget (steps, generations and time limit together).
     if any(k in values for k in _BUDGET_FIELDS):
         values.setdefault("total_steps", 0)
@@ -159,16 +175,35 @@ def _train_config(args: argparse.Namespace):
         if values["total_steps"] == 0:
             values.setdefault("generations", TrainConfig.generations)
     if not args.resume:
-        return TrainConfig.for_env(args.env, **values)
+        return args, TrainConfig.for_env(args.env, **values)
     if "out_dir" in values and Path(values["out_dir"]).resolve() != Path(args.resume).resolve():
         raise ValueError(
             f"--out {values['out_dir']} and --resume {args.resume} differ; a resumed run writes to its own directory"
         )
-    stored = RunDirectory(args.resume).read_config()
     env = args.env or stored.get("env")  # a different ENV is refused by train() with both names
-    return TrainConfig.from_dict({**stored, **values, "env": env, "out_dir": args.resume})
+    return args, TrainConfig.from_dict({**stored, **values, "env": env, "out_dir": args.resume})
 
 
+def _defaults(env: str | None, stored: dict[str, Any] | None, file_values: dict[str, Any]) -> dict[str, Any]:
+    """The settings --help shows: the env's (or the resumed run's) defaults and the config file, where valid."""
+    base = TrainConfig.from_dict(stored) if stored else TrainConfig.for_env(env) if env else TrainConfig()
+    try:
+        merged = base.replace(**{k: v for k, v in file_values.items() if k in base.to_dict()})
+    except (ValueError, TypeError):  # reported once the flags are in (a flag may fix it)
+        merged = base
+    return {k: v for k, v in merged.to_dict().items() if k != "env"} | {"hidden_sizes": merged.hidden_sizes}
+
+
+def _tyro(cls: type, argv: list[str], command: str, **kwargs: Any) -> Any:
+    return tyro.cli(cls, args=argv, prog=f"{_PROG} {command}", description=_COMMANDS[command] + ".", **kwargs)
+
+
+def _train_config(argv: list[str]) -> TrainConfig:
+    """The config ``eggroll-rl train ARGV`` trains with."""
+    return _parse_train(argv)[1]
+
+
+# --------------------------------------------------------------------------------------------------------- train
 def _same_env(a: Any, b: Any) -> bool:
     """Whether two env names mean the same env (``"cartpole"``, ``"CartPole-v1"``, ``"CartPole"``)."""
     from eggroll_rl.envs.registry import resolve_env
@@ -237,46 +272,30 @@ def _plain_lines(file: typing.TextIO):
 
 
 def _progress_bar(quiet: bool):
-    """A ``progress_fn`` for ``train`` and its closer: a rich (or tqdm) bar on a terminal, plain lines otherwise."""
+    """A ``progress_fn`` for ``train`` and its closer: a rich bar on a terminal, plain lines otherwise."""
     if quiet:
         return None, lambda: None
     try:
         from rich.console import Console
-    except ImportError:
-        Console = None
-    if Console is not None:
-        console = Console()
-        if not console.is_terminal:
-            return _plain_lines(sys.stdout), lambda: None
-        bar = _rich_progress(console)
-        bar.start()
-        task = bar.add_task("train", total=1000, gen=0, ret="-", ev="-", sps="-")
-
-        def update(record: dict[str, Any]) -> None:
-            ev = record.get("eval_return")
-            fields = dict(
-                gen=record["generation"], ret=f"{record['train_return_mean']:.1f}", sps=_si(record["steps_per_s"])
-            )
-            if ev is not None:
-                fields["ev"] = f"{ev:.1f}"
-            bar.update(task, completed=int(1000 * min(record["progress"], 1.0)), **fields)
-
-        return update, bar.stop
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is None or not sys.stderr.isatty():
+    except ImportError:  # rich comes with the cli extra
         return _plain_lines(sys.stdout), lambda: None
-    t = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    console = Console()
+    if not console.is_terminal:
+        return _plain_lines(sys.stdout), lambda: None
+    bar = _rich_progress(console)
+    bar.start()
+    task = bar.add_task("train", total=1000, gen=0, ret="-", ev="-", sps="-")
 
     def update(record: dict[str, Any]) -> None:
-        t.n = int(1000 * record["progress"])
-        t.set_postfix(
-            ret=f"{record['train_return_mean']:.1f}", eval=record.get("eval_return"), sps=_si(record["steps_per_s"])
+        ev = record.get("eval_return")
+        fields = dict(
+            gen=record["generation"], ret=f"{record['train_return_mean']:.1f}", sps=_si(record["steps_per_s"])
         )
+        if ev is not None:
+            fields["ev"] = f"{ev:.1f}"
+        bar.update(task, completed=int(1000 * min(record["progress"], 1.0)), **fields)
 
-    return update, t.close
+    return update, bar.stop
 
 
 def _interrupted_message(exc) -> str:
@@ -293,12 +312,13 @@ def _interrupted_message(exc) -> str:
     )
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_train(argv: list[str]) -> int:
     from eggroll_rl.agents.trainer import TrainingInterrupted, train
 
-    if args.env is None and not args.resume:
-        raise ValueError("ENV is missing: give an environment name (e.g. `eggroll-rl train CartPole`) or --resume DIR")
-    config = _train_config(args)
+    args, config = _parse_train(argv)
+    if args.print_config:
+        print(_yaml(config.to_dict()), end="")
+        return 0
     if not config.out_dir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config = config.replace(out_dir=str(Path("runs") / f"{config.env.replace(':', '_')}_s{config.seed}_{stamp}"))
@@ -323,12 +343,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------- eval
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from eggroll_rl.agents.config import TrainConfig
+def _cmd_eval(argv: list[str]) -> int:
+    from eggroll_rl.agents.builders import build_env, episode_limit
     from eggroll_rl.agents.policy import load_policy
     from eggroll_rl.agents.run_dir import RunDirectory
-    from eggroll_rl.agents.trainer import build_env, episode_limit, evaluate, resolve_device
+    from eggroll_rl.agents.trainer import evaluate
+    from eggroll_rl.envs import resolve_device
 
+    args = _tyro(_EvalArgs, argv, "eval")
     if args.episodes < 1:
         raise ValueError(f"--episodes {args.episodes} is invalid: expected an integer >= 1")
     run = RunDirectory(args.run_dir)
@@ -374,8 +396,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------- envs
-def _cmd_envs(args: argparse.Namespace) -> int:
+def _cmd_envs(argv: list[str]) -> int:
     from eggroll_rl.envs import ENV_SPECS, available_backends
+
+    _tyro(_EnvsArgs, argv, "envs")
 
     installed = set(available_backends())
     backends = ("torch", "gym", "envpool", "brax")
@@ -397,22 +421,52 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _yaml(values: dict[str, Any]) -> str:
+    try:
+        import yaml
+    except ImportError:  # JSON is valid YAML
+        return json.dumps(values, indent=2) + "\n"
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+@dataclass
+class _EnvsArgs:
+    pass
+
+
+def _usage(file: typing.TextIO) -> None:
+    print(f"usage: {_PROG} [-h] {{{','.join(_COMMANDS)}}} ...", file=file)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    if command in (None, "-h", "--help"):  # like tyro's --help and parse errors: SystemExit
+        _usage(sys.stdout if command else sys.stderr)
+        if command is None:
+            print(f"{_PROG}: error: a command is required: {', '.join(_COMMANDS)}", file=sys.stderr)
+            raise SystemExit(2)
+        print("\nEGGROLL low-rank evolution strategies for RL.\n\ncommands:")
+        for name, text in _COMMANDS.items():
+            print(f"  {name:<8}{text} (`{_PROG} {name} --help`)")
+        raise SystemExit(0)
+    if command not in _COMMANDS:
+        _usage(sys.stderr)
+        print(f"{_PROG}: error: invalid command {command!r} (choose from {', '.join(_COMMANDS)})", file=sys.stderr)
+        raise SystemExit(2)
     handlers = {"train": _cmd_train, "eval": _cmd_eval, "envs": _cmd_envs}
     formatwarning = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_, **__: f"eggroll-rl {args.command}: warning: {message}\n"
+    warnings.formatwarning = lambda message, *_, **__: f"{_PROG} {command}: warning: {message}\n"
     try:
-        return handlers[args.command](args)
+        return handlers[command](argv[1:])
     except KeyboardInterrupt:
         # A run that had started is reported by _cmd_train (TrainingInterrupted): this is before or after one.
-        print(f"eggroll-rl {args.command}: interrupted", file=sys.stderr)
+        print(f"{_PROG} {command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         if os.environ.get("EGGROLL_RL_DEBUG"):
             raise
-        print(f"eggroll-rl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{_PROG} {command}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = formatwarning

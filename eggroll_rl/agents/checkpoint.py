@@ -10,23 +10,40 @@ and plain data (dicts, lists, tuples, str, numbers, None) — what the trainer a
 payload carries ``sha256``, a digest of everything else in it (tensor bytes, dtypes, shapes and values), checked on
 load: flipped bytes that still unpickle are a ``CheckpointError`` like a truncated file, not a silently different run.
 Files are created with the permissions of any other file the process writes (``0o666`` less the umask).
+
+A training checkpoint (``TrainState.checkpoint()``) holds everything a generation depends on — strategy, optimizer
+and observation statistics — so resuming from it gives the same curve as an uninterrupted run. The resume rules live
+here too: which config fields a resumed run may change (``RESUMABLE_OVERRIDES``), the checks of ``config.yaml``
+against the checkpoint, and which checkpoint a run continues from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from eggroll_rl.agents.config import TrainConfig
+from eggroll_rl.agents.policy import MLPPolicy, policy_payload
+
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "RESUMABLE_OVERRIDES",
+    "TrainState",
+    "check_checkpoint_config",
+    "check_resume_config",
+    "load_resume_checkpoint",
+    "resume_dir",
     "CheckpointError",
     "UnsafeCheckpointError",
     "CHECKSUM_KEY",
@@ -209,3 +226,145 @@ def load_latest_checkpoint(path: str | os.PathLike, map_location: str | torch.de
             raise CheckpointError(f"{first}; the previous checkpoint cannot be used either: {second}") from second
         warnings.warn(f"{first}. Using the previous checkpoint {str(prev)!r} instead.", RuntimeWarning, stacklevel=2)
         return ckpt, prev
+
+
+# ----------------------------------------------------------------------------------------------- training state
+CHECKPOINT_FORMAT = "eggroll_rl.train_checkpoint/1"
+# Fields a resumed run may change: they alter the budget or the outputs, not the curve.
+RESUMABLE_OVERRIDES = frozenset(
+    {
+        "generations",
+        "total_steps",
+        "time_limit_s",
+        "eval_every",
+        "eval_episodes",
+        "checkpoint_every",
+        "out_dir",
+        "tensorboard",
+        "device",
+    }
+)
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands after ``generation`` completed generations: what a checkpoint holds."""
+
+    config: TrainConfig
+    strategy: Any
+    policy: MLPPolicy
+    generation: int = 0
+    env_steps: int = 0
+    wall_time_s: float = 0.0
+    best_eval_return: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One record (the metrics.jsonl line) per completed generation."""
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The training checkpoint of this state (tensors and plain data only, see the module docstring)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "generation": self.generation,
+            "env_steps": self.env_steps,
+            "wall_time_s": self.wall_time_s,
+            "best_eval_return": self.best_eval_return,
+            "history": self.history,
+            "strategy": self.strategy.state_dict(),
+            "policy": policy_payload(self.policy),
+        }
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from ``checkpoint`` (the strategy must already be ``setup`` on the policy)."""
+        self.strategy.load_state_dict(checkpoint["strategy"])
+        self.policy.load_state_dict(checkpoint["policy"]["state_dict"])
+        self.generation, self.env_steps = checkpoint["generation"], checkpoint["env_steps"]
+        self.wall_time_s, self.best_eval_return = checkpoint["wall_time_s"], checkpoint["best_eval_return"]
+        self.history = list(checkpoint["history"])
+
+
+# ------------------------------------------------------------------------------------------------------ resuming
+def resume_dir(config: TrainConfig, resume: str | os.PathLike | bool | None) -> Path | None:
+    """The run directory ``train(config, resume=resume)`` continues, or None for a new run (``resume=True``:
+    ``config.out_dir`` if it holds a run, i.e. its ``config.yaml`` exists)."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        if not config.out_dir:
+            raise ValueError(
+                "resume=True continues the run in config.out_dir, but out_dir='' (no run directory); set out_dir "
+                "or leave resume=None"
+            )
+        return Path(config.out_dir) if (Path(config.out_dir) / "config.yaml").is_file() else None
+    if isinstance(resume, (str, os.PathLike)):
+        return Path(resume)
+    raise TypeError(f"resume={resume!r} is invalid: expected a run directory (str or Path), True or None")
+
+
+def check_resume_config(stored: dict[str, Any], config: TrainConfig) -> TrainConfig:
+    """The config a resumed run continues with: the stored one, with budget/output overrides from ``config``.
+
+    Raises ``ValueError`` when ``config`` is for another environment or changes a field that alters the curve.
+    """
+    stored_cfg = TrainConfig.from_dict(stored)
+    if stored_cfg.env != config.env:
+        raise ValueError(
+            f"resume: the run directory was trained on env={stored_cfg.env!r}, but env={config.env!r} was given; "
+            "resume it with the same env or start a new run in another directory"
+        )
+    changes = {}
+    for name, value in config.to_dict().items():
+        old = stored_cfg.to_dict()[name]
+        if value == old:
+            continue
+        if name not in RESUMABLE_OVERRIDES:
+            raise ValueError(
+                f"resume: {name}={value!r} differs from the run being resumed ({name}={old!r}); a resumed run keeps "
+                f"its settings except {sorted(RESUMABLE_OVERRIDES)}"
+            )
+        changes[name] = value
+    return stored_cfg.replace(**changes) if changes else stored_cfg
+
+
+def check_checkpoint_config(stored: dict[str, Any], checkpoint_config: Any, source: str | Path) -> None:
+    """Raise ``ValueError`` listing the fields where ``config.yaml`` (``stored``) and the checkpoint's config differ.
+
+    Only ``RESUMABLE_OVERRIDES`` may differ: the checkpoint holds the state the run reached with its own settings,
+    so an edited seed, sigma, ... in ``config.yaml`` would continue it as another run.
+    """
+    if not isinstance(checkpoint_config, dict):
+        raise CheckpointError(f"checkpoint {str(source)!r} holds no config: not an eggroll_rl training checkpoint")
+    yaml_cfg = TrainConfig.from_dict(stored).to_dict()
+    ckpt_cfg = TrainConfig.from_dict(checkpoint_config).to_dict()
+    diffs = [
+        f"{name} (config.yaml: {value!r}, checkpoint: {ckpt_cfg[name]!r})"
+        for name, value in yaml_cfg.items()
+        if name not in RESUMABLE_OVERRIDES and value != ckpt_cfg[name]
+    ]
+    if diffs:
+        raise ValueError(
+            f"resume: config.yaml differs from the checkpoint {str(source)!r} in {'; '.join(diffs)}. The checkpoint "
+            "holds the run as trained with its own settings: put them back in config.yaml (only "
+            f"{sorted(RESUMABLE_OVERRIDES)} may change on resume) or start a new run in another directory"
+        )
+
+
+def load_resume_checkpoint(last: str | os.PathLike, stored: dict[str, Any]) -> dict[str, Any] | None:
+    """The training checkpoint a run continues from: ``last`` (its ``checkpoints/last.pt``) or, if that is damaged,
+    the one before it; checked against the run's ``config.yaml`` (``stored``). None: the run never wrote one, it
+    starts at generation 0."""
+    last = Path(last)
+    if not last.exists() and not last.with_name(f"{last.stem}.prev{last.suffix}").exists():
+        # Only a run from before generation-0 checkpoints can be in this state; its config.yaml says it all.
+        warnings.warn(
+            f"{str(last.parent.parent)!r} holds no checkpoint (a run stopped before its first one): it starts again "
+            "from generation 0 with its config.yaml",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of train() (train -> RunWriter.open -> here)
+        )
+        return None
+    checkpoint, source = load_latest_checkpoint(last)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{source} is not an eggroll_rl training checkpoint")
+    check_checkpoint_config(stored, checkpoint.get("config"), source)
+    return checkpoint

@@ -7,36 +7,30 @@ so a bad value fails before any environment is created.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import json
-import math
 import os
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "ACTIVATIONS",
-    "ACTION_MODES",
-    "BACKENDS",
-    "DEVICES",
-    "ENV_DEFAULTS",
-    "SCHEDULES",
-    "TrainConfig",
-    "field_docs",
-    "load_config_file",
-]
+from eggroll_rl.choices import (
+    ActionMode,
+    Activation,
+    BraxBackend,
+    Device,
+    EnvBackend,
+    FitnessShaping,
+    NoiseKind,
+    Optimizer,
+    Schedule,
+    options,
+)
+from eggroll_rl.validation import check_choice, check_int, check_number, invalid
 
-ACTIVATIONS = ("pqn", "tanh", "relu", "silu")
-ACTION_MODES = ("tanh", "clip")
-BACKENDS = ("auto", "torch", "gym", "envpool", "brax")
-DEVICES = ("auto", "cuda", "cpu")
-SCHEDULES = ("constant", "linear", "exponential")
-OPTIMIZERS = ("adam", "adamw", "sgd", "none")
-FITNESS_SHAPINGS = ("zscore", "centered_rank", "none")
+__all__ = ["ENV_DEFAULTS", "TrainConfig", "load_config_file"]
 
 
 @dataclass
@@ -45,15 +39,15 @@ class TrainConfig:
 
     env: str = "CartPole"
     """Environment name from the registry (``eggroll-rl envs``), e.g. CartPole, Pendulum, HalfCheetah."""
-    backend: str = "auto"
+    backend: EnvBackend = "auto"
     """Environment backend: auto (fastest installed for the device), torch, gym, envpool or brax."""
-    device: str = "auto"
+    device: Device = "auto"
     """Device for policy and (where the backend allows) environment: auto (cuda if available), cuda or cpu."""
     seed: int = 0
     """Seed of the noise, the environment resets and the policy's initial weights."""
     env_kwargs: dict = field(default_factory=dict)
     """Extra keyword arguments passed to ``make_env`` (backend-specific, e.g. gym's ``vectorization_mode``)."""
-    brax_backend: str = "positional"
+    brax_backend: BraxBackend = "positional"
     """Physics pipeline when the env runs on Brax: generalized, positional, spring or mjx."""
     env_checks: bool = True
     """Raise on NaN/inf env outputs. On CUDA the torch-native and Brax envs read their check flags every 64 steps
@@ -76,11 +70,11 @@ class TrainConfig:
     """Perturbation scale sigma (initial value when sigma_schedule is not constant)."""
     lr: float = 0.05
     """Learning rate (initial value when lr_schedule is not constant)."""
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     """Optimizer applied to the ES gradient: adam, adamw, sgd or none (plain p += lr * g)."""
     antithetic: bool = True
     """Mirrored sampling: members 2j and 2j+1 use noise +E_j and -E_j."""
-    fitness_shaping: str = "centered_rank"
+    fitness_shaping: FitnessShaping = "centered_rank"
     """Fitness shaping: zscore, centered_rank or none."""
     noise_reuse: int = 0
     """Reuse the same noise for this many consecutive generations (0: fresh noise every generation)."""
@@ -90,13 +84,13 @@ class TrainConfig:
     """Clip the global norm of the ES gradient to this value (0: no clipping)."""
     weight_decay: float = 0.0
     """Weight decay of the optimizer."""
-    noise: str = "gaussian"
+    noise: NoiseKind = "gaussian"
     """Noise distribution of the perturbations: gaussian or rademacher."""
-    lr_schedule: str = "constant"
+    lr_schedule: Schedule = "constant"
     """Learning-rate schedule over the budget: constant, linear or exponential."""
     lr_end_factor: float = 0.1
     """Final learning rate as a fraction of lr (linear and exponential schedules)."""
-    sigma_schedule: str = "constant"
+    sigma_schedule: Schedule = "constant"
     """Sigma schedule over the budget: constant, linear or exponential."""
     sigma_end_factor: float = 0.1
     """Final sigma as a fraction of sigma (linear and exponential schedules)."""
@@ -104,9 +98,9 @@ class TrainConfig:
     # --- policy -------------------------------------------------------------------------------------------------
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the MLP policy."""
-    activation: str = "pqn"
+    activation: Activation = "pqn"
     """Hidden activation: pqn (relu(layernorm(x))), tanh, relu or silu."""
-    action_mode: str = "tanh"
+    action_mode: ActionMode = "tanh"
     """Continuous actions: tanh (squash into the bounds) or clip (clip to the bounds)."""
     obs_norm: bool = True
     """Normalize observations with a running mean/std fed by the live steps of the whole population."""
@@ -175,33 +169,16 @@ class TrainConfig:
 
     # --- validation ---------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field, its value and what is expected."""
-
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
-
+        """Raise ``ValueError`` (``TypeError`` for a value of the wrong kind) naming the field, its value and what
+        is expected (``eggroll_rl.validation``'s message shape)."""
         if not isinstance(self.env, str) or not self.env:
-            raise bad("env", "a non-empty environment name")
-        choices = {
-            "backend": BACKENDS,
-            "device": DEVICES,
-            "optimizer": OPTIMIZERS,
-            "fitness_shaping": FITNESS_SHAPINGS,
-            "noise": ("gaussian", "rademacher"),
-            "lr_schedule": SCHEDULES,
-            "sigma_schedule": SCHEDULES,
-            "activation": ACTIVATIONS,
-            "action_mode": ACTION_MODES,
-            "brax_backend": ("generalized", "positional", "spring", "mjx"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"one of {list(allowed)}")
-        positive_ints = ("population", "rank", "episodes_per_member", "eval_episodes", "checkpoint_every")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(name, "an integer >= 1")
+            raise invalid("env", self.env, "a non-empty environment name")
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if typing.get_origin(hints[f.name]) is typing.Literal:  # a closed set from eggroll_rl.choices
+                check_choice(f.name, getattr(self, f.name), options(hints[f.name]))
+        for name in ("population", "rank", "episodes_per_member", "eval_episodes", "checkpoint_every"):
+            check_int(name, getattr(self, name), lo=1)
         for name in (
             "generations",
             "total_steps",
@@ -211,33 +188,27 @@ class TrainConfig:
             "eval_every",
             "cpu_threads",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(name, "an integer >= 0")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**31:
-            raise bad("seed", "an integer in [0, 2**31)")
+            check_int(name, getattr(self, name), lo=0)
+        check_int("seed", self.seed, lo=0, hi=2**31 - 1)
         for name in ("sigma", "lr"):
-            value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
-                raise bad(name, "a finite number > 0")
+            check_number(name, getattr(self, name), lo=0, lo_inclusive=False)
         for name in ("lr_end_factor", "sigma_end_factor"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0 < value <= 1e6:
-                raise bad(name, "a number > 0")
+            if check_number(name, getattr(self, name), lo=0, lo_inclusive=False) > 1e6:
+                raise invalid(name, getattr(self, name), "a finite number > 0 and <= 1e6")
         for name in ("grad_clip", "weight_decay", "obs_clip", "time_limit_s"):
-            value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
-                raise bad(name, "a finite number >= 0")
+            check_number(name, getattr(self, name), lo=0)
         if self.generations == 0 and self.total_steps == 0:
             raise ValueError("generations=0 and total_steps=0: give a budget (generations > 0 or total_steps > 0)")
         if self.antithetic and self.population % 2:
-            raise bad("population", "an even number when antithetic=True (members come in +/- pairs)")
+            raise invalid(
+                "population", self.population, "an even number when antithetic=True (members come in +/- pairs)"
+            )
         if self.group_size and self.population % self.group_size:
-            raise bad("group_size", f"a divisor of population={self.population}")
+            raise invalid("group_size", self.group_size, f"a divisor of population={self.population}")
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-            raise bad("hidden_sizes", "one or more positive layer widths")
+            raise invalid("hidden_sizes", self.hidden_sizes, "one or more positive layer widths")
         if not isinstance(self.env_kwargs, dict):
-            raise bad("env_kwargs", "a dict")
+            raise invalid("env_kwargs", self.env_kwargs, "a dict")
         cores = os.cpu_count() or 1
         if self.cpu_threads > cores:
             # More threads than cores oversubscribes the CPU: a generation gets many times slower, not faster.
@@ -258,10 +229,6 @@ def _layer_widths(value: Any) -> tuple[int, ...]:
     raise ValueError(
         f"hidden_sizes={value!r} is invalid: expected a layer width or a list of them (integers, e.g. [64, 64])"
     )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _canonical_env_key(name: str) -> str:
@@ -326,24 +293,6 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         checkpoint_every=20,
     ),
 }
-
-
-def field_docs(cls: type = TrainConfig) -> dict[str, str]:
-    """Map each dataclass field to the docstring written under it (used for CLI help and docs)."""
-    source = inspect.getsource(cls)
-    tree = ast.parse(source)
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eggroll_rl.agents.config import ACTION_MODES, ACTIVATIONS
+from eggroll_rl.choices import ActionMode, Activation, options
+from eggroll_rl.validation import check_choice
 
 __all__ = [
     "MLPPolicy",
@@ -27,6 +28,7 @@ __all__ = [
     "make_policy",
     "save_policy",
     "load_policy",
+    "policy_payload",
     "space_info",
 ]
 
@@ -40,16 +42,11 @@ class PQNActivation(nn.Module):
         return F.relu(F.layer_norm(x, x.shape[-1:]))
 
 
-def _activation(name: str) -> nn.Module:
-    if name == "pqn":
-        return PQNActivation()
-    if name == "tanh":
-        return nn.Tanh()
-    if name == "relu":
-        return nn.ReLU()
-    if name == "silu":
-        return nn.SiLU()
-    raise ValueError(f"activation={name!r} is invalid: expected one of {list(ACTIVATIONS)}")
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"pqn": PQNActivation, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def _activation(name: Activation) -> nn.Module:
+    return _ACTIVATIONS[check_choice("activation", name, options(Activation))]()
 
 
 class ObservationNormalizer(nn.Module):
@@ -127,10 +124,10 @@ class MLPPolicy(nn.Module):
         action_dim: int,
         discrete: bool,
         hidden_sizes: Sequence[int] = (64, 64),
-        activation: str = "pqn",
+        activation: Activation = "pqn",
         action_low: float | Sequence[float] | torch.Tensor = -1.0,
         action_high: float | Sequence[float] | torch.Tensor = 1.0,
-        action_mode: str = "tanh",
+        action_mode: ActionMode = "tanh",
         obs_norm: bool = True,
         obs_clip: float = 10.0,
     ) -> None:
@@ -139,8 +136,7 @@ class MLPPolicy(nn.Module):
             raise ValueError(f"obs_dim={obs_dim} is invalid: expected >= 1")
         if action_dim < 1:
             raise ValueError(f"action_dim={action_dim} is invalid: expected >= 1")
-        if action_mode not in ACTION_MODES:
-            raise ValueError(f"action_mode={action_mode!r} is invalid: expected one of {list(ACTION_MODES)}")
+        check_choice("action_mode", action_mode, options(ActionMode))
         hidden_sizes = [int(h) for h in hidden_sizes]
         if any(h < 1 for h in hidden_sizes):
             raise ValueError(f"hidden_sizes={hidden_sizes} is invalid: expected positive widths")
@@ -224,8 +220,8 @@ def make_policy(
     observation_space: Any,
     action_space: Any,
     hidden_sizes: Sequence[int] = (64, 64),
-    activation: str = "pqn",
-    action_mode: str = "tanh",
+    activation: Activation = "pqn",
+    action_mode: ActionMode = "tanh",
     obs_norm: bool = True,
     obs_clip: float = 10.0,
 ) -> MLPPolicy:
@@ -257,17 +253,22 @@ def make_policy(
     )
 
 
-def save_policy(policy: MLPPolicy, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
-    """Write a self-contained policy file (constructor spec + weights + normalization), atomically."""
-    from eggroll_rl.agents.checkpoint import atomic_torch_save
-
-    payload = {
+def policy_payload(policy: MLPPolicy, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The self-contained record of ``policy`` (constructor spec + weights + normalization, on the CPU) that
+    ``save_policy`` writes and a training checkpoint embeds; ``load_policy`` reads it back."""
+    return {
         "format": POLICY_FORMAT,
         "spec": dict(policy.spec),
         "state_dict": {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
         "extra": dict(extra or {}),
     }
-    atomic_torch_save(payload, path)
+
+
+def save_policy(policy: MLPPolicy, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+    """Write a self-contained policy file (``policy_payload``), atomically."""
+    from eggroll_rl.agents.checkpoint import atomic_torch_save
+
+    atomic_torch_save(policy_payload(policy, extra), path)
 
 
 def load_policy(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> MLPPolicy:

@@ -15,6 +15,9 @@ Layout::
 A run directory is a run once ``config.yaml`` exists, and from then on ``checkpoints/last.pt`` exists too (the
 trainer writes a generation-0 checkpoint before the config), so every run can be resumed. ``docs/run_directories.md``
 has the whole story: locking, the checks on resume, signals.
+
+``RunWriter`` is what ``train`` calls to write all of this: it opens (or resumes) the directory and then, like a
+``progress_fn``, takes each generation's record.
 """
 
 from __future__ import annotations
@@ -30,9 +33,26 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from eggroll_rl.agents.checkpoint import atomic_write_text
+from eggroll_rl.agents.checkpoint import (
+    TrainState,
+    atomic_write_text,
+    check_resume_config,
+    load_resume_checkpoint,
+    resume_dir,
+    rotate_and_save,
+)
+from eggroll_rl.agents.config import TrainConfig
+from eggroll_rl.agents.policy import save_policy
 
-__all__ = ["RunDirectory", "RunLock", "RunLockedError", "CSV_COLUMNS", "read_metrics", "plot_learning_curve"]
+__all__ = [
+    "RunDirectory",
+    "RunLock",
+    "RunLockedError",
+    "RunWriter",
+    "CSV_COLUMNS",
+    "read_metrics",
+    "plot_learning_curve",
+]
 
 CSV_COLUMNS = (
     "generation", "env_steps", "wall_time_s", "train_return_mean", "train_return_max", "train_return_min",
@@ -232,6 +252,114 @@ class RunDirectory:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class RunWriter:
+    """The run-directory callback of ``train``: holds the directory's lock and writes config, metrics, checkpoints
+    and the learning curve.
+
+    ``open`` checks the directory (and, to resume, its config and checkpoint) before any environment is built;
+    ``start`` writes the generation-0 checkpoint and ``config.yaml``; ``on_generation`` logs each generation and
+    saves the best policy and the periodic checkpoint; ``close`` writes the curve and releases the lock.
+    """
+
+    def __init__(self, run: RunDirectory, lock: RunLock, saved_generation: int | None, title: str = "") -> None:
+        self.run, self._lock, self._title = run, lock, title
+        self._history: list[dict[str, Any]] = []
+        self.saved_generation = saved_generation
+        """Generations completed in ``checkpoints/last.pt`` (None: no checkpoint yet)."""
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @classmethod
+    def open(
+        cls, config: TrainConfig, resume: str | os.PathLike | bool | None
+    ) -> tuple[RunWriter | None, TrainConfig, dict[str, Any] | None]:
+        """Check and lock the run directory of ``train(config, resume=resume)``.
+
+        Returns the writer (None when ``config.out_dir`` is ''), the config the run trains with (a resumed run's
+        stored config with the allowed overrides) and the checkpoint it continues from (None: generation 0).
+        """
+        from eggroll_rl.envs import resolve_env
+
+        checkpoint, lock = None, None
+        try:
+            continued = resume_dir(config, resume)
+            if continued is not None:
+                stored_run = RunDirectory(continued)
+                stored_run.read_config()  # "not a run directory" before anything is created there
+                lock = RunLock(continued)
+                lock.acquire()  # before reading: a run still training there would change what is read
+                stored = stored_run.read_config()
+                config = check_resume_config(stored, config.replace(out_dir=str(continued)))
+                checkpoint = load_resume_checkpoint(stored_run.last_checkpoint, stored)
+            resolve_env(config.env)  # an unknown name fails here, with close matches
+            if not config.out_dir:
+                return None, config, checkpoint
+            run = RunDirectory(config.out_dir, tensorboard=config.tensorboard)
+            if continued is None and run.holds_run():
+                raise ValueError(
+                    f"out_dir={config.out_dir!r} already holds a run (config.yaml); resume it with resume=/--resume "
+                    "or choose another directory"
+                )
+            run.check_writable()
+            if continued is None:
+                lock = RunLock(run.path)
+                lock.acquire()
+                if run.holds_run():  # started by another process between the check above and the lock
+                    raise ValueError(f"out_dir={config.out_dir!r} already holds a run (config.yaml) started just now")
+                run.remove_stale_checkpoints()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        saved = checkpoint["generation"] if checkpoint is not None else None
+        return cls(run, lock, saved, title=f"EGGROLL on {config.env}"), config, checkpoint
+
+    def start(self, state: TrainState) -> None:
+        """Before the first generation: the generation-0 checkpoint (before config.yaml, so a directory that holds
+        a run can always be resumed), config.yaml and the metrics files."""
+        self._history = state.history  # the learning curve's records, appended to by the trainer
+        if self.saved_generation is None:
+            self.save_checkpoint(state)
+        self.run.write_config(state.config.to_dict())
+        self.run.start_metrics(state.history, state.generation)
+
+    def on_generation(
+        self, state: TrainState, record: dict[str, Any], improved: bool, done: bool, env_info: dict[str, Any]
+    ) -> None:
+        """After each generation: the best policy (``improved``: this generation's evaluation is the best so far),
+        the metrics line, and the checkpoint every ``checkpoint_every`` generations and at the end (``done``)."""
+        config = state.config
+        if improved:
+            save_policy(
+                state.policy,
+                self.run.best_checkpoint,
+                extra={
+                    "eval_return": state.best_eval_return,
+                    "generation": record["generation"],
+                    "env": config.env,
+                    "backend": env_info.get("backend", config.backend),
+                    "env_id": env_info.get("env_id", config.env),
+                },
+            )
+        self.run.log(record)
+        if done or state.generation % config.checkpoint_every == 0:
+            self.save_checkpoint(state)
+
+    def save_checkpoint(self, state: TrainState) -> None:
+        rotate_and_save(state.checkpoint(), self.run.last_checkpoint)
+        self.saved_generation = state.generation
+
+    def close(self) -> None:
+        """Close the metrics files, write the learning curve and release the lock."""
+        try:
+            self.run.close()
+            plot_learning_curve(self._history, self.run.curve_path, title=self._title)
+        finally:
+            self._lock.release()
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from eggroll_rl.agents.config import SCHEDULES
+from eggroll_rl.choices import Schedule, options
+from eggroll_rl.validation import check_choice
 
 __all__ = ["schedule_value"]
 
@@ -13,8 +14,7 @@ def schedule_value(kind: str, initial: float, end_factor: float, progress: float
     ``constant``: ``initial``. ``linear``: from ``initial`` to ``initial * end_factor`` in a straight line.
     ``exponential``: the same end points, geometric in between (a constant decay factor per unit of progress).
     """
-    if kind not in SCHEDULES:
-        raise ValueError(f"schedule kind={kind!r} is invalid: expected one of {list(SCHEDULES)}")
+    check_choice("kind", kind, options(Schedule))
     if initial <= 0 or end_factor <= 0:
         raise ValueError(f"initial={initial} and end_factor={end_factor} must be > 0")
     p = min(max(float(progress), 0.0), 1.0)

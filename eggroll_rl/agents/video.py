@@ -24,34 +24,19 @@ __all__ = ["check_video_path", "record_video", "video_env_id"]
 
 def video_env_id(config: TrainConfig) -> tuple[str, str]:
     """``(kind, id)`` used to render ``config.env``: ``("brax", name)`` or ``("gym", gymnasium_id)``."""
-    from eggroll_rl.envs.registry import ENV_SPECS
+    from eggroll_rl.envs.registry import resolve_env
 
     name = config.env
-    if ":" in name:
-        prefix, _, ident = name.partition(":")
-        if prefix == "brax":
-            return "brax", ident
-        spec = next((s for s in ENV_SPECS.values() if ident in (s.gym, s.envpool, s.torch)), None)
-        if spec is None or spec.gym is None:
-            if prefix == "gym":
-                return "gym", ident
-            raise ValueError(f"no gymnasium renderer for env {name!r}")
-        return "gym", spec.gym
-    key = "".join(ch for ch in name.lower() if ch not in "-_ ")
-    spec = next(
-        (
-            s
-            for s in ENV_SPECS.values()
-            if key
-            in {
-                "".join(c for c in (i or "").lower() if c not in "-_ ")
-                for i in (s.name, s.gym, s.envpool, s.brax, s.torch)
-            }
-        ),
-        None,
-    )
-    if spec is None:
-        raise ValueError(f"unknown env {name!r}")
+    prefix, _, ident = name.partition(":") if ":" in name else ("", "", name)
+    if prefix == "brax":
+        return "brax", ident
+    spec = resolve_env(name)  # ValueError naming close matches for an unknown name
+    if prefix:
+        if spec is not None and spec.gym is not None:
+            return "gym", spec.gym
+        if prefix == "gym":
+            return "gym", ident
+        raise ValueError(f"no gymnasium renderer for env {name!r}")
     if config.backend == "brax" or (config.backend == "auto" and spec.gym is None and spec.brax is not None):
         return "brax", spec.brax
     if spec.gym is None:

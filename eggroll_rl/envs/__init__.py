@@ -15,7 +15,7 @@ import os
 if "jax" not in __import__("sys").modules:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from .base import Box, Discrete, NonFiniteError, Space, StepResult, VecEnv  # noqa: E402
+from .base import Box, Discrete, NonFiniteError, Space, StepResult, VecEnv, resolve_device  # noqa: E402
 from .registry import (  # noqa: E402
     AUTO_ORDER,
     BACKENDS,
@@ -25,6 +25,7 @@ from .registry import (  # noqa: E402
     list_envs,
     make_env,
     resolve_env,
+    select_backend,
 )
 from .torch_native import TORCH_ENVS, Acrobot, CartPole, MountainCarContinuous, Pendulum, TorchNativeEnv  # noqa: E402
 
@@ -48,5 +49,7 @@ __all__ = [
     "available_backends",
     "list_envs",
     "make_env",
+    "resolve_device",
     "resolve_env",
+    "select_backend",
 ]

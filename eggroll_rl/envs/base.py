@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Box", "Discrete", "Space", "VecEnv", "NonFiniteError", "StepResult"]
+__all__ = ["Box", "Discrete", "Space", "VecEnv", "NonFiniteError", "StepResult", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -93,15 +93,20 @@ class NonFiniteError(FloatingPointError):
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → CUDA if available, else CPU; ``"cuda"`` → ``cuda:<current index>``."""
-    if device is None:
+    """The torch device that ``device`` names: ``None`` or ``"auto"`` → CUDA if available, else CPU; ``"cuda"`` →
+    ``cuda:<current index>``; anything else as ``torch.device`` reads it.
+
+    The one device rule of the package (envs, trainer and CLI). Raises ``ValueError`` for a CUDA device when torch
+    sees no GPU.
+    """
+    if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     requested = device
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={str(requested)!r} is not available: torch sees no CUDA GPU (torch.cuda.is_available() is "
-            "False); expected 'cpu' or None (CUDA if available, else CPU)"
+            "False); expected 'cpu', 'auto' or None (CUDA if available, else CPU)"
         )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())

@@ -29,11 +29,14 @@ from typing import Any
 
 import torch
 
+from eggroll_rl.choices import BraxBackend, options
+from eggroll_rl.validation import check_choice, check_int
+
 from .base import Box, NonFiniteError, StepResult, VecEnv, resolve_device
 
 __all__ = ["BraxVecEnv", "import_brax", "BRAX_BACKENDS"]
 
-BRAX_BACKENDS = ("generalized", "positional", "spring", "mjx")
+BRAX_BACKENDS = options(BraxBackend)
 
 
 def _configure_jax_memory() -> None:
@@ -215,13 +218,11 @@ class BraxVecEnv(VecEnv):
             raise ValueError(f"check_every must be a positive int, got {check_every!r}")
         self.check_every = check_every
         self._since_check = 0
-        if brax_backend not in BRAX_BACKENDS:
-            raise ValueError(f"brax_backend must be one of {BRAX_BACKENDS}, got {brax_backend!r}")
+        check_choice("brax_backend", brax_backend, BRAX_BACKENDS)
         known = sorted(brax_envs._envs) if hasattr(brax_envs, "_envs") else None
         if known is not None and env_name not in known:
             raise ValueError(f"env_name {env_name!r} is not a Brax env; known: {known}")
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_int("num_envs", num_envs, lo=1)
         if int(episode_length) < 1:
             raise ValueError(f"episode_length must be >= 1, got {episode_length}")
         self._jax = jax

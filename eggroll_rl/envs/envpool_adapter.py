@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eggroll_rl.validation import check_int
+
 from .base import Discrete, StepResult, VecEnv, resolve_device, space_from_gymnasium
 
 __all__ = ["EnvPoolVecEnv", "import_envpool"]
@@ -64,8 +66,7 @@ class EnvPoolVecEnv(VecEnv):
         **make_kwargs: Any,
     ) -> None:
         envpool = import_envpool()
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_int("num_envs", num_envs, lo=1)
         batch_size = num_envs if batch_size is None else int(batch_size)
         if not 1 <= batch_size <= num_envs:
             raise ValueError(f"batch_size must be in [1, num_envs={num_envs}], got {batch_size}")

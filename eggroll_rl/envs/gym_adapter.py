@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eggroll_rl.validation import check_int
+
 from .base import Discrete, StepResult, VecEnv, resolve_device, space_from_gymnasium
 
 __all__ = ["GymVecEnv", "import_gymnasium", "quiet_mujoco_warnings"]
@@ -97,8 +99,7 @@ class GymVecEnv(VecEnv):
 
         if vectorization_mode not in ("sync", "async"):
             raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_int("num_envs", num_envs, lo=1)
         vector_kwargs = dict(make_kwargs.pop("vector_kwargs", {}) or {})
         vector_kwargs["autoreset_mode"] = AutoresetMode.SAME_STEP
         if vectorization_mode == "async" and "jax" in sys.modules:

@@ -21,11 +21,23 @@ from typing import Any
 
 import torch
 
+from eggroll_rl.choices import EnvBackend, options
+from eggroll_rl.validation import check_choice
+
 from .base import VecEnv, resolve_device
 
-__all__ = ["EnvSpec", "ENV_SPECS", "BACKENDS", "AUTO_ORDER", "make_env", "list_envs", "available_backends"]
+__all__ = [
+    "EnvSpec",
+    "ENV_SPECS",
+    "BACKENDS",
+    "AUTO_ORDER",
+    "make_env",
+    "list_envs",
+    "available_backends",
+    "select_backend",
+]
 
-BACKENDS = ("torch", "gym", "envpool", "brax")
+BACKENDS = tuple(b for b in options(EnvBackend) if b != "auto")  # the env packages; "auto" picks one
 AUTO_ORDER = {"cuda": ("torch", "brax", "envpool", "gym"), "cpu": ("torch", "envpool", "gym", "brax")}
 _EXTRAS = {"gym": "gym", "envpool": "envpool", "brax": "brax", "torch": None}
 _PACKAGES = {"gym": ("gymnasium",), "envpool": ("envpool",), "brax": ("brax", "jax"), "torch": ()}
@@ -110,8 +122,8 @@ def _jax_has_gpu() -> bool:
 
 def list_envs(backend: str | None = None) -> list[str]:
     """Friendly env names (sorted); with ``backend``, only those that backend has."""
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend is not None:
+        check_choice("backend", backend, BACKENDS)
     return sorted(n for n, s in ENV_SPECS.items() if backend is None or s.id_for(backend) is not None)
 
 
@@ -190,10 +202,20 @@ def make_env(
         ValueError: unknown name (close matches suggested) or a backend that does not have the env.
         ImportError: the backend's package is not installed (the message names the pip extra).
     """
-    spec, pinned, pinned_id = _lookup(name)
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     dev = resolve_device(device)
+    backend, env_id = _select(name, backend, dev)
+    return _build(backend, env_id, num_envs=num_envs, device=dev, seed=seed, **kwargs)
+
+
+def select_backend(name: str, backend: str = "auto", device: str | torch.device | None = None) -> str:
+    """The backend ``make_env(name, backend, device=device)`` builds the env with (``"auto"`` resolved), without
+    building it. Raises as ``make_env`` does for an unknown name or a backend that does not have the env."""
+    return _select(name, backend, resolve_device(device))[0]
+
+
+def _select(name: str, backend: str, dev: torch.device) -> tuple[str, str]:
+    spec, pinned, pinned_id = _lookup(name)
+    check_choice("backend", backend, options(EnvBackend))
     if pinned is not None:
         if backend not in ("auto", pinned):
             raise ValueError(f"name {name!r} pins backend {pinned!r} but backend={backend!r} was given")
@@ -210,12 +232,15 @@ def make_env(
             raise ImportError(f"no backend for {spec.name!r} is installed; install one of: {extras}")
         backend = usable[0]
         env_id = spec.id_for(backend) or ""
-
     else:
         env_id = spec.id_for(backend)
         if env_id is None:
             have = [b for b in BACKENDS if spec.id_for(b)]
             raise ValueError(f"env {spec.name!r} has no {backend!r} version; backends that have it: {have}")
+    return backend, env_id
+
+
+def _build(backend: str, env_id: str, num_envs: int, device: torch.device, seed: int, **kwargs: Any) -> VecEnv:
     if not _installed(backend):
         raise _missing_backend(backend)
     if backend == "torch":
@@ -223,15 +248,15 @@ def make_env(
 
         if env_id not in TORCH_ENVS:
             raise ValueError(f"no torch-native env {env_id!r}; available: {sorted(TORCH_ENVS)}")
-        return TORCH_ENVS[env_id](num_envs=num_envs, device=dev, seed=seed, **kwargs)
+        return TORCH_ENVS[env_id](num_envs=num_envs, device=device, seed=seed, **kwargs)
     if backend == "gym":
         from .gym_adapter import GymVecEnv
 
-        return GymVecEnv(env_id, num_envs=num_envs, device=dev, seed=seed, **kwargs)
+        return GymVecEnv(env_id, num_envs=num_envs, device=device, seed=seed, **kwargs)
     if backend == "envpool":
         from .envpool_adapter import EnvPoolVecEnv
 
-        return EnvPoolVecEnv(env_id, num_envs=num_envs, device=dev, seed=seed, **kwargs)
+        return EnvPoolVecEnv(env_id, num_envs=num_envs, device=device, seed=seed, **kwargs)
     from .brax_adapter import BraxVecEnv
 
-    return BraxVecEnv(env_id, num_envs=num_envs, device=dev, seed=seed, **kwargs)
+    return BraxVecEnv(env_id, num_envs=num_envs, device=device, seed=seed, **kwargs)

@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from eggroll_rl.validation import check_int
+
 from .base import Box, Discrete, NonFiniteError, Space, StepResult, VecEnv, resolve_device
 
 __all__ = ["TorchNativeEnv", "CartPole", "Pendulum", "Acrobot", "MountainCarContinuous", "TORCH_ENVS"]
@@ -60,8 +62,7 @@ class TorchNativeEnv(VecEnv):
         check_actions: bool = True,
         check_every: int | None = None,
     ) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_int("num_envs", num_envs, lo=1)
         if check_every is not None and (not isinstance(check_every, int) or check_every < 1):
             raise ValueError(f"check_every must be a positive int or None, got {check_every!r}")
         if dtype not in (torch.float32, torch.float64):

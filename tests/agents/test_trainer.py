@@ -187,27 +187,23 @@ def test_gym_backend(tmp_path):
 
 def test_build_env_gives_brax_its_physics_backend(monkeypatch):
     import eggroll_rl.envs as envs
-    from eggroll_rl.agents.trainer import build_env
+    from eggroll_rl.agents.builders import build_env
 
     calls = []
 
-    class FakeBrax:
-        backend = "brax"
-
-        def __init__(self, brax_backend="positional", **kwargs):
-            self.brax_backend = brax_backend
-
-        def close(self):
-            pass
-
     def fake_make_env(name, backend="auto", **kwargs):
         calls.append((backend, dict(kwargs)))
-        return FakeBrax(brax_backend=kwargs.get("brax_backend", "positional"))
+        return object()
 
     monkeypatch.setattr(envs, "make_env", fake_make_env)
     cfg = TrainConfig.for_env("HalfCheetah", device="cpu")
-    env = build_env(cfg, 4, torch.device("cpu"), seed=0)
-    assert env.brax_backend == "spring"
-    assert calls[0][0] == "auto" and "brax_backend" not in calls[0][1]  # auto could pick EnvPool/gymnasium
-    assert calls[1][0] == "brax" and calls[1][1]["brax_backend"] == "spring"
-    assert calls[1][1]["check_finite"] is True  # HalfCheetah keeps the (deferred) env checks
+    for picked in ("brax", "envpool"):  # what backend="auto" picks (Brax on a GPU, EnvPool on a CPU)
+        monkeypatch.setattr(envs, "select_backend", lambda name, backend, device, picked=picked: picked)
+        calls.clear()
+        build_env(cfg, 4, torch.device("cpu"), seed=0)
+        (call,) = calls  # built once
+        assert call[0] == "auto" and call[1]["check_finite"] is True  # HalfCheetah keeps the (deferred) env checks
+        if picked == "brax":
+            assert call[1]["brax_backend"] == "spring"
+        else:
+            assert "brax_backend" not in call[1]  # EnvPool/gymnasium do not take it

@@ -217,22 +217,22 @@ def test_meta_fitness_is_a_value_error():
 
 
 def test_config_file_env_must_agree_with_the_command_line(tmp_path, capsys):
-    from eggroll_rl.cli import _train_config, build_parser
+    from eggroll_rl.cli import _train_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("env: Pendulum\npopulation: 8\n")
     _one_line_error(*_err(capsys, ["train", "CartPole", "--config", str(cfg)]), "env='Pendulum'", "'CartPole'")
     cfg.write_text("env: cartpole\npopulation: 8\n")  # the same env, spelled otherwise
-    config = _train_config(build_parser().parse_args(["train", "CartPole", "--config", str(cfg)]))
+    config = _train_config(["CartPole", "--config", str(cfg)])
     assert config.env == "CartPole" and config.population == 8
 
 
 def test_hidden_sizes_as_one_int(tmp_path):
-    from eggroll_rl.cli import _train_config, build_parser
+    from eggroll_rl.cli import _train_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("hidden_sizes: 32\n")
-    config = _train_config(build_parser().parse_args(["train", "CartPole", "--config", str(cfg)]))
+    config = _train_config(["CartPole", "--config", str(cfg)])
     assert config.hidden_sizes == (32,)
     assert TrainConfig(hidden_sizes=[16, 8]).hidden_sizes == (16, 8)
     for bad in ("64", [32.5], None, [True]):

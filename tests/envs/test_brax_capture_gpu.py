@@ -17,8 +17,8 @@ jax = pytest.importorskip("jax")
 
 from eggroll_rl import EggrollStrategy  # noqa: E402
 from eggroll_rl.agents import TrainConfig, train  # noqa: E402
+from eggroll_rl.agents.builders import build_policy  # noqa: E402
 from eggroll_rl.agents.rollout import population_act, rollout  # noqa: E402
-from eggroll_rl.agents.trainer import build_policy  # noqa: E402
 from eggroll_rl.envs import make_env  # noqa: E402
 
 

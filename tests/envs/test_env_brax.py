@@ -104,7 +104,7 @@ def test_brax_gpu_zero_copy_matches_raw_jax():
 
 
 def test_unknown_brax_backend():
-    with pytest.raises(ValueError, match="brax_backend must be one of"):
+    with pytest.raises(ValueError, match=r"brax_backend='warp' is invalid: expected one of \['generalized'"):
         make_env("brax:halfcheetah", num_envs=1, device="cpu", brax_backend="warp")
 
 
