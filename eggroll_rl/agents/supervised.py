@@ -243,8 +243,9 @@ class EGGROLLTrainer:
         """The current model's (or the current ``iterate()`` member's) mean loss on the batch, a 0-d tensor."""
         if not self.predicts:
             return _loss_of(self.model, batch, labels, is_training)
-        rows = batch.shape[0] if isinstance(batch, torch.Tensor) else len(batch)
-        return self._sample_losses(self.model(batch), labels, rows).mean()
+        predictions = self.model(batch)
+        rows = predictions.shape[0] if isinstance(predictions, torch.Tensor) and predictions.dim() else 0
+        return self._sample_losses(predictions, labels, rows).mean()
 
     def _losses_loop(self, pop, batch, labels) -> torch.Tensor:
         return torch.stack([self._mean_loss(batch, labels, True) for _ in pop.iterate()]).to(torch.float32)
