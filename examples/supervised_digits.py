@@ -38,7 +38,7 @@ class Args:
     parallel op waits for its other threads to be scheduled."""
     budget_s: float = 120.0
     """Wall-clock budget of each EGGROLL run in seconds (training stops at the first epoch boundary past it)."""
-    epochs: int = 60
+    epochs: int = 30
     """Most EGGROLL epochs (passes over the training set)."""
     n_workers: int = 512
     """EGGROLL population size (even)."""
@@ -46,6 +46,8 @@ class Args:
     """Noise scale."""
     lr: float = 0.02
     """EGGROLL learning rate (Adam on the ES gradient)."""
+    lr_final: float = 0.1
+    """The learning rate decays linearly over ``epochs`` to this fraction of ``lr``."""
     rank: int = 4
     """Rank of each matrix perturbation."""
     batch_size: int = 128
@@ -128,6 +130,7 @@ def train_eggroll(model: nn.Module, data, args: Args, device: torch.device) -> d
     start = time.perf_counter()
     epochs_done = steps = 0
     for epoch in range(args.epochs):
+        trainer.strategy.lr = args.lr * (1.0 - (1.0 - args.lr_final) * epoch / max(args.epochs - 1, 1))
         order = torch.randperm(len(x_tr), generator=gen).to(device)
         for i in range(0, len(x_tr) - args.batch_size + 1, args.batch_size):  # full batches only
             idx = order[i : i + args.batch_size]
