@@ -194,4 +194,13 @@ def test_bad_losses_and_labels():
     with pytest.raises(TypeError, match="labels=None is invalid"):
         _train(_mlp(), x, None, steps=1)
     with pytest.raises(TypeError, match="must return the predictions as a tensor"):
-        _train(SeedModel(), x, y, steps=1, loss_fn="cross_entropy")
+        _train(DictOutput(), x, y, steps=1, loss_fn="cross_entropy")
+
+
+class DictOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, batch):
+        return {"logits": self.net(batch)}
