@@ -66,6 +66,7 @@ __all__ = [
     "factor_noise",
     "vector_noise",
     "member_noise_and_sign",
+    "unique_noise_ids",
 ]
 
 NOISE_TYPES = options(NoiseKind)
@@ -237,3 +238,14 @@ def member_noise_and_sign(member_ids: torch.Tensor, antithetic: bool) -> tuple[t
     if antithetic:
         return member_ids // 2, 1.0 - 2.0 * (member_ids % 2).to(torch.float32)
     return member_ids, torch.ones(member_ids.shape, dtype=torch.float32, device=member_ids.device)
+
+
+def unique_noise_ids(j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct noise indices of ``j`` ``(R,)`` (ascending) and each row's position among them.
+
+    Rows sorted by noise index (a batch repeated per member, ``arange(N).repeat_interleave(B)``) take an O(R)
+    scan instead of ``torch.unique``'s sort, which dominates a CPU forward of that many rows.
+    """
+    if j.numel() > 1 and bool((j[1:] >= j[:-1]).all()):
+        return torch.unique_consecutive(j, return_inverse=True)
+    return torch.unique(j, return_inverse=True)

@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import kernels
 from .module import ParamSpec
-from .noise import member_noise_and_sign
+from .noise import member_noise_and_sign, unique_noise_ids
 
 if TYPE_CHECKING:
     from .population import PerturbationContext
@@ -280,7 +280,7 @@ class PopulationMode(TorchFunctionMode):
 
     def _unique(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._uniq is None:
-            self._uniq = torch.unique(self.j, return_inverse=True)
+            self._uniq = unique_noise_ids(self.j)
         return self._uniq
 
     def _row_delta(self, spec: ParamSpec) -> torch.Tensor:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, vector_noise
+from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, unique_noise_ids, vector_noise
 from ..validation import check_int
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, tl, triton
 from .philox import noise_block
@@ -501,14 +501,22 @@ def perturbed_linear_reference(
 
     rows = x.shape[0]
     j, s = member_noise_and_sign(member_ids, antithetic)
-    uniq, inv = torch.unique(j, return_inverse=True)
+    uniq, inv = unique_noise_ids(j)
     y = y.reshape(rows, -1, m).to(torch.float32)
     xr = x.reshape(rows, -1, n).to(torch.float32)
     if weight_index is not None:
         scale = (sigma / math.sqrt(rank)) * s
-        A = noise_source("A", uniq)[inv] * scale[:, None, None]  # (R, m, r), scaled
-        B = noise_source("B", uniq)[inv]  # (R, n, r)
-        y = y + torch.bmm(torch.bmm(xr, B), A.transpose(1, 2))
+        num = uniq.shape[0]
+        if rows % num == 0 and bool((inv == torch.arange(num, device=inv.device).repeat_interleave(rows // num)).all()):
+            # Rows grouped by noise index in equal runs (a batch repeated per member): one (x B) A^T per group
+            # instead of gathering every row's factors.
+            t = torch.bmm(xr.reshape(num, -1, n), noise_source("B", uniq)).reshape(rows, -1, rank)
+            t = t * scale[:, None, None]
+            y = y + torch.bmm(t.reshape(num, -1, rank), noise_source("A", uniq).transpose(1, 2)).reshape(y.shape)
+        else:
+            A = noise_source("A", uniq)[inv] * scale[:, None, None]  # (R, m, r), scaled
+            B = noise_source("B", uniq)[inv]  # (R, n, r)
+            y = y + torch.bmm(torch.bmm(xr, B), A.transpose(1, 2))
     if bias_index is not None:
         y = y + ((sigma * s)[:, None] * noise_source("eps", uniq)[inv])[:, None, :]
     return y.to(x.dtype).reshape(*x.shape[:-1], -1)
