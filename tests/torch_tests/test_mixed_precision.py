@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from es_helpers import make_strategy
+from es_helpers import make_strategy, materialized_forward
 
 NUM_MEMBERS = 16
 NUM_STEPS = 64
@@ -163,3 +163,20 @@ def test_user_optimizer_on_low_precision_parameters_warns(device):
     with pytest.warns(UserWarning, match="master weights"):
         st.setup(model)
     assert st.state_dict()["master"] == {}
+
+
+def test_batched_forward_under_autocast_matches_the_materialized_member(device):
+    """A float32 model run under bf16 autocast: each perturbed layer computes in bf16, as F.linear does there."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 4)).to(device)
+    st = make_strategy(device, sigma=0.1, rank=2)
+    st.setup(model)
+    x = torch.randn(8, 10, device=device)
+    with st.perturb(8, epoch=0) as pop:
+        exact = torch.cat([materialized_forward(model, pop, x[i : i + 1], i) for i in range(8)])
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            y = pop.batched_forward(model, x)
+            ref = torch.cat([materialized_forward(model, pop, x[i : i + 1], i) for i in range(8)])
+    assert y.dtype == ref.dtype == torch.bfloat16
+    # Within a few times the error autocast itself makes on the materialized member.
+    assert (y.float() - exact).abs().max() <= 3 * (ref.float() - exact).abs().max() + 1e-3
