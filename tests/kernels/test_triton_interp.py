@@ -129,6 +129,19 @@ def test_lowrank_apply_vs_twin(gram_max):
     assert abs(sq.item() / G.square().sum().item() - 1) <= 1e-5
 
 
+def test_lowrank_apply_into_a_float32_master_of_a_bf16_model():
+    """A bf16 model's float32 master copy: the update is built from bf16 factors and added in float32."""
+    kw = dict(seed=5, param_index=1, t_eff=2, noise_ids=torch.tensor([3, 1, 4, 0]),
+              weights=torch.tensor([0.5, -1.0, 2.0, 0.25]), m=80, n=70, rank=2)  # fmt: skip
+    p0 = torch.randn(80, 70)
+    p = p0.clone()
+    sq = update.lowrank_apply_triton(p, 1e-3, factor_dtype=torch.bfloat16, **kw)
+    G = update.lowrank_update_reference(**kw)
+    assert p.dtype == torch.float32
+    assert ((p - p0 - 1e-3 * G).norm() / (1e-3 * G.norm())).item() <= 1e-2
+    assert abs(sq.item() / G.square().sum().item() - 1) <= 2e-2  # a squared norm: twice G's relative error
+
+
 def test_lowrank_update_chunked():
     kw = dict(seed=1, param_index=0, t_eff=0, noise_ids=torch.arange(5), weights=torch.randn(5), m=20, n=30, rank=2)
     got = update.lowrank_update_triton(chunk_elements=2 * 2 * (20 + 30), **kw)  # two noise indices per chunk
