@@ -133,6 +133,7 @@ class PopulationMode(TorchFunctionMode):
             x, weight, bias, self.ids, seed=self.st.seed, weight_index=ws.index if ws else None,
             bias_index=bs.index if bs else None, t_eff=self.ctx.t_eff, sigma=self.st.sigma, rank=self.st.rank,
             antithetic=self.st.antithetic, noise=self.st.noise, paired=self.paired,
+            check_paired=False,  # batched_forward derived `paired` from these ids (no sync per layer)
             noise_source=lambda what, uniq: self.ctx.noise_of(bs if what == "eps" else ws, what, uniq),
         )  # fmt: skip
 

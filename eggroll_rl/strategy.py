@@ -42,6 +42,9 @@ _SIGMA_LARGE = 1e3
 _SEED_BOUND = 1 << 32  # the seed is the generator's uint32 key
 _CLIP_EPS = 1e-12  # keeps the clip scale finite when the gradient is 0
 _STATE_VERSION = 1
+# Parameters of these dtypes get a float32 master copy: an in-place add into a bf16 weight drops every update below
+# half a bf16 step (about |w| * 2**-9), and Adam's second moment in bf16 cannot follow beta2 = 0.999.
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def _check_bool(name: str, value) -> bool:
@@ -74,6 +77,17 @@ class EggrollStrategy:
         seed: the noise seed (uint32).
         allow_cpu: run on CPU tensors through the pure-torch path (tests, CI, small experiments).
         noise: ``"gaussian"`` (default) or ``"rademacher"`` (+-1 factors, cheaper to generate).
+
+    Mixed precision: each bf16/fp16 evolved parameter gets a float32 master copy at ``setup()``, as mixed-precision
+    trainers keep one. ``step()`` and the optimizer (whose state is then float32 too) act on the master copies and
+    the model's parameters are refreshed from them (rounded to their dtype) after each step, so updates smaller
+    than half a bf16 step accumulate instead of vanishing. The population is evaluated from the model's parameters
+    in their own dtype. ``state_dict()`` carries the master copies. A change made to such a parameter outside the
+    strategy (``model.load_state_dict``, an in-place edit; not one through ``.data``) is noticed by its version
+    counter at the next ``step()`` and, when the value differs from the rounded master, replaces the master.
+    Float32 parameters have no copy: they are updated in place as before. A user's optimizer instance keeps the
+    parameters it was given (no master copies; a warning says so for low-precision ones).
+    Under ``torch.autocast`` the perturbed linear layers compute in the autocast dtype, as ``F.linear`` would.
     """
 
     def __init__(
@@ -124,6 +138,10 @@ class EggrollStrategy:
         self._user_optimizer = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
         self.optimizer: torch.optim.Optimizer | None = None
         self.num_steps = 0
+        # Per evolved parameter: its float32 master copy (None: the parameter itself is updated), and the
+        # (version counter, data pointer) the parameter had when last written from the master.
+        self._masters: list[torch.Tensor | None] = []
+        self._synced: list[tuple[int, int] | None] = []
 
     # ----------------------------------------------------------------- settings
     def _noise_settings(self) -> dict[str, Any]:
@@ -313,12 +331,60 @@ class EggrollStrategy:
         self._check_rank_fits(self._rank, specs)
         self.es_module = es_module
         self.specs = specs
+        self._masters = self._make_masters(specs)
+        self._synced = [self._param_key(s) if m is not None else None for s, m in zip(specs, self._masters)]
         self.optimizer = self._make_optimizer()
+
+    def _make_masters(self, specs: list[ParamSpec]) -> list[torch.Tensor | None]:
+        low = [s for s in specs if s.param.dtype in _LOW_PRECISION]
+        if low and self._user_optimizer is not None:
+            warnings.warn(
+                f"setup(model): parameters {[s.name for s in low]} are {low[0].param.dtype}, and the optimizer "
+                "instance given to EggrollStrategy updates them in that dtype, where steps below half a step of "
+                "the dtype are lost; pass optimizer='adam' (or another name) to get float32 master weights",
+                UserWarning,
+                stacklevel=3,
+            )
+            return [None] * len(specs)
+        return [
+            s.param.detach().to(torch.float32, memory_format=torch.contiguous_format).clone()
+            if s.param.dtype in _LOW_PRECISION
+            else None
+            for s in specs
+        ]
+
+    @staticmethod
+    def _param_key(spec: ParamSpec) -> tuple[int, int]:
+        return spec.param._version, spec.param.data_ptr()
+
+    def _target(self, i: int) -> torch.Tensor:
+        """What the update of parameter ``i`` writes: its float32 master copy, or the parameter itself."""
+        master = self._masters[i]
+        return self.specs[i].param if master is None else master
+
+    @torch.no_grad()
+    def _sync_masters(self) -> None:
+        """Adopt a change made to a low-precision parameter outside the strategy (its version counter moved)."""
+        for i, (spec, master) in enumerate(zip(self.specs, self._masters)):
+            if master is None or self._param_key(spec) == self._synced[i]:
+                continue
+            p = spec.param.detach()
+            if not torch.equal(p, master.to(p.dtype)):  # rewritten with the same value (iterate()): keep the master
+                master.copy_(p)
+            self._synced[i] = self._param_key(spec)
+
+    @torch.no_grad()
+    def _refresh_params(self) -> None:
+        """Write the master copies into the model's parameters (rounded to their dtype)."""
+        for i, (spec, master) in enumerate(zip(self.specs, self._masters)):
+            if master is not None:
+                spec.param.detach().copy_(master)
+                self._synced[i] = self._param_key(spec)
 
     def _make_optimizer(self) -> torch.optim.Optimizer | None:
         if self._user_optimizer is not None:
             return self._user_optimizer
-        params = [s.param for s in self.specs]
+        params = [self._target(i) for i in range(len(self.specs))]
         kw = dict(self.optimizer_kwargs)
         kw.setdefault("weight_decay", self.weight_decay)
         if self.optimizer_name is None:
@@ -409,6 +475,7 @@ class EggrollStrategy:
             raise ValueError(f"fitnesses are on the meta device (shape only, no values); expected values on {device}")
         f = check_fitness(fitnesses, num_members, device)
         z = shape_fitness(f, self.fitness_shaping, self.group_size)
+        self._sync_masters()
         if self.optimizer is None and not self.weight_decay and self.grad_clip is None:
             # Plain ascent: add lr * g straight into each parameter (no gradient buffer, no copy of the weights).
             grad_norm = self._apply_fused(z, num_members, epoch)
@@ -419,11 +486,11 @@ class EggrollStrategy:
             if self.grad_clip is not None and grad_norm > self.grad_clip:
                 scale = self.grad_clip / (grad_norm + _CLIP_EPS)
                 grads = [g * scale for g in grads]
-            before = [s.param.detach().clone() for s in self.specs]
+            targets = [self._target(i) for i in range(len(self.specs))]
+            before = [p.detach().clone() for p in targets]
             self._apply(grads)
-            update_norm = torch.sqrt(
-                sum((s.param.detach() - b).float().pow(2).sum() for s, b in zip(self.specs, before))
-            )
+            update_norm = torch.sqrt(sum((p.detach() - b).float().pow(2).sum() for p, b in zip(targets, before)))
+        self._refresh_params()
         self.num_steps += 1
         self._stepped, self._last = self._last, None  # one update per evaluated population
         f_var, f_mean = torch.var_mean(f, unbiased=False)
@@ -456,20 +523,23 @@ class EggrollStrategy:
         noise_ids, w_j = self._noise_weights(shaped, num_members)
         t_eff = self.t_eff(epoch)
         sq = torch.zeros((), dtype=torch.float32, device=shaped.device)
-        for spec in self.specs:
+        for i, spec in enumerate(self.specs):
+            p = self._target(i)
             common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
             if spec.kind == "matrix":
-                target = spec.param.data.reshape(spec.m, spec.n)  # a view unless the parameter is not contiguous
+                target = p.data.reshape(spec.m, spec.n)  # a view unless the parameter is not contiguous
+                # factor_dtype is the model's: bf16 factors for a bf16 model on the GPU (see update.py), whose
+                # error is relative to the update, not to the weights.
                 sq = sq + kernels.lowrank_apply(
                     target, self._lr, weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
                     factor_dtype=spec.param.dtype, **common,
                 )  # fmt: skip
-                if not spec.param.is_contiguous():
-                    spec.param.data.copy_(target.view(spec.param.shape))
+                if not p.is_contiguous():
+                    p.data.copy_(target.view(p.shape))
             else:
                 g = kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
                 sq = sq + g.square().sum()
-                spec.param.data.add_(g.view(spec.param.shape).to(spec.param.dtype), alpha=self._lr)
+                p.data.add_(g.view(p.shape).to(p.dtype), alpha=self._lr)
         return torch.sqrt(sq)
 
     def estimate_gradient(self, shaped: torch.Tensor, num_members: int, epoch: int) -> list[torch.Tensor]:
@@ -491,18 +561,18 @@ class EggrollStrategy:
 
     @torch.no_grad()
     def _apply(self, grads: list[torch.Tensor]) -> None:
+        targets = [self._target(i) for i in range(len(self.specs))]
         if self.optimizer is None:
-            for spec, g in zip(self.specs, grads):
-                p = spec.param
+            for p, g in zip(targets, grads):
                 if self.weight_decay:
                     p.mul_(1.0 - self._lr * self.weight_decay)
                 p.add_(g.to(p.dtype), alpha=self._lr)
             return
-        for spec, g in zip(self.specs, grads):
-            spec.param.grad = (-g).to(spec.param.dtype)
+        for p, g in zip(targets, grads):
+            p.grad = (-g).to(p.dtype)
         self.optimizer.step()
-        for spec in self.specs:
-            spec.param.grad = None
+        for p in targets:
+            p.grad = None
 
     # ----------------------------------------------------------------- checkpoints
     def config(self) -> dict[str, Any]:
@@ -515,8 +585,13 @@ class EggrollStrategy:
         }  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit-exactly: config, counters, optimizer state, evolved parameters."""
+        """Everything needed to continue bit-exactly: config, counters, optimizer state, evolved parameters.
+
+        ``"master"`` maps the name of each low-precision parameter to its float32 master copy (see the class
+        docstring); a state without it (older versions) loads with the masters taken from ``"params"``.
+        """
         self._require_setup("state_dict()")
+        self._sync_masters()
         return {
             "version": _STATE_VERSION,
             "config": self.config(),
@@ -524,6 +599,7 @@ class EggrollStrategy:
             "last_perturb": self._last,
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "params": {s.name: s.param.detach().clone() for s in self.specs},
+            "master": {s.name: m.clone() for s, m in zip(self.specs, self._masters) if m is not None},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -539,16 +615,21 @@ class EggrollStrategy:
         if not isinstance(params, dict) or set(params) != names:
             stored = sorted(params) if isinstance(params, dict) else type(params).__name__
             raise ValueError(f"load_state_dict: parameters {stored} do not match the model's {sorted(names)}")
-        for spec in self.specs:
-            value = params[spec.name]
+        masters = state.get("master", {})
+        if not isinstance(masters, dict) or not set(masters) <= names:
+            stored = sorted(masters) if isinstance(masters, dict) else type(masters).__name__
+            raise ValueError(f"load_state_dict: master weights {stored} are not among the model's {sorted(names)}")
+        checks = [(spec.name, params[spec.name], spec) for spec in self.specs]
+        checks += [(f"{spec.name} (master)", masters[spec.name], spec) for spec in self.specs if spec.name in masters]
+        for name, value, spec in checks:
             if not isinstance(value, torch.Tensor):
                 raise ValueError(
-                    f"load_state_dict: parameter {spec.name!r} is stored as {type(value).__name__}; expected a "
+                    f"load_state_dict: parameter {name!r} is stored as {type(value).__name__}; expected a "
                     f"tensor of shape {tuple(spec.param.shape)}"
                 )
             if value.shape != spec.param.shape:
                 raise ValueError(
-                    f"load_state_dict: parameter {spec.name!r} is stored with shape {tuple(value.shape)}, but the "
+                    f"load_state_dict: parameter {name!r} is stored with shape {tuple(value.shape)}, but the "
                     f"model's has shape {tuple(spec.param.shape)}"
                 )
         # Check every setting on a scratch strategy (the properties' own validators) before changing anything.
@@ -571,8 +652,15 @@ class EggrollStrategy:
         self._fitness_shaping = cfg["fitness_shaping"]
         self.sigma, self.grad_clip, self.weight_decay = cfg["sigma"], cfg["grad_clip"], cfg["weight_decay"]
         with torch.no_grad():
-            for spec in self.specs:
-                spec.param.copy_(params[spec.name])
+            for i, spec in enumerate(self.specs):
+                value = masters.get(spec.name, params[spec.name])  # the float32 master when there is one
+                master = self._masters[i]
+                if master is None:
+                    spec.param.copy_(value)
+                else:
+                    master.copy_(value)
+                    spec.param.copy_(master)
+                    self._synced[i] = self._param_key(spec)
         if self.optimizer is not None and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.lr = cfg["lr"]

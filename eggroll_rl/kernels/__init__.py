@@ -65,15 +65,17 @@ def perturbed_linear(
     antithetic: bool,
     noise: str = "gaussian",
     paired: bool = False,
+    check_paired: bool = True,
     noise_source: NoiseSource | None = None,
 ) -> torch.Tensor:
     """``y = x W^T + b + (sigma s/sqrt r)(x B_j) A_j^T + sigma s eps_j``, ``(R, ..., n) -> (R, ..., m)``.
 
     See ``linear.perturbed_linear_reference`` for the arguments; ``noise_source`` reaches only the twin
-    (the kernel generates the noise in registers).
+    (the kernel generates the noise in registers). Both paths check a ``paired=True`` promise (a host sync)
+    unless ``check_paired=False``, and both compute in the autocast dtype under ``torch.autocast``.
     """
     kw = dict(seed=seed, weight_index=weight_index, bias_index=bias_index, t_eff=t_eff, sigma=sigma, rank=rank,
-              antithetic=antithetic, noise=noise, paired=paired)  # fmt: skip
+              antithetic=antithetic, noise=noise, paired=paired, check_paired=check_paired)  # fmt: skip
     if use_triton(x.device):
         return _linear.perturbed_linear_triton(x, weight, bias, member_ids, **kw)
     return _linear.perturbed_linear_reference(x, weight, bias, member_ids, noise_source=noise_source, **kw)

@@ -15,6 +15,7 @@ launch, and the noise of a pair of rows that share ``j`` (antithetic members ``2
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -34,6 +35,7 @@ WIDE_WARPS = 8
 NARROW_WARPS = 4
 MAX_ROWS_PER_PROGRAM = 16
 INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks (fast on the CPU, same values)
+_AUTOCAST_DEVICES = ("cpu", "cuda")  # device types torch.autocast knows (others raise when asked)
 
 
 @triton.jit
@@ -306,6 +308,52 @@ def lowrank_delta_kernel(
                 )
 
 
+# --- what the launcher and the twin share ------------------------------------------------------------------------
+
+
+def linear_operands(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+    """``(x, weight, bias, autocast)`` in the dtype ``F.linear`` computes in.
+
+    Under ``torch.autocast`` for ``x``'s device, the float16/bfloat16/float32 operands are cast to the autocast
+    dtype, as autocast does for ``F.linear`` (the result is then in that dtype); ``autocast`` says so, and the
+    caller runs the rest with autocast off so that its float32 parts stay float32. Otherwise the three must have
+    one dtype (``F.linear`` refuses mixed dtypes too): a TypeError says what to do.
+    """
+    autocast = x.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(x.device.type)
+    if autocast:
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias = (t.to(dtype) if t is not None and t.dtype in FLOAT_DTYPES else t for t in (x, weight, bias))
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(
+                f"perturbed linear: {name} has dtype {t.dtype} but the input x has dtype {x.dtype}; a layer's "
+                "input and parameters must share a dtype: cast the model or the input (model.to(x.dtype)), or run "
+                "the forward under torch.autocast, which computes the layer in the autocast dtype"
+            )
+    return x, weight, bias, autocast
+
+
+def _autocast_off(autocast: bool, device_type: str):
+    return torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext()
+
+
+def check_pairs(member_ids: torch.Tensor, antithetic: bool) -> None:
+    """Raise unless rows ``2q`` and ``2q+1`` share their noise index, as ``paired=True`` promises (a host sync)."""
+    full = member_ids.shape[0] // 2 * 2
+    j, _ = member_noise_and_sign(member_ids[:full], antithetic)
+    bad = (j[0::2] != j[1::2]).nonzero()
+    if bad.numel():
+        q = int(bad[0, 0])
+        a, b = (int(v) for v in member_ids[2 * q : 2 * q + 2])
+        raise ValueError(
+            f"paired=True promises that rows 2q and 2q+1 share their noise index (antithetic members 2j, 2j+1 in "
+            f"order), but rows {2 * q} and {2 * q + 1} are members {a} and {b} (noise indices {int(j[2 * q])} and "
+            f"{int(j[2 * q + 1])}, antithetic={antithetic}); pass paired=False"
+        )
+
+
 # --- launcher ----------------------------------------------------------------------------------------------------
 
 
@@ -338,6 +386,7 @@ def perturbed_linear_triton(
     antithetic: bool,
     noise: str = "gaussian",
     paired: bool = False,
+    check_paired: bool = True,
     block_max: int | None = None,
     tile: int | None = None,
     num_warps: int | None = None,
@@ -350,16 +399,13 @@ def perturbed_linear_triton(
     # -- check --
     if x.dim() < 2:
         raise ValueError(f"x must be (rows, ..., in_features), got shape {tuple(x.shape)}")
+    x, weight, bias, autocast = linear_operands(x, weight, bias)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x has dtype {x.dtype}; expected one of {FLOAT_DTYPES}")
     if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
         raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (out_features, {x.shape[-1]})")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"weight has dtype {weight.dtype}; expected x's dtype {x.dtype}")
-    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != x.dtype):
-        raise ValueError(
-            f"bias has shape {tuple(bias.shape)} and dtype {bias.dtype}; expected ({weight.shape[0]},) {x.dtype}"
-        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({weight.shape[0]},)")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device}; expected x's device {x.device}")
@@ -368,9 +414,19 @@ def perturbed_linear_triton(
     check_int("rank", rank, 1)
     for name, v in (("seed", seed), ("t_eff", t_eff)):
         check_int(name, v)
-    if weight_index is None and bias_index is None:
-        return F.linear(x, weight, bias)
+    if paired and check_paired:
+        check_pairs(ids, antithetic)
+    with _autocast_off(autocast, x.device.type):
+        if weight_index is None and bias_index is None:
+            return F.linear(x, weight, bias)
+        return _perturbed_linear_triton(
+            x, weight, bias, ids, seed=seed, weight_index=weight_index, bias_index=bias_index, t_eff=t_eff,
+            sigma=sigma, rank=rank, antithetic=antithetic, noise=noise, paired=paired, block_max=block_max,
+            tile=tile, num_warps=num_warps,
+        )  # fmt: skip
 
+
+def _perturbed_linear_triton(x, weight, bias, ids, *, paired, **kw):
     # -- one row of x2 per vector: each member's rows repeated --
     per_row = math.prod(x.shape[1:-1])
     x2 = x.reshape(-1, x.shape[-1])
@@ -380,11 +436,7 @@ def perturbed_linear_triton(
     paired = per_row % 2 == 0 or paired
 
     # -- launch: D = perturbation + bias, then D += x W^T --
-    d = lowrank_delta(
-        x2, weight.shape[0], bias, ids, seed=seed, weight_index=weight_index, bias_index=bias_index, t_eff=t_eff,
-        sigma=sigma, rank=rank, antithetic=antithetic, noise=noise, paired=paired, block_max=block_max, tile=tile,
-        num_warps=num_warps,
-    )  # fmt: skip
+    d = lowrank_delta(x2, weight.shape[0], bias, ids, paired=paired, **kw)
     if INTERPRET and x.dtype != torch.float32:
         # The interpreter's bf16/fp16 matmul is unreliable; the GPU path below is what runs for real.
         y = (d.float() + x2.float() @ weight.float().T).to(x.dtype)
@@ -468,6 +520,7 @@ def perturbed_linear_reference(
     antithetic: bool,
     noise: str = "gaussian",
     paired: bool = False,
+    check_paired: bool = True,
     noise_source: NoiseSource | None = None,
 ) -> torch.Tensor:
     """``y = x W^T + b + (sigma s/sqrt r) (x B_j) A_j^T + sigma s eps_j`` for every row, in float32.
@@ -478,15 +531,30 @@ def perturbed_linear_reference(
         member_ids: ``(R,)`` int64 member of each row.
         weight_index / bias_index: the parameters' indices ``k`` in the noise contract, or None when that
             parameter is not evolved (no noise added for it).
-        paired: a hint that rows ``2q`` and ``2q+1`` share their noise index (the kernel then generates it once);
-            the result does not depend on it.
+        paired: a promise that rows ``2q`` and ``2q+1`` share their noise index (the kernel then generates it
+            once); the result does not depend on it, but a broken promise raises a ValueError.
+        check_paired: check that promise (one host sync); False when the caller has checked these ids already
+            (``batched_forward`` does, once per ids tensor; a CUDA graph capture cannot sync).
         noise_source: ``noise_source(what, noise_ids)`` gives ``A`` ``(U, m, r)`` (``what="A"``), ``B``
             ``(U, n, r)`` (``"B"``) or ``eps`` ``(U, m)`` (``"eps"``) of the unique noise indices ``noise_ids``,
             float32, so a caller can reuse noise it holds (the strategy keeps a ``perturb()`` block's); default:
             generated from the contract (``eggroll_rl.noise``). The kernel always generates it in registers.
     Returns:
-        ``(R, ..., m)`` in ``x.dtype``.
+        ``(R, ..., m)`` in ``x.dtype``, or in the autocast dtype under ``torch.autocast`` (``linear_operands``).
     """
+    x, weight, bias, autocast = linear_operands(x, weight, bias)
+    if paired and check_paired:
+        check_pairs(torch.as_tensor(member_ids, device=x.device), antithetic)
+    with _autocast_off(autocast, x.device.type):
+        return _perturbed_linear_reference(
+            x, weight, bias, member_ids, seed=seed, weight_index=weight_index, bias_index=bias_index, t_eff=t_eff,
+            sigma=sigma, rank=rank, antithetic=antithetic, noise=noise, noise_source=noise_source,
+        )  # fmt: skip
+
+
+def _perturbed_linear_reference(
+    x, weight, bias, member_ids, *, seed, weight_index, bias_index, t_eff, sigma, rank, antithetic, noise, noise_source
+):
     y = F.linear(x, weight, bias)
     if weight_index is None and bias_index is None:
         return y

@@ -218,7 +218,9 @@ def lowrank_apply_triton(
     When all factors fit one chunk, ``J r <= gram_max`` and the norm's Gram GEMMs cost at most a quarter
     of the update's (``4 J r (m + n) <= m n``), one GEMM adds ``alpha At^T Bt`` into ``param``
     in place (cuBLAS, beta = 1, float32 accumulation, one rounding to the parameter's dtype) and the norm comes
-    from ``||At^T Bt||^2 = sum((At At^T) * (Bt Bt^T))``. Otherwise ``G`` is built in float32 and added.
+    from ``||At^T Bt||^2 = sum((At At^T) * (Bt Bt^T))``. Otherwise ``G`` is built in float32 and added; also for
+    a float32 ``param`` with a bf16/fp16 ``factor_dtype`` (a low-precision model's float32 master copy): ``G``
+    then comes from bf16 factors on tensor cores instead of a float32 GEMM into ``param``.
     """
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
               rank=rank, noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements)  # fmt: skip
@@ -226,6 +228,7 @@ def lowrank_apply_triton(
     # The Gram matrices cost 2 (J r)^2 (m + n) FLOPs against the update's 2 J r m n: take them up to a quarter.
     fits = J * rank <= gram_max and 4 * J * rank * (m + n) <= m * n
     fits = fits and J <= chunk_elements // (rank * (m + n))
+    fits = fits and not (param.dtype == torch.float32 and factor_dtype in (torch.bfloat16, torch.float16))
     if not fits or J == 0 or param.dtype not in FLOAT_DTYPES or (INTERPRET and param.dtype != torch.float32):
         G = lowrank_update_triton(**kw)
         param.add_(G.to(param.dtype), alpha=alpha)

@@ -129,6 +129,19 @@ def test_lowrank_apply_vs_twin(gram_max):
     assert abs(sq.item() / G.square().sum().item() - 1) <= 1e-5
 
 
+def test_lowrank_apply_into_a_float32_master_of_a_bf16_model():
+    """A bf16 model's float32 master copy: the update is built from bf16 factors and added in float32."""
+    kw = dict(seed=5, param_index=1, t_eff=2, noise_ids=torch.tensor([3, 1, 4, 0]),
+              weights=torch.tensor([0.5, -1.0, 2.0, 0.25]), m=80, n=70, rank=2)  # fmt: skip
+    p0 = torch.randn(80, 70)
+    p = p0.clone()
+    sq = update.lowrank_apply_triton(p, 1e-3, factor_dtype=torch.bfloat16, **kw)
+    G = update.lowrank_update_reference(**kw)
+    assert p.dtype == torch.float32
+    assert ((p - p0 - 1e-3 * G).norm() / (1e-3 * G.norm())).item() <= 1e-2
+    assert abs(sq.item() / G.square().sum().item() - 1) <= 2e-2  # a squared norm: twice G's relative error
+
+
 def test_lowrank_update_chunked():
     kw = dict(seed=1, param_index=0, t_eff=0, noise_ids=torch.arange(5), weights=torch.randn(5), m=20, n=30, rank=2)
     got = update.lowrank_update_triton(chunk_elements=2 * 2 * (20 + 30), **kw)  # two noise indices per chunk
@@ -181,3 +194,61 @@ def test_bad_noise_name_raises():
             torch.randn(4, 8), torch.randn(5, 8), None, torch.arange(4), seed=0, weight_index=0, bias_index=None,
             t_eff=0, sigma=0.1, rank=1, antithetic=True, noise="uniform",
         )  # fmt: skip
+
+
+# --- mixed dtypes and autocast -----------------------------------------------------------------------------------
+
+BOTH = {"triton": linear.perturbed_linear_triton, "twin": linear.perturbed_linear_reference}
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_perturbed_linear_under_autocast(x_dtype):
+    """Under CPU autocast (bf16) both paths compute in bf16, as F.linear does there, and agree."""
+    x, w, b, member_ids = _forward_case(8, 37, 45, torch.float32, True, None)
+    x = x.to(x_dtype)
+    kw = dict(seed=9, weight_index=0, bias_index=1, t_eff=2, sigma=0.3, rank=2, antithetic=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = torch.nn.functional.linear(x, w, b)
+        got = {k: f(x, w, b, member_ids, paired=True, **kw) for k, f in BOTH.items()}
+    # What autocast gives: the operands in bf16, the perturbation added exactly.
+    xb, wb, bb = (t.to(torch.bfloat16).double() for t in (x, w, b))
+    exact = linear.perturbed_linear_reference(xb, wb, bb, member_ids, **kw)
+    rounding = _max_abs(exact.to(torch.bfloat16), exact)
+    assert all(y.dtype == plain.dtype == torch.bfloat16 for y in got.values())
+    # The twin rounds x W^T + b to bf16 (F.linear's output) before adding the perturbation: a few roundings.
+    assert _max_abs(got["twin"], exact) <= 4 * rounding
+    assert _max_abs(got["triton"], exact) <= 3 * _max_abs(got["twin"], exact) + 1e-3
+
+
+@pytest.mark.parametrize("path", BOTH)
+def test_mixed_dtypes_without_autocast_raise_clearly(path):
+    x, w, b, member_ids = _forward_case(4, 8, 5, torch.float32, True, None)
+    kw = dict(seed=0, weight_index=0, bias_index=1, t_eff=0, sigma=0.1, rank=1, antithetic=True)
+    with pytest.raises(TypeError, match=r"weight has dtype torch.bfloat16 but the input x has dtype torch.float32.*"
+                       r"torch.autocast"):  # fmt: skip
+        BOTH[path](x, w.to(torch.bfloat16), b, member_ids, **kw)
+
+
+# --- the paired promise ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", BOTH)
+@pytest.mark.parametrize("ids,anti", [([0, 2, 1, 3], True), ([0, 1, 2, 3], False), ([4, 5, 0, 1, 2, 5], True)])
+def test_paired_with_ids_that_are_not_pairs_raises(path, ids, anti):
+    x, w, b, member_ids = _forward_case(len(ids), 9, 7, torch.float32, True, ids)
+    kw = dict(seed=0, weight_index=0, bias_index=1, t_eff=0, sigma=0.1, rank=2, antithetic=anti)
+    with pytest.raises(ValueError, match=r"paired=True promises .* rows \d and \d are members"):
+        BOTH[path](x, w, b, member_ids, paired=True, **kw)
+    # Skipping the check (a caller that validated its ids) runs: the kernel's noise is then wrong for the odd rows.
+    y = BOTH[path](x, w, b, member_ids, paired=True, check_paired=False, **kw)
+    assert y.shape == (len(ids), 7)
+
+
+@pytest.mark.parametrize("path", BOTH)
+def test_paired_with_pairs_runs(path):
+    ids = [4, 5, 0, 1, 7, 6, 3]  # pairs in any order and sign order; an odd last row has no partner
+    x, w, b, member_ids = _forward_case(len(ids), 9, 7, torch.float32, True, ids)
+    kw = dict(seed=0, weight_index=0, bias_index=1, t_eff=0, sigma=0.1, rank=2, antithetic=True)
+    y = BOTH[path](x, w, b, member_ids, paired=True, **kw)
+    ref = linear.perturbed_linear_reference(x.double(), w.double(), b.double(), member_ids, **kw)
+    assert _max_abs(y, ref) <= 1e-5
