@@ -512,6 +512,8 @@ def write_report(out: Path, planned: dict[tuple[str, str], int] | None = None, c
         )
     lost = losses(rows)
     lines += ["", "## Where eggroll loses", ""] + ([f"- {s}" for s in lost] or ["- nowhere on this board."])
+    if (out / "notes.md").exists():  # a person's reading of this board, kept across regenerations
+        lines += ["", (out / "notes.md").read_text().strip()]
     if plot:
         pngs = plot_curves(out, runs, cells)
         lines += ["", "## Curves", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
@@ -609,6 +611,16 @@ def main(argv: list[str] | None = None) -> int:
         brax_backend=args.brax_backend, episode_length=args.episode_length,
         overrides={**tier.overrides, **dict(args.override)},
     )  # fmt: skip
+    import dataclasses as dc
+
+    import leaderboard_agents as la
+
+    from eggroll_rl.agents import TrainConfig
+
+    known = {f.name for f in dc.fields(TrainConfig)} | {k for s in la.BRAX_PPO_SETTINGS.values() for k in s}
+    unknown = sorted(k for k, _ in args.override if k not in known)
+    if unknown:
+        raise SystemExit(f"--override {unknown}: not a TrainConfig field or a Brax PPO setting; known: {sorted(known)}")
     planned: dict[tuple[str, str], int] = {}
     for c in cells:
         planned[(c.env, c.agent)] = planned.get((c.env, c.agent), 0) + 1

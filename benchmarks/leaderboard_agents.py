@@ -19,6 +19,7 @@ method does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -85,7 +86,8 @@ def shared_config(cell: Any) -> Any:
     )  # fmt: skip
     if cell.backend == "brax":
         values.update(brax_backend=cell.brax_backend, env_kwargs={"episode_length": cell.episode_length})
-    values.update(cell.overrides)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in cell.overrides.items() if k in fields})  # the rest are PPO settings
     return TrainConfig.for_env(cell.env, **values)
 
 
