@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "board.json").write_text(json.dumps(board, indent=1))
         counts = run_board(cells, args.out, args.gpus, args.workers, args.rerun, args.timeout_s)
         print(f"cells: {counts}")
-    write_report(args.out, planned, command, plot=not args.no_plot)
+    write_report(args.out, planned, "" if args.report_only else command, plot=not args.no_plot)  # "": board's
     print((args.out / "compare.md").read_text())
     return 0
 
