@@ -291,9 +291,10 @@ def _cell_record(cell: Cell, cell_dir: Path, code: int | None, log_tail: str, ti
 
 def run_board(
     cells: list[Cell], out: Path, gpus: int = 0, workers: int = 1, rerun: bool = False,
-    timeout_s: float | None = None, log: Any = print,
+    timeout_s: float | None = None, log: Any = print, max_cells: int | None = None,
 ) -> dict[str, int]:  # fmt: skip
-    """Run every cell not already finished (all with ``rerun``); returns counts of ok/error/skipped/kept cells."""
+    """Run every cell not already finished (all with ``rerun``; the first ``max_cells`` of them when given);
+    returns counts of ok/error/skipped/kept cells."""
     out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     finished = {r["cell_id"]: r for r in _read_jsonl(out / "cells.jsonl")}
@@ -303,6 +304,8 @@ def run_board(
         if rerun or old is None or old["status"] == "error" or old["spec"] != c.spec():
             todo.append(c)
     counts = {"ok": 0, "error": 0, "skipped": 0, "kept": len(cells) - len(todo)}
+    if max_cells is not None:
+        todo = todo[:max_cells]  # the rest waits for the next invocation
     log(f"board: {len(cells)} cells, {counts['kept']} already finished, {len(todo)} to run -> {out}")
     jobs: queue.Queue[Cell] = queue.Queue()
     for c in todo:
@@ -595,6 +598,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=0, help="run N cells at once, one per GPU (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--workers", type=int, default=1, help="cells at once without --gpus (CPU)")
     p.add_argument("--timeout-s", type=float, help="kill a cell after this long (default 1.5 x budget + 120 s)")
+    p.add_argument("--max-cells", type=int, help="run at most this many cells now (a machine's time limit)")
     p.add_argument("--rerun", action="store_true", help="rerun finished cells too")
     p.add_argument("--report-only", action="store_true", help="only rebuild compare.md/.csv and the plots")
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
@@ -629,7 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         board = dict(board_info(args.gpus), command=command, started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         (args.out / "board.json").write_text(json.dumps(board, indent=1))
-        counts = run_board(cells, args.out, args.gpus, args.workers, args.rerun, args.timeout_s)
+        counts = run_board(
+            cells, args.out, args.gpus, args.workers, args.rerun, args.timeout_s, max_cells=args.max_cells
+        )
         print(f"cells: {counts}")
     write_report(args.out, planned, "" if args.report_only else command, plot=not args.no_plot)  # "": board's
     print((args.out / "compare.md").read_text())
