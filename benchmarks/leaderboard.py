@@ -1,0 +1,648 @@
+"""Leaderboard: eggroll_rl against the agents a user would pick instead, env x agent x seed, side by side.
+
+Every cell (one env, one agent, one seed) runs in its own subprocess with the same wall-clock budget, env, physics
+backend and episode length; its clock starts before the peer's package is imported, so imports, env construction
+and compilation all count. Cells are resumable (a finished cell is never rerun unless ``--rerun``), a failing peer
+records its error and the board goes on, and with ``--gpus N`` N cells run at once, one per GPU.
+
+    python benchmarks/leaderboard.py --quick                      # CPU tier: CartPole, Pendulum; eggroll, openes
+    python benchmarks/leaderboard.py --tier gpu --gpus 8          # Brax locomotion suite, every agent, 600 s cells
+
+Outputs (``--out``, default ``benchmarks/results/leaderboard/``): ``runs.jsonl`` (one line per evaluation),
+``cells.jsonl`` (one line per finished or failed cell), ``board.json`` (machine and versions), ``compare.md`` /
+``compare.csv`` (per env x agent) and ``<env>.png`` (return vs wall clock and vs env steps). The adapters are in
+``leaderboard_agents.py``; docs/leaderboard.md explains the columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib
+import json
+import math
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_OUT = HERE / "results" / "leaderboard"
+
+# Return at which an env counts as solved (gymnasium's reward thresholds), as data.
+THRESHOLDS: dict[str, float] = {
+    "CartPole": 475.0,
+    "Pendulum": -200.0,
+    "HalfCheetah": 4800.0,
+    "Ant": 6000.0,
+    "Hopper": 3000.0,
+    "Walker2d": 3000.0,
+    "Humanoid": 5000.0,
+}
+# Episode length of the torch-native envs (their own time limits); Brax envs get BRAX_EPISODE_LENGTH.
+EPISODE_LENGTHS: dict[str, int] = {"CartPole": 500, "Pendulum": 200, "Acrobot": 500, "MountainCarContinuous": 999}
+BRAX_EPISODE_LENGTH = 1000
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A preset grid."""
+
+    envs: tuple[str, ...]
+    agents: tuple[str, ...]
+    seeds: int
+    budget_s: float
+    backend: str
+    device: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields set for every agent of the tier."""
+
+
+TIERS: dict[str, Tier] = {
+    # One torch thread for every agent: with torch's default threads eggroll's CPU path ran a Pendulum generation
+    # about 30x slower on a 2-core machine (see quick_cpu/compare.md), which would measure the threading, not ES.
+    "quick": Tier(
+        ("CartPole", "Pendulum"), ("eggroll", "openes"), seeds=2, budget_s=10.0, backend="torch", device="cpu",
+        overrides={"cpu_threads": 1},
+    ),
+    "gpu": Tier(
+        ("HalfCheetah", "Ant", "Hopper", "Walker2d", "Humanoid"),
+        ("eggroll", "openes", "brax_ppo", "brax_es", "evosax"),
+        seeds=3, budget_s=600.0, backend="brax", device="cuda",
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class Cell:
+    """One run of the board: what every agent of an env shares, plus the agent and the seed."""
+
+    env: str
+    agent: str
+    """A name in ``leaderboard_agents.AGENTS`` or ``module:function`` (an adapter outside this file)."""
+    seed: int
+    budget_s: float
+    backend: str
+    """Env backend: torch (torch-native) or brax."""
+    brax_backend: str | None
+    episode_length: int
+    device: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields changed for every ES agent (and the PPO settings of the same name), e.g. a small
+    population for a CPU smoke test."""
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.env}__{self.agent.replace(':', '.')}__s{self.seed}"
+
+    def spec(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_cells(
+    envs: list[str], agents: list[str], seeds: list[int], budget_s: float, backend: str, device: str,
+    brax_backend: str | None = None, episode_length: int = 0, overrides: dict[str, Any] | None = None,
+) -> list[Cell]:  # fmt: skip
+    """The grid, env-major, seeds innermost; each env's physics backend is eggroll_rl's default for it unless
+    ``brax_backend`` is given."""
+    from eggroll_rl.agents.config import ENV_DEFAULTS, TrainConfig, _canonical_env_key
+
+    cells = []
+    for env in envs:
+        phys = None
+        if backend == "brax":
+            phys = brax_backend or ENV_DEFAULTS.get(_canonical_env_key(env), {}).get(
+                "brax_backend", TrainConfig.brax_backend
+            )
+        length = episode_length or (BRAX_EPISODE_LENGTH if backend == "brax" else EPISODE_LENGTHS.get(env, 1000))
+        for agent in agents:
+            for seed in seeds:
+                cells.append(Cell(env, agent, seed, budget_s, backend, phys, length, device, dict(overrides or {})))
+    return cells
+
+
+# ======================================================================================= the cell's subprocess
+class _Emitter:
+    """``emit(env_steps, eval_return)``: one evaluation, stamped with the cell's clock, streamed to a file."""
+
+    def __init__(self, t0: float, path: Path) -> None:
+        self.t0, self.file, self.count = t0, path.open("w"), 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __call__(self, env_steps: int, eval_return: float) -> None:
+        line = {"wall_s": self.elapsed(), "env_steps": int(env_steps), "eval_return": float(eval_return)}
+        self.file.write(json.dumps(line) + "\n")
+        self.file.flush()
+        self.count += 1
+
+
+def _resolve_agent(name: str) -> Any:
+    import leaderboard_agents
+
+    if name in leaderboard_agents.AGENTS:
+        return leaderboard_agents.AGENTS[name]
+    module, sep, func = name.partition(":")
+    if not sep:
+        raise ValueError(f"agent {name!r} is unknown: expected one of {list(leaderboard_agents.AGENTS)} or module:fn")
+    return getattr(importlib.import_module(module), func)
+
+
+def _peak_memory_mb() -> dict[str, float | None]:
+    peak: dict[str, float | None] = {"peak_mem_torch_mb": None, "peak_mem_jax_mb": None}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak["peak_mem_torch_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        try:
+            stats = [d.memory_stats() or {} for d in jax.devices() if d.platform == "gpu"]
+            if stats:
+                peak["peak_mem_jax_mb"] = sum(s.get("peak_bytes_in_use", 0) for s in stats) / 2**20
+        except Exception:  # a jax without memory_stats: leave None
+            pass
+    return peak
+
+
+def _package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in ("torch", "triton", "jax", "jaxlib", "brax", "evosax"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def worker_main(cell_dir: Path) -> int:
+    """Run the cell in ``cell_dir/spec.json``; write ``evals.jsonl`` as it goes and ``result.json`` at the end."""
+    t0 = time.perf_counter()  # before the peer's imports: they count
+    import leaderboard_agents as la
+
+    cell = Cell(**json.loads((cell_dir / "spec.json").read_text()))
+    emit = _Emitter(t0, cell_dir / "evals.jsonl")
+    result: dict[str, Any] = {"status": "ok", "error": None, "config": None, "chunks": [], "stopped": None}
+    try:
+        out = _resolve_agent(cell.agent)(cell, cell.budget_s, emit)
+        result.update({k: out.get(k) for k in ("config", "chunks", "stopped")})
+    except la.AgentNotInstalled as exc:
+        result.update(status="skipped", error=f"not installed: {exc}")
+    except Exception as exc:
+        result.update(status="error", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+    result["wall_s"] = emit.elapsed()
+    chunks = [tuple(c) for c in result["chunks"] or []]
+    result["compile_s"] = la.compile_estimate(chunks)
+    result["steps_per_s"] = la.steady_steps_per_s(chunks)
+    result.update(_peak_memory_mb())
+    result["versions"] = _package_versions()
+    result["git_sha"] = git_sha()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        result["versions"]["device_name"] = torch.cuda.get_device_name()
+    emit.file.close()
+    (cell_dir / "result.json").write_text(json.dumps(result, default=str))
+    return 0
+
+
+# ============================================================================================ the board runner
+def _launch_cell(cell_dir: Path, env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
+    """Run one cell's subprocess; ``(returncode, stderr tail)``, returncode None on timeout."""
+    cmd = [sys.executable, str(HERE / "leaderboard.py"), "_cell", str(cell_dir)]
+    with (cell_dir / "stderr.log").open("w") as err:
+        try:
+            proc = subprocess.run(cmd, env=env, stdout=err, stderr=subprocess.STDOUT, timeout=timeout_s)
+            code: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    return code, (cell_dir / "stderr.log").read_text()[-2000:]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "eggroll_rl", "benchmarks/leaderboard*.py"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return sha + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def board_info(gpus: int) -> dict[str, Any]:
+    """The machine and software of the board: GPU model/count, driver, CUDA, versions, TF32, git SHA."""
+    import torch
+
+    info: dict[str, Any] = {"git_sha": git_sha(), "versions": _package_versions(), "gpus_used": gpus}
+    info["cuda"] = torch.version.cuda
+    info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    info["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+    info["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    info["jax_default_matmul_precision"] = os.environ.get("JAX_DEFAULT_MATMUL_PRECISION")  # None: XLA's default
+    info["cpu_count"] = os.cpu_count()
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip().splitlines()  # fmt: skip
+        info["gpu_models"] = [s.split(",")[0].strip() for s in smi]
+        info["driver"] = smi[0].split(",")[1].strip() if smi else None
+    except (OSError, subprocess.TimeoutExpired):
+        info["gpu_models"], info["driver"] = [], None
+    return info
+
+
+def _cell_record(cell: Cell, cell_dir: Path, code: int | None, log_tail: str, timeout_s: float) -> dict[str, Any]:
+    evals = _read_jsonl(cell_dir / "evals.jsonl")
+    path = cell_dir / "result.json"
+    result = json.loads(path.read_text()) if path.exists() else None
+    if result is None:
+        why = f"timed out after {timeout_s:.0f} s" if code is None else f"worker exited with code {code}"
+        result = {"status": "error", "error": f"{why}; log tail:\n{log_tail}", "config": None}
+    returns = [e["eval_return"] for e in evals]
+    return {
+        "cell_id": cell.cell_id, "env": cell.env, "agent": cell.agent, "seed": cell.seed, "spec": cell.spec(),
+        **{k: v for k, v in result.items() if k != "chunks"},
+        "num_evals": len(evals), "first_eval_s": evals[0]["wall_s"] if evals else None,
+        "env_steps": evals[-1]["env_steps"] if evals else None, "final_return": returns[-1] if returns else None,
+        "best_return": max(returns) if returns else None, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }, evals  # fmt: skip
+
+
+def run_board(
+    cells: list[Cell], out: Path, gpus: int = 0, workers: int = 1, rerun: bool = False,
+    timeout_s: float | None = None, log: Any = print, max_cells: int | None = None,
+) -> dict[str, int]:  # fmt: skip
+    """Run every cell not already finished (all with ``rerun``; the first ``max_cells`` of them when given);
+    returns counts of ok/error/skipped/kept cells."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    finished = {r["cell_id"]: r for r in _read_jsonl(out / "cells.jsonl")}
+    todo = []
+    for c in cells:
+        old = finished.get(c.cell_id)
+        if rerun or old is None or old["status"] == "error" or old["spec"] != c.spec():
+            todo.append(c)
+    counts = {"ok": 0, "error": 0, "skipped": 0, "kept": len(cells) - len(todo)}
+    if max_cells is not None:
+        todo = todo[:max_cells]  # the rest waits for the next invocation
+    log(f"board: {len(cells)} cells, {counts['kept']} already finished, {len(todo)} to run -> {out}")
+    jobs: queue.Queue[Cell] = queue.Queue()
+    for c in todo:
+        jobs.put(c)
+    slots = list(range(gpus)) if gpus else [None] * max(workers, 1)
+    done_count = [0]
+
+    def worker(slot: int | None) -> None:
+        while True:
+            try:
+                cell = jobs.get_nowait()
+            except queue.Empty:
+                return
+            cell_dir = out / "cells" / cell.cell_id
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("evals.jsonl", "result.json"):
+                (cell_dir / name).unlink(missing_ok=True)
+            (cell_dir / "spec.json").write_text(json.dumps(cell.spec()))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]))
+            env["CUDA_VISIBLE_DEVICES"] = "" if cell.device == "cpu" else str(slot if slot is not None else 0)
+            env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch and jax share a GPU in some cells
+            if cell.device == "cpu":
+                env["JAX_PLATFORMS"] = "cpu"
+            limit = timeout_s if timeout_s is not None else 1.5 * cell.budget_s + 120.0
+            code, tail = _launch_cell(cell_dir, env, limit)
+            record, evals = _cell_record(cell, cell_dir, code, tail, limit)
+            with lock:
+                runs = [r for r in _read_jsonl(out / "runs.jsonl") if r["cell_id"] != cell.cell_id]
+                runs += [{"cell_id": cell.cell_id, "env": cell.env, "agent": cell.agent, "seed": cell.seed, **e}
+                         for e in evals]  # fmt: skip
+                _write_jsonl(out / "runs.jsonl", runs)
+                rows = [r for r in _read_jsonl(out / "cells.jsonl") if r["cell_id"] != cell.cell_id] + [record]
+                _write_jsonl(out / "cells.jsonl", rows)
+                counts[record["status"]] += 1
+                done_count[0] += 1
+                final = record["final_return"]
+                what = f"final {final:.1f}" if final is not None else "no evaluation"
+                err = f" — {record['error'].splitlines()[0]}" if record.get("error") else ""
+                log(f"[{done_count[0]}/{len(todo)}] {cell.cell_id}: {record['status']}, {what}, "
+                    f"{record.get('wall_s') or 0:.1f} s{err}")  # fmt: skip
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in slots]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return counts
+
+
+# ================================================================================================ aggregation
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; NaN for one value)."""
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan
+    m = sum(xs) / n
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
+
+
+def iqm(xs: list[float]) -> float:
+    """Interquartile mean: the mean after dropping floor(n/4) values from each end (rliable's trimmed mean)."""
+    s = sorted(xs)
+    k = len(s) // 4
+    mid = s[k : len(s) - k]
+    return sum(mid) / len(mid) if mid else math.nan
+
+
+def value_at(curve: list[tuple[float, float]], x: float) -> float:
+    """Return at ``x`` (wall seconds or env steps) of a curve ``[(x, return), ...]`` sorted by x: linear between
+    evaluations, NaN before the first, the last value after the last."""
+    if not curve or x < curve[0][0]:
+        return math.nan
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return curve[-1][1]
+
+
+def time_to_threshold(curve: list[tuple[float, float]], threshold: float) -> float | None:
+    """First x at which an evaluation reached ``threshold`` (None: never)."""
+    return next((x for x, y in curve if y >= threshold), None)
+
+
+def curves(runs: list[dict[str, Any]], key: str = "wall_s") -> dict[tuple[str, str], dict[int, list]]:
+    """``{(env, agent): {seed: [(x, return), ...]}}`` with x = ``key`` (wall_s or env_steps)."""
+    out: dict[tuple[str, str], dict[int, list]] = {}
+    for r in runs:
+        out.setdefault((r["env"], r["agent"]), {}).setdefault(r["seed"], []).append((r[key], r["eval_return"]))
+    for seeds in out.values():
+        for c in seeds.values():
+            c.sort()
+    return out
+
+
+def summarize(runs: list[dict], cells: list[dict], planned: dict[tuple[str, str], int] | None = None) -> list[dict]:
+    """One row per env x agent from the ok cells: seeds, final return mean/std/IQM, return at half the budget,
+    time to the env's threshold and to Brax PPO's best, compile time, steps/s, peak memory, minutes."""
+    ok = [c for c in cells if c["status"] == "ok"]
+    by_wall = curves([r for r in runs if any(c["cell_id"] == r["cell_id"] for c in ok)])
+    ppo_best: dict[str, float] = {}
+    for (env, agent), seeds in by_wall.items():
+        if agent == "brax_ppo":
+            ppo_best[env] = mean_std([max(y for _, y in c) for c in seeds.values()])[0]
+    keys = sorted({(c["env"], c["agent"]) for c in cells} | set(planned or {}))
+    rows = []
+    for env, agent in keys:
+        group = [c for c in ok if (c["env"], c["agent"]) == (env, agent)]
+        seeds = by_wall.get((env, agent), {})
+        finals = [seeds[c["seed"]][-1][1] for c in group if c["seed"] in seeds]
+        budget = group[0]["spec"]["budget_s"] if group else math.nan
+        thr = THRESHOLDS.get(env)
+        reach = [time_to_threshold(seeds[s], thr) for s in seeds] if thr is not None else []
+        reach_ppo = [time_to_threshold(seeds[s], ppo_best[env]) for s in seeds] if env in ppo_best else []
+        m, sd = mean_std(finals)
+        failed = [c for c in cells if (c["env"], c["agent"]) == (env, agent) and c["status"] != "ok"]
+
+        def avg(name: str, group: list[dict] = group) -> float:
+            xs = [c[name] for c in group if c.get(name) is not None]
+            return sum(xs) / len(xs) if xs else math.nan
+
+        rows.append({
+            "env": env, "agent": agent, "seeds": len(finals), "planned": (planned or {}).get((env, agent), len(finals)),
+            "final_mean": m, "final_std": sd, "iqm": iqm(finals) if len(finals) >= 5 else math.nan,
+            "at_half_budget": mean_std([value_at(c, budget / 2) for c in seeds.values()])[0],
+            "threshold": thr, "reached": sum(t is not None for t in reach),
+            "time_to_threshold_s": mean_std([t for t in reach if t is not None])[0],
+            "ppo_best": ppo_best.get(env), "reached_ppo_best": sum(t is not None for t in reach_ppo),
+            "time_to_ppo_best_s": mean_std([t for t in reach_ppo if t is not None])[0],
+            "compile_s": avg("compile_s"), "first_eval_s": avg("first_eval_s"), "steps_per_s": avg("steps_per_s"),
+            "peak_mem_torch_mb": avg("peak_mem_torch_mb"), "peak_mem_jax_mb": avg("peak_mem_jax_mb"),
+            "minutes": avg("wall_s") / 60, "budget_s": budget,
+            "status": "; ".join(sorted({f"{c['status']}: {(c['error'] or '').splitlines()[0][:80]}" for c in failed})),
+        })  # fmt: skip
+    return rows
+
+
+# ==================================================================================================== report
+def _fmt(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:,.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def losses(rows: list[dict]) -> list[str]:
+    """Plain sentences: every env where a peer beats eggroll on final return, or reaches the threshold with more
+    seeds, or with as many seeds sooner."""
+    out = []
+    for env in sorted({r["env"] for r in rows}):
+        mine = next((r for r in rows if r["env"] == env and r["agent"] == "eggroll" and r["seeds"]), None)
+        if mine is None:
+            continue
+        for r in rows:
+            if r["env"] != env or r["agent"] == "eggroll" or not r["seeds"]:
+                continue
+            if r["final_mean"] > mine["final_mean"]:
+                out.append(f"{env}: {r['agent']} ends higher ({_fmt(r['final_mean'])} vs eggroll "
+                           f"{_fmt(mine['final_mean'])} at {r['budget_s']:.0f} s).")  # fmt: skip
+            more = r["reached"] > mine["reached"]
+            sooner = r["reached"] == mine["reached"] > 0 and r["time_to_threshold_s"] < mine["time_to_threshold_s"]
+            if more or sooner:
+                out.append(f"{env}: {r['agent']} reaches {_fmt(r['threshold'], 0)} sooner "
+                           f"({_fmt(r['time_to_threshold_s'])} s vs eggroll {_fmt(mine['time_to_threshold_s'])} s, "
+                           f"{r['reached']}/{r['seeds']} vs {mine['reached']}/{mine['seeds']} seeds).")  # fmt: skip
+    return out
+
+
+COLUMNS = [
+    "env", "agent", "seeds", "planned", "final_mean", "final_std", "iqm", "at_half_budget", "threshold", "reached",
+    "time_to_threshold_s", "ppo_best", "reached_ppo_best", "time_to_ppo_best_s", "compile_s", "first_eval_s",
+    "steps_per_s", "peak_mem_torch_mb", "peak_mem_jax_mb", "minutes", "budget_s", "status",
+]  # fmt: skip
+
+
+def write_report(out: Path, planned: dict[tuple[str, str], int] | None = None, command: str = "", plot: bool = True):
+    """compare.csv, compare.md and one PNG per env from runs.jsonl and cells.jsonl; returns the rows."""
+    runs, cells = _read_jsonl(out / "runs.jsonl"), _read_jsonl(out / "cells.jsonl")
+    rows = summarize(runs, cells, planned)
+    with (out / "compare.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    board = json.loads((out / "board.json").read_text()) if (out / "board.json").exists() else {}
+    v = board.get("versions", {})
+    lines = [
+        "# Leaderboard", "",
+        f"Command: `{command or board.get('command', '?')}`", "",
+        f"Machine: GPUs {board.get('gpu_models') or 'none (CPU)'} × {board.get('gpus_used', 0)} used, driver "
+        f"{board.get('driver')}, CUDA {board.get('cuda')}, {board.get('cpu_count')} CPU cores. torch {v.get('torch')}, "
+        f"triton {v.get('triton')}, jax {v.get('jax')}, brax {v.get('brax')}, evosax {v.get('evosax')}. TF32 matmul "
+        f"{board.get('tf32_matmul')} (float32 matmul precision {board.get('float32_matmul_precision')!r}). "
+        f"Git {board.get('git_sha')}.", "",
+        "Final return: the last evaluation of each seed (mean ± sample std over seeds; IQM with ≥ 5 seeds). "
+        "Times are the cell's wall clock from process start (imports, env build and compilation included). "
+        "See docs/leaderboard.md for every column.", "",
+        "| env | agent | seeds | final return | IQM | @ ½ budget | time to threshold (s, seeds) | "
+        "time to PPO best (s, seeds) | compile s | first eval s | steps/s | peak MB torch/jax | min | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['env']} | {r['agent']} | {r['seeds']}/{r['planned']} | {_fmt(r['final_mean'])} ± "
+            f"{_fmt(r['final_std'])} | {_fmt(r['iqm'])} | {_fmt(r['at_half_budget'])} | "
+            f"{_fmt(r['time_to_threshold_s'])} ({r['reached']}/{r['seeds']} ≥ {_fmt(r['threshold'], 0)}) | "
+            f"{_fmt(r['time_to_ppo_best_s'])} ({r['reached_ppo_best']}/{r['seeds']}) | {_fmt(r['compile_s'])} | "
+            f"{_fmt(r['first_eval_s'])} | {_fmt(r['steps_per_s'], 0)} | {_fmt(r['peak_mem_torch_mb'], 0)}/"
+            f"{_fmt(r['peak_mem_jax_mb'], 0)} | {_fmt(r['minutes'], 2)} | {r['status'] or ''} |"
+        )
+    lost = losses(rows)
+    lines += ["", "## Where eggroll loses", ""] + ([f"- {s}" for s in lost] or ["- nowhere on this board."])
+    if (out / "notes.md").exists():  # a person's reading of this board, kept across regenerations
+        lines += ["", (out / "notes.md").read_text().strip()]
+    if plot:
+        pngs = plot_curves(out, runs, cells)
+        lines += ["", "## Curves", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def plot_curves(out: Path, runs: list[dict], cells: list[dict]) -> list[Path]:
+    """One PNG per env: every agent's return vs wall clock and vs env steps (mean over seeds, min–max band)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    ok = {c["cell_id"] for c in cells if c["status"] == "ok"}
+    runs = [r for r in runs if r["cell_id"] in ok]
+    paths = []
+    for env in sorted({r["env"] for r in runs}):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key, label in ((axes[0], "wall_s", "wall clock (s)"), (axes[1], "env_steps", "env steps")):
+            for (e, agent), seeds in sorted(curves(runs, key).items()):
+                if e != env:
+                    continue
+                hi = max(c[-1][0] for c in seeds.values())
+                grid = [hi * i / 200 for i in range(201)]
+                ys = [[value_at(c, x) for c in seeds.values()] for x in grid]
+                xs = [x for x, y in zip(grid, ys) if not any(math.isnan(v) for v in y)]
+                ys = [y for y in ys if not any(math.isnan(v) for v in y)]
+                (line,) = ax.plot(xs, [sum(y) / len(y) for y in ys], label=f"{agent} ({len(seeds)} seeds)")
+                ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
+            if env in THRESHOLDS:
+                ax.axhline(THRESHOLDS[env], color="gray", ls=":", lw=1)
+            ax.set_xlabel(label)
+            ax.set_ylabel("eval return")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{env}: mean over seeds, band = min–max")
+        fig.tight_layout()
+        path = out / f"{env}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ======================================================================================================= CLI
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--override {text!r}: expected KEY=VALUE (VALUE as JSON, e.g. population=32)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tier", choices=sorted(TIERS), default="quick", help="preset grid (default quick)")
+    p.add_argument("--quick", action="store_const", const="quick", dest="tier", help="same as --tier quick")
+    p.add_argument("--envs", nargs="+", help="env names (default: the tier's)")
+    p.add_argument("--agents", nargs="+", help="agent names or module:function (default: the tier's)")
+    p.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the tier's)")
+    p.add_argument("--budget-s", type=float, help="wall-clock budget of every cell in seconds (default: the tier's)")
+    p.add_argument("--backend", choices=("torch", "brax"), help="env backend (default: the tier's)")
+    p.add_argument("--brax-backend", help="Brax physics for every env (default: eggroll_rl's default per env)")
+    p.add_argument("--episode-length", type=int, default=0, help="episode length (0: the env's own, Brax 1000)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="device of every cell (default: the tier's)")
+    p.add_argument(
+        "--override",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig field for every ES agent (and same-named PPO settings), e.g. population=32",
+    )
+    p.add_argument("--gpus", type=int, default=0, help="run N cells at once, one per GPU (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--workers", type=int, default=1, help="cells at once without --gpus (CPU)")
+    p.add_argument("--timeout-s", type=float, help="kill a cell after this long (default 1.5 x budget + 120 s)")
+    p.add_argument("--max-cells", type=int, help="run at most this many cells now (a machine's time limit)")
+    p.add_argument("--rerun", action="store_true", help="rerun finished cells too")
+    p.add_argument("--report-only", action="store_true", help="only rebuild compare.md/.csv and the plots")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tier = TIERS[args.tier]
+    cells = make_cells(
+        args.envs or list(tier.envs), args.agents or list(tier.agents), list(range(args.seeds or tier.seeds)),
+        args.budget_s or tier.budget_s, args.backend or tier.backend, args.device or tier.device,
+        brax_backend=args.brax_backend, episode_length=args.episode_length,
+        overrides={**tier.overrides, **dict(args.override)},
+    )  # fmt: skip
+    import dataclasses as dc
+
+    import leaderboard_agents as la
+
+    from eggroll_rl.agents import TrainConfig
+
+    known = {f.name for f in dc.fields(TrainConfig)} | {k for s in la.BRAX_PPO_SETTINGS.values() for k in s}
+    unknown = sorted(k for k, _ in args.override if k not in known)
+    if unknown:
+        raise SystemExit(f"--override {unknown}: not a TrainConfig field or a Brax PPO setting; known: {sorted(known)}")
+    planned: dict[tuple[str, str], int] = {}
+    for c in cells:
+        planned[(c.env, c.agent)] = planned.get((c.env, c.agent), 0) + 1
+    command = "python benchmarks/leaderboard.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        board = dict(board_info(args.gpus), command=command, started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        (args.out / "board.json").write_text(json.dumps(board, indent=1))
+        counts = run_board(
+            cells, args.out, args.gpus, args.workers, args.rerun, args.timeout_s, max_cells=args.max_cells
+        )
+        print(f"cells: {counts}")
+    write_report(args.out, planned, "" if args.report_only else command, plot=not args.no_plot)  # "": board's
+    print((args.out / "compare.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "_cell":
+        sys.exit(worker_main(Path(sys.argv[2])))
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The leaderboard's agents: one adapter per peer, each ``run(cell, budget_s, emit) -> dict``.
+
+An adapter trains on ``cell.env`` (same env, physics backend and episode length for every agent) until
+``budget_s`` seconds of the harness's clock have passed, and calls ``emit(env_steps, eval_return)`` after every
+evaluation of its current policy (``emit.elapsed()`` is that clock: it starts before the adapter is called, so
+imports of the peer's package, env construction and compilation all count). It returns::
+
+    {"config": the exact settings it ran with,
+     "chunks": [(seconds, env_steps), ...] of training between evaluations (for the compile-time estimate),
+     "stopped": why it stopped ("budget", "num_timesteps", "generations")}
+
+and raises on failure; ``AGENTS`` maps a name to its adapter. An adapter imports its peer's package inside ``run``
+so a missing one fails that cell alone; ``AgentNotInstalled`` marks a peer that is absent, not broken.
+
+The shared hyperparameters (population, sigma, learning rate, shaping, widths) come from
+``TrainConfig.for_env(env)`` — eggroll_rl's defaults — so OpenES and Brax ES differ from eggroll only where the
+method does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["AGENTS", "BRAX_PPO_SETTINGS", "AgentNotInstalled", "BudgetReached", "shared_config"]
+
+
+class AgentNotInstalled(ImportError):
+    """The peer's package is not importable here; the cell is recorded as skipped, not failed."""
+
+
+class BudgetReached(Exception):
+    """Raised from a peer's progress callback to stop it at the wall-clock budget."""
+
+
+# Brax's published PPO settings (the Brax training notebook's ``train_fn`` table) for the locomotion suite, as data.
+# The notebook trains hopper and walker2d with SAC, not PPO: for those two no PPO recipe is published, and the board
+# runs ant's recipe with reward_scaling 1 (``source`` says so in every cell's config).
+_PPO_COMMON = dict(episode_length=1000, normalize_observations=True, action_repeat=1, learning_rate=3e-4)
+BRAX_PPO_SETTINGS: dict[str, dict[str, Any]] = {
+    "halfcheetah": dict(
+        _PPO_COMMON, num_timesteps=50_000_000, num_evals=20, reward_scaling=1, unroll_length=20, num_minibatches=32,
+        num_updates_per_batch=8, discounting=0.95, entropy_cost=1e-3, num_envs=2048, batch_size=512,
+        source="brax training notebook",
+    ),
+    "ant": dict(
+        _PPO_COMMON, num_timesteps=50_000_000, num_evals=10, reward_scaling=10, unroll_length=5, num_minibatches=32,
+        num_updates_per_batch=4, discounting=0.97, entropy_cost=1e-2, num_envs=4096, batch_size=2048,
+        source="brax training notebook",
+    ),
+    "humanoid": dict(
+        _PPO_COMMON, num_timesteps=50_000_000, num_evals=10, reward_scaling=0.1, unroll_length=10, num_minibatches=32,
+        num_updates_per_batch=8, discounting=0.97, entropy_cost=1e-3, num_envs=2048, batch_size=1024,
+        source="brax training notebook",
+    ),
+    "hopper": dict(
+        _PPO_COMMON, num_timesteps=50_000_000, num_evals=10, reward_scaling=1, unroll_length=5, num_minibatches=32,
+        num_updates_per_batch=4, discounting=0.97, entropy_cost=1e-2, num_envs=4096, batch_size=2048,
+        source="not published for PPO (notebook uses SAC): ant's recipe, reward_scaling 1",
+    ),
+    "walker2d": dict(
+        _PPO_COMMON, num_timesteps=50_000_000, num_evals=10, reward_scaling=1, unroll_length=5, num_minibatches=32,
+        num_updates_per_batch=4, discounting=0.97, entropy_cost=1e-2, num_envs=4096, batch_size=2048,
+        source="not published for PPO (notebook uses SAC): ant's recipe, reward_scaling 1",
+    ),
+}  # fmt: skip
+# Any other Brax env (the CPU smoke tests' inverted_pendulum, ...): a small generic recipe.
+_PPO_FALLBACK = dict(
+    _PPO_COMMON, num_timesteps=10_000_000, num_evals=10, reward_scaling=1, unroll_length=10, num_minibatches=8,
+    num_updates_per_batch=4, discounting=0.97, entropy_cost=1e-2, num_envs=256, batch_size=256,
+    source="no published setting: generic small recipe",
+)  # fmt: skip
+
+
+def shared_config(cell: Any) -> Any:
+    """eggroll_rl's ``TrainConfig`` for the cell: ``for_env`` defaults, the cell's env/backend/episode length,
+    seed, device and overrides; every ES agent takes its population, sigma, lr, shaping and widths from it."""
+    from eggroll_rl.agents import TrainConfig
+
+    values: dict[str, Any] = dict(
+        backend=cell.backend, device=cell.device, seed=cell.seed, max_episode_steps=cell.episode_length,
+        time_limit_s=cell.budget_s, out_dir="", tensorboard=False,
+    )  # fmt: skip
+    if cell.backend == "brax":
+        values.update(brax_backend=cell.brax_backend, env_kwargs={"episode_length": cell.episode_length})
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in cell.overrides.items() if k in fields})  # the rest are PPO settings
+    return TrainConfig.for_env(cell.env, **values)
+
+
+# --------------------------------------------------------------------------------------------------- eggroll
+def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
+    """eggroll_rl's ``train`` with its defaults for the env; its time limit is what is left of the budget."""
+    from eggroll_rl.agents import train
+
+    config = shared_config(cell).replace(time_limit_s=max(budget_s - emit.elapsed(), 1.0))
+    chunks: list[tuple[float, int]] = []
+    last = {"wall": 0.0, "steps": 0}
+
+    def progress(record: dict[str, Any]) -> None:
+        chunks.append((record["wall_time_s"] - last["wall"], record["env_steps"] - last["steps"]))
+        last.update(wall=record["wall_time_s"], steps=record["env_steps"])
+        if record.get("eval_return") is not None:
+            emit(record["env_steps"], record["eval_return"])
+
+    result = train(config, progress_fn=progress)
+    stopped = "generations" if len(result.metrics) >= config.generations else "budget"
+    return {"config": config.to_dict(), "chunks": chunks, "stopped": stopped}
+
+
+# ---------------------------------------------------------------------------------------------------- openes
+def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
+    """Full-rank OpenES: eggroll's population, optimizer, shaping, sigma, policy, rollout and evaluation, but each
+    member's weights are ``W + sigma * s * E_j`` with a dense Gaussian ``E_j`` drawn and stored per generation."""
+    import torch
+    from torch.func import functional_call
+
+    from eggroll_rl.agents import evaluate, rollout
+    from eggroll_rl.agents.builders import build_env, build_policy, episode_limit, generation_seed
+    from eggroll_rl.envs import resolve_device
+    from eggroll_rl.fitness import shape_fitness
+
+    config = shared_config(cell)
+    if config.lr_schedule != "constant" or config.sigma_schedule != "constant" or config.noise_reuse:
+        raise ValueError("openes implements constant lr/sigma and fresh noise only; the env's defaults differ")
+    if config.episodes_per_member != 1 or config.group_size:
+        raise ValueError("openes implements one episode per member and global shaping only")
+    device = resolve_device(config.device)
+    if device.type == "cpu" and config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    n = config.population
+    env = build_env(config, n, device, seed=config.seed)  # one episode per member
+    eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
+    torch.manual_seed(config.seed)
+    policy = build_policy(config, env, device)
+    params = {k: p for k, p in policy.named_parameters()}
+    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[config.optimizer](
+        params.values(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    num_noise = n // 2 if config.antithetic else n
+    sign = (
+        torch.tensor([1.0, -1.0], device=device).repeat(num_noise)
+        if config.antithetic
+        else torch.ones(n, device=device)
+    )
+    noise_of = torch.arange(n, device=device) // (2 if config.antithetic else 1)
+    gen_rng = torch.Generator(device=device).manual_seed(config.seed)
+    batched = torch.vmap(lambda p, o: functional_call(policy, p, (o,)))
+    max_steps = episode_limit(env, config)
+    chunks, steps, generation = [], 0, 0
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        # noise (num_noise, *shape) per parameter, materialized; member i uses sign[i] * E[i // 2].
+        eps = {k: torch.randn((num_noise, *p.shape), generator=gen_rng, device=device) for k, p in params.items()}
+        with torch.no_grad():
+            member = {
+                k: p.detach() + config.sigma * sign.view(-1, *[1] * p.dim()) * eps[k][noise_of]
+                for k, p in params.items()
+            }
+            episodes = rollout(
+                env, lambda obs, ids, member=member: batched(member, obs[:, None])[:, 0],  # env i is member i
+                num_members=n, max_steps=max_steps, seed=generation_seed(config.seed, generation),
+                record_obs=policy.obs_norm is not None,
+            )  # fmt: skip
+            if policy.obs_norm is not None and episodes.obs_count > 0:
+                policy.obs_norm.update_moments(episodes.obs_count, episodes.obs_mean, episodes.obs_var)
+            z = shape_fitness(episodes.returns, config.fitness_shaping)
+            w = torch.zeros(num_noise, device=device).index_add_(0, noise_of, z * sign) / (n * config.sigma)
+            for k, p in params.items():
+                p.grad = -torch.tensordot(w, eps[k], dims=1)  # ascent direction g = sum_j w_j E_j
+        optimizer.step()
+        generation += 1
+        steps += episodes.num_steps
+        chunks.append((time.perf_counter() - t0, episodes.num_steps))
+        done = generation >= config.generations or time.perf_counter() - start >= config.time_limit_s
+        done = done or emit.elapsed() >= budget_s
+        if done or (config.eval_every and generation % config.eval_every == 0):
+            ev = evaluate(
+                policy, eval_env, seed=generation_seed(config.seed, generation, salt=1),
+                max_steps=episode_limit(eval_env, config),
+            )  # fmt: skip
+            emit(steps, ev["return_mean"])
+        if done:
+            break
+    stopped = "generations" if generation >= config.generations else "budget"
+    return {"config": dict(config.to_dict(), noise="dense gaussian (full rank)"), "chunks": chunks, "stopped": stopped}
+
+
+# ---------------------------------------------------------------------------------------------------- brax
+def _import_brax() -> tuple[Any, Any]:
+    try:
+        import jax
+        from brax import envs
+    except ImportError as exc:
+        raise AgentNotInstalled(f"brax/jax not installed ({exc}): pip install eggroll-rl[brax]") from exc
+    if not hasattr(jax, "device_put_replicated"):
+        # jax >= 0.10 removed it; brax 0.14.2's PPO still calls it (with one device here): stack each leaf on a
+        # new leading axis of length 1 and put it on that device.
+        def device_put_replicated(x: Any, devices: list[Any]) -> Any:
+            if len(devices) != 1:
+                raise NotImplementedError(f"device_put_replicated stand-in handles one device, got {len(devices)}")
+            return jax.device_put(jax.tree_util.tree_map(lambda a: jax.numpy.stack([a]), x), devices[0])
+
+        jax.device_put_replicated = device_put_replicated
+    return jax, envs
+
+
+def _brax_env(cell: Any, envs: Any) -> tuple[str, Any]:
+    from eggroll_rl.envs.registry import resolve_env
+
+    spec = resolve_env(cell.env)
+    brax_id = spec.brax if spec is not None and spec.brax else cell.env.removeprefix("brax:")
+    return brax_id, envs.get_environment(brax_id, backend=cell.brax_backend)
+
+
+def _brax_progress(budget_s: float, emit: Callable[..., None], chunks: list) -> Callable[[int, dict], None]:
+    last = {"wall": 0.0, "steps": 0}
+
+    def progress(step: int, metrics: dict[str, Any]) -> None:
+        if "training/walltime" in metrics:  # the training time since the last evaluation (jit included)
+            wall = float(metrics["training/walltime"])
+            chunks.append((wall - last["wall"], int(step) - last["steps"]))
+            last.update(wall=wall, steps=int(step))
+        emit(int(step), float(metrics["eval/episode_reward"]))
+        if emit.elapsed() >= budget_s:
+            raise BudgetReached
+
+    return progress
+
+
+def run_brax_ppo(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
+    """brax.training.agents.ppo with Brax's published settings for the env (``BRAX_PPO_SETTINGS``)."""
+    _, envs = _import_brax()
+    from brax.training.agents.ppo import train as ppo
+
+    brax_id, env = _brax_env(cell, envs)
+    settings = dict(BRAX_PPO_SETTINGS.get(brax_id, _PPO_FALLBACK), episode_length=cell.episode_length)
+    settings.update({k: v for k, v in cell.overrides.items() if k in settings})
+    kwargs = {k: v for k, v in settings.items() if k != "source"}
+    chunks: list[tuple[float, int]] = []
+    stopped = "num_timesteps"
+    try:
+        ppo.train(env, seed=cell.seed, progress_fn=_brax_progress(budget_s, emit, chunks), **kwargs)
+    except BudgetReached:
+        stopped = "budget"
+    config = dict(settings, env=brax_id, brax_backend=cell.brax_backend, seed=cell.seed)
+    return {"config": config, "chunks": chunks, "stopped": stopped}
+
+
+def run_brax_es(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
+    """brax.training.agents.es with eggroll's population (as mirrored pairs), sigma, lr, shaping and widths."""
+    _, envs = _import_brax()
+    import functools
+
+    from brax.training.agents.es import networks as es_networks
+    from brax.training.agents.es import train as es
+
+    config = shared_config(cell)
+    brax_id, env = _brax_env(cell, envs)
+    shaping = {"centered_rank": es.FitnessShaping.CENTERED_RANK, "none": es.FitnessShaping.ORIGINAL}
+    if config.fitness_shaping not in shaping:
+        raise ValueError(f"brax ES has no {config.fitness_shaping!r} fitness shaping")
+    pairs = config.population // 2  # Brax's population_size counts +/- pairs: 2 * pairs envs, as ours
+    epoch_steps = 2 * pairs * cell.episode_length
+    evals = 100_000  # evaluate every eval_every epochs, as eggroll does; the budget ends the run long before
+    settings = dict(
+        population_size=pairs, perturbation_std=config.sigma, learning_rate=config.lr,
+        episode_length=cell.episode_length, num_timesteps=epoch_steps * config.eval_every * evals,
+        num_evals=evals + 1, num_eval_envs=config.eval_episodes,
+        normalize_observations=config.obs_norm, fitness_shaping=config.fitness_shaping, center_fitness=False,
+        hidden_layer_sizes=tuple(config.hidden_sizes), deterministic_eval=True,
+    )  # fmt: skip
+    kwargs = {k: v for k, v in settings.items() if k not in ("fitness_shaping", "hidden_layer_sizes")}
+    network = functools.partial(es_networks.make_es_networks, hidden_layer_sizes=settings["hidden_layer_sizes"])
+    chunks: list[tuple[float, int]] = []
+    stopped = "num_timesteps"
+    try:
+        es.train(
+            env, seed=cell.seed, fitness_shaping=shaping[config.fitness_shaping], network_factory=network,
+            progress_fn=_brax_progress(budget_s, emit, chunks), **kwargs,
+        )  # fmt: skip
+    except BudgetReached:
+        stopped = "budget"
+    config_out = dict(settings, env=brax_id, brax_backend=cell.brax_backend, seed=cell.seed, optimizer="adam")
+    config_out["hidden_layer_sizes"] = list(settings["hidden_layer_sizes"])
+    return {"config": config_out, "chunks": chunks, "stopped": stopped}
+
+
+# ---------------------------------------------------------------------------------------------------- evosax
+def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
+    """evosax's OpenES on the Brax env, when evosax is installed (it is not a dependency)."""
+    try:
+        import evosax  # noqa: F401
+    except ImportError as exc:
+        raise AgentNotInstalled("evosax not installed (pip install evosax)") from exc
+    raise NotImplementedError("the evosax adapter is not written yet: evosax was not installed where this was built")
+
+
+AGENTS: dict[str, Callable[[Any, float, Callable[..., None]], dict[str, Any]]] = {
+    "eggroll": run_eggroll,
+    "openes": run_openes,
+    "brax_ppo": run_brax_ppo,
+    "brax_es": run_brax_es,
+    "evosax": run_evosax,
+}
+
+
+def compile_estimate(chunks: list[tuple[float, int]]) -> float | None:
+    """Seconds the first chunk took beyond its steps at the later chunks' median rate (jit / autotune / warm-up);
+    None with fewer than two chunks."""
+    if len(chunks) < 2:
+        return None
+    rates = sorted(s / steps for s, steps in chunks[1:] if steps > 0)
+    if not rates:
+        return None
+    first_s, first_steps = chunks[0]
+    return max(first_s - first_steps * rates[len(rates) // 2], 0.0)
+
+
+def steady_steps_per_s(chunks: list[tuple[float, int]]) -> float | None:
+    """Env steps per second of training after the first chunk (compilation left out)."""
+    later = chunks[1:] if len(chunks) > 1 else chunks
+    seconds = sum(s for s, _ in later)
+    return sum(n for _, n in later) / seconds if seconds > 0 and math.isfinite(seconds) else None

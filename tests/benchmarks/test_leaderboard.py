@@ -1,0 +1,176 @@
+"""benchmarks/leaderboard.py: the aggregation maths on fixed inputs, and the quick tier end to end on the CPU with
+tiny budgets (a peer that fails, resume skipping finished cells). Timings are never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # leaderboard imports leaderboard_agents by name
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+lb = _load("leaderboard")
+la = _load("leaderboard_agents")
+
+
+# ------------------------------------------------------------------------------------------------ the maths
+def test_mean_std_is_the_sample_std():
+    m, sd = lb.mean_std([1.0, 2.0, 3.0, 4.0])
+    assert m == 2.5
+    assert sd == pytest.approx(math.sqrt((1.5**2 + 0.5**2 + 0.5**2 + 1.5**2) / 3))
+    assert math.isnan(lb.mean_std([7.0])[1])
+    assert all(math.isnan(v) for v in lb.mean_std([]))
+
+
+def test_iqm_drops_a_quarter_from_each_end():
+    assert lb.iqm([100.0, 1.0, 3.0, 2.0, 4.0]) == 3.0  # n=5: drop 1 each end -> mean(2, 3, 4)
+    assert lb.iqm([8.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]) == 4.5  # n=8: drop 2 each end -> mean(3..6)
+    assert lb.iqm([2.0, 4.0]) == 3.0  # n < 4: nothing dropped
+
+
+def test_value_at_interpolates_at_equal_wall_clock():
+    curve = [(10.0, 0.0), (20.0, 100.0), (40.0, 50.0)]
+    assert math.isnan(lb.value_at(curve, 5.0))  # before the first evaluation (still compiling)
+    assert lb.value_at(curve, 10.0) == 0.0
+    assert lb.value_at(curve, 15.0) == 50.0
+    assert lb.value_at(curve, 30.0) == 75.0
+    assert lb.value_at(curve, 99.0) == 50.0  # after the last: held
+    assert math.isnan(lb.value_at([], 1.0))
+
+
+def test_time_to_threshold_is_the_first_evaluation_at_or_above():
+    curve = [(10.0, 0.0), (20.0, 100.0), (40.0, 150.0)]
+    assert lb.time_to_threshold(curve, 100.0) == 20.0
+    assert lb.time_to_threshold(curve, 120.0) == 40.0
+    assert lb.time_to_threshold(curve, 151.0) is None
+
+
+def test_compile_estimate_and_steady_rate():
+    chunks = [(5.0, 100), (1.0, 100), (2.0, 100), (1.0, 100)]  # median later rate 0.01 s/step
+    assert la.compile_estimate(chunks) == pytest.approx(4.0)
+    assert la.steady_steps_per_s(chunks) == pytest.approx(300 / 4.0)
+    assert la.compile_estimate(chunks[:1]) is None
+
+
+def _cell(env, agent, seed, status="ok", budget=40.0, **kw):
+    return {"cell_id": f"{env}__{agent}__s{seed}", "env": env, "agent": agent, "seed": seed, "status": status,
+            "error": kw.pop("error", None), "spec": {"budget_s": budget}, **kw}  # fmt: skip
+
+
+def _runs(env, agent, seed, points):
+    return [{"cell_id": f"{env}__{agent}__s{seed}", "env": env, "agent": agent, "seed": seed, "wall_s": t,
+             "env_steps": 1000 * i, "eval_return": r} for i, (t, r) in enumerate(points)]  # fmt: skip
+
+
+def test_summarize_on_fixed_inputs():
+    runs = (
+        _runs("Hopper", "eggroll", 0, [(10, 1000), (20, 3000), (40, 3500)])
+        + _runs("Hopper", "eggroll", 1, [(10, 500), (30, 2500), (40, 3100)])
+        + _runs("Hopper", "brax_ppo", 0, [(5, 2000), (25, 3200), (40, 3000)])
+        + _runs("Hopper", "brax_ppo", 1, [(5, 1000), (25, 2800), (40, 2900)])
+        + _runs("Hopper", "openes", 0, [(10, 7)])
+    )
+    cells = [_cell("Hopper", "eggroll", 0, compile_s=3.0, wall_s=60.0), _cell("Hopper", "eggroll", 1, compile_s=5.0),
+             _cell("Hopper", "brax_ppo", 0), _cell("Hopper", "brax_ppo", 1),
+             _cell("Hopper", "openes", 0, status="error", error="RuntimeError: boom\ntrace")]  # fmt: skip
+    rows = {r["agent"]: r for r in lb.summarize(runs, cells, {("Hopper", "eggroll"): 3})}
+    egg, ppo, es = rows["eggroll"], rows["brax_ppo"], rows["openes"]
+    assert (egg["seeds"], egg["planned"]) == (2, 3)
+    assert egg["final_mean"] == 3300.0 and egg["final_std"] == pytest.approx(math.sqrt(2 * 200**2))
+    assert math.isnan(egg["iqm"])  # fewer than 5 seeds
+    # at 20 s (half the budget): seed 0 evaluated 3000 there; seed 1 interpolates 500 -> 2500 over 10..30 s: 1500.
+    assert egg["at_half_budget"] == 2250.0
+    # threshold 3000: seed 0 at 20 s, seed 1 at 40 s
+    assert (egg["reached"], egg["time_to_threshold_s"]) == (2, 30.0)
+    # PPO's best: mean over PPO seeds of each seed's best, (3200 + 2900) / 2 = 3050; eggroll passes it at 40 s on
+    # both seeds, PPO's seed 0 at 25 s and seed 1 never.
+    assert ppo["ppo_best"] == 3050.0 and (egg["reached_ppo_best"], egg["time_to_ppo_best_s"]) == (2, 40.0)
+    assert (ppo["reached_ppo_best"], ppo["time_to_ppo_best_s"]) == (1, 25.0)
+    assert egg["compile_s"] == 4.0 and egg["minutes"] == 1.0
+    assert es["seeds"] == 0 and "boom" in es["status"] and "trace" not in es["status"]
+    assert lb.losses(list(rows.values())) == []  # eggroll ends higher; PPO reaches 3000 sooner but on 1/2 seeds
+
+
+# ----------------------------------------------------------------------------------------- end to end (CPU)
+FAKE_PEER = """
+def run_failing(cell, budget_s, emit):
+    emit(10, 1.0)
+    raise RuntimeError("fake peer broke")
+"""
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """The quick tier with a failing peer, 1 seed, 2 s cells; and a count of subprocess launches."""
+    root = tmp_path_factory.mktemp("board")
+    (root / "fake_peer.py").write_text(FAKE_PEER)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", str(root))
+    launches = []
+    real = lb._launch_cell
+
+    def counting(cell_dir, env, timeout_s):
+        launches.append(Path(cell_dir).name)
+        return real(cell_dir, env, timeout_s)
+
+    mp.setattr(lb, "_launch_cell", counting)
+    argv = ["--quick", "--agents", "eggroll", "openes", "fake_peer:run_failing", "--seeds", "1", "--budget-s", "2",
+            "--workers", "2", "--override", "population=16", "--override", "eval_episodes=4",
+            "--out", str(root / "lb")]  # fmt: skip
+    assert lb.main(argv) == 0
+    first = list(launches)
+    launches.clear()
+    assert lb.main(argv) == 0  # resume
+    yield root / "lb", first, list(launches)
+    mp.undo()
+
+
+def test_quick_tier_runs_every_cell_and_records_the_failing_peer(board):
+    out, first, _ = board
+    assert len(first) == 6
+    cells = {c["cell_id"]: c for c in lb._read_jsonl(out / "cells.jsonl")}
+    assert len(cells) == 6
+    for env in ("CartPole", "Pendulum"):
+        for agent in ("eggroll", "openes"):
+            c = cells[f"{env}__{agent}__s0"]
+            assert c["status"] == "ok", c["error"]
+            assert c["config"]["population"] == 16 and c["config"]["cpu_threads"] == 1
+            assert c["num_evals"] >= 1 and c["final_return"] is not None
+            assert c["peak_mem_torch_mb"] is None  # CPU
+            assert c["spec"]["episode_length"] == lb.EPISODE_LENGTHS[env]
+        fake = cells[f"{env}__fake_peer.run_failing__s0"]
+        assert fake["status"] == "error" and "fake peer broke" in fake["error"]
+    runs = lb._read_jsonl(out / "runs.jsonl")
+    egg = [r for r in runs if r["cell_id"] == "CartPole__eggroll__s0"]
+    assert egg and all(a["wall_s"] < b["wall_s"] for a, b in zip(egg, egg[1:]))
+    md = (out / "compare.md").read_text()
+    assert "fake peer broke" in md and "Where eggroll loses" in md
+    header = (out / "compare.csv").read_text().splitlines()[0].split(",")
+    assert header == lb.COLUMNS
+    assert (out / "CartPole.png").exists() and (out / "Pendulum.png").exists()
+    assert json.loads((out / "board.json").read_text())["git_sha"]
+
+
+def test_resume_skips_finished_cells_and_retries_failed_ones(board):
+    out, _, second = board
+    assert sorted(second) == ["CartPole__fake_peer.run_failing__s0", "Pendulum__fake_peer.run_failing__s0"]
+    runs = lb._read_jsonl(out / "runs.jsonl")
+    fake = [r for r in runs if r["cell_id"] == "CartPole__fake_peer.run_failing__s0"]
+    assert len(fake) == 1  # the retried cell's old evaluations were replaced, not duplicated
