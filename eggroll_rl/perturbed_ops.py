@@ -92,6 +92,7 @@ class PopulationMode(TorchFunctionMode):
         self.rows = member_ids.shape[0]
         self.j, self.s = member_noise_and_sign(member_ids, self.st.antithetic)
         self._uniq: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._runs: bool | None = None
 
     # ------------------------------------------------------------- dispatch
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -168,17 +169,51 @@ class PopulationMode(TorchFunctionMode):
         spatial = weight.dim() - 2
         delta = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
         if ws is not None:
-            A, B = self._row_factors(ws)  # (R, out, r), (R, in*k, r)
-            r = A.shape[-1]
-            filters = B.transpose(1, 2).reshape(self.rows * r, *weight.shape[1:])
-            xg = x.to(torch.float32).reshape(1, -1, *x.shape[2:])
-            t = func(xg, filters, None, stride, padding, dilation, self.rows)  # (1, R*r, *out_spatial)
-            t = t.reshape(self.rows, r, -1)
-            delta += torch.bmm(A, t).reshape(y.shape)
+            conv = lambda xg, filters, groups: func(xg, filters, None, stride, padding, dilation, groups)  # noqa: E731
+            delta += self._conv_lowrank_delta(conv, x, ws).reshape(y.shape)
         if bs is not None:
             db = self._row_delta(bs)
             delta += db.reshape(self.rows, -1, *([1] * spatial))
         return (y.to(torch.float32) + delta).to(y.dtype)
+
+    def _conv_lowrank_delta(self, conv, x: torch.Tensor, ws: ParamSpec) -> torch.Tensor:
+        """Each row's ``conv(x, A' B^T)`` for a low-rank conv weight: ``(R, out, L)`` float32 (``L`` output positions).
+
+        ``conv(xg, filters, groups)`` is the layer's convolution with its stride, padding and dilation. The rank-r
+        filters ``B^T`` run as one grouped convolution, then ``A'`` mixes their ``r`` outputs. Rows grouped by
+        noise index in equal runs (a batch repeated per member, ``arange(N).repeat_interleave(B)``) share one
+        group per noise index: the ``G`` rows of a group become the batch of that group's filters, so the
+        factors are fetched once per noise index and the convolution has ``groups`` = noise indices, not rows.
+        Any other order runs one group per row.
+        """
+        uniq, inv = self._unique()
+        num, rows, r = uniq.shape[0], self.rows, self.st.rank
+        shape = ws.param.shape
+        scale = (self.st.sigma / math.sqrt(self.st.rank)) * self.s  # (R,)
+        xf = x.to(torch.float32)
+        if rows % num == 0 and self._equal_runs(inv, num):
+            g = rows // num  # rows per noise index
+            A = self.ctx.noise_of(ws, "A", uniq)  # (num, out, r)
+            B = self.ctx.noise_of(ws, "B", uniq)  # (num, in*k, r)
+            filters = B.transpose(1, 2).reshape(num * r, *shape[1:])
+            xg = xf.reshape(num, g, *x.shape[1:]).transpose(0, 1).reshape(g, num * x.shape[1], *x.shape[2:])
+            t = conv(xg, filters, num)  # (g, num*r, *out_spatial)
+            t = t.reshape(g, num, r, -1).transpose(0, 1) * scale.reshape(num, g, 1, 1)  # (num, g, r, L)
+            return torch.matmul(A[:, None], t).reshape(rows, shape[0], -1)
+        A = self.ctx.noise_of(ws, "A", uniq)[inv] * scale[:, None, None]  # (R, out, r), scaled
+        B = self.ctx.noise_of(ws, "B", uniq)[inv]  # (R, in*k, r)
+        filters = B.transpose(1, 2).reshape(rows * r, *shape[1:])
+        t = conv(xf.reshape(1, -1, *x.shape[2:]), filters, rows)  # (1, R*r, *out_spatial)
+        return torch.bmm(A, t.reshape(rows, r, -1))
+
+    def _equal_runs(self, inv: torch.Tensor, num: int) -> bool:
+        """Whether the rows come as ``num`` equal runs, one per noise index in order (cached per forward)."""
+        if self._runs is None:
+            rows = self.rows
+            self._runs = rows % num == 0 and bool(
+                (inv == torch.arange(num, device=inv.device).repeat_interleave(rows // num)).all()
+            )
+        return self._runs
 
     def _embedding(self, input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
                    sparse=False):  # fmt: skip

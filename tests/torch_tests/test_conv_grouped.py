@@ -1,0 +1,93 @@
+"""The conv handler's grouped path (a batch repeated per member) against its per-row path and iterate().
+
+``batched_forward`` with ``member_ids = arange(N).repeat_interleave(B)`` runs one grouped convolution with a
+group per noise index; the same rows in a shuffled order take the per-row path (one group per row). Both must
+give each row its member's output, as the member's materialized weights (iterate()) do.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+from es_helpers import make_strategy
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _models():
+    return {
+        "conv2d": (
+            lambda: nn.Sequential(
+                nn.Conv2d(2, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 4, 3, stride=2), nn.Flatten(), nn.Linear(16, 3)
+            ),
+            (2, 6, 6),
+        ),
+        "conv1d": (
+            lambda: nn.Sequential(
+                nn.Conv1d(3, 4, 3, padding=1, dilation=1), nn.Tanh(), nn.Conv1d(4, 2, 2, stride=2), nn.Flatten()
+            ),
+            (3, 8),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_grouped_conv_matches_per_row_and_iterate(device, name, antithetic):
+    build, shape = _models()[name]
+    torch.manual_seed(0)
+    model = build().to(device)
+    s = make_strategy(device, rank=3, sigma=0.2, antithetic=antithetic)
+    s.setup(model)
+    n, b = 6, 5
+    xb = torch.randn(b, *shape, device=device)
+    x = xb.repeat(n, *([1] * len(shape)))  # each member's B samples, in equal runs
+    ids = torch.arange(n, device=device).repeat_interleave(b)
+    perm = torch.randperm(n * b, generator=torch.Generator().manual_seed(3)).to(device)
+    with s.perturb(n, epoch=2) as pop:
+        grouped = pop.batched_forward(model, x, member_ids=ids)
+        per_row = torch.empty_like(grouped)
+        per_row[perm] = pop.batched_forward(model, x[perm], member_ids=ids[perm])  # shuffled: the per-row path
+        loop = []
+        for _ in pop.iterate():
+            with torch.no_grad():
+                loop.append(model(xb))
+    loop = torch.cat(loop)
+    torch.testing.assert_close(grouped, per_row, **TOL)
+    torch.testing.assert_close(grouped, loop, **TOL)
+    # the members differ: the comparison is not of unperturbed outputs
+    assert not torch.allclose(grouped[:b], grouped[b : 2 * b], **TOL)
+
+
+class _ConvGroups(TorchFunctionMode):
+    """Records the ``groups`` of every conv2d run beneath it (the population mode's own convolutions included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.groups = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.conv2d:
+            self.groups.append(args[6] if len(args) > 6 else kwargs.get("groups", 1))
+        return func(*args, **kwargs)
+
+
+def test_grouped_conv_path_is_taken_only_for_equal_runs(device):
+    """The grouped path runs one convolution with a group per noise index; other orders, a group per row."""
+    torch.manual_seed(0)
+    model = nn.Conv2d(2, 3, 3).to(device)
+    s = make_strategy(device, rank=2, sigma=0.1)
+    s.setup(model)
+    n, b = 4, 3
+    x = torch.randn(n * b, 2, 5, 5, device=device)
+    ids = torch.arange(n, device=device).repeat_interleave(b)
+    with s.perturb(n) as pop:
+        with _ConvGroups() as spy:
+            pop.batched_forward(model, x, member_ids=ids)
+        assert spy.groups[-1] == n // 2  # antithetic: one group per noise index
+        with _ConvGroups() as spy:
+            pop.batched_forward(model, x, member_ids=ids.flip(0))
+        assert spy.groups[-1] == n * b
