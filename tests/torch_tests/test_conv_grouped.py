@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from torch.overrides import TorchFunctionMode
 from es_helpers import make_strategy
+from torch.overrides import TorchFunctionMode
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
