@@ -83,6 +83,10 @@ class PopulationMode(TorchFunctionMode):
         paired: rows ``2q`` and ``2q+1`` share their noise index (the linear kernel then generates it once).
     """
 
+    # Convolutions of rows in equal runs per member: one convolution per run (True), one grouped convolution
+    # (False), or None: per run on the CPU, grouped elsewhere.
+    conv_member_loop: bool | None = None
+
     def __init__(self, ctx: PerturbationContext, member_ids: torch.Tensor, paired: bool = False):
         super().__init__()
         self.paired = paired
@@ -92,7 +96,7 @@ class PopulationMode(TorchFunctionMode):
         self.rows = member_ids.shape[0]
         self.j, self.s = member_noise_and_sign(member_ids, self.st.antithetic)
         self._uniq: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._runs: bool | None = None
+        self._runs: tuple[torch.Tensor, int] | bool | None = None  # _member_runs(), found on first use
 
     # ------------------------------------------------------------- dispatch
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -152,67 +156,90 @@ class PopulationMode(TorchFunctionMode):
 
     def _conv(self, func, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         ws, bs = self._spec(weight), self._spec(bias)
-        y = func(x, weight, bias, stride, padding, dilation, groups)
         if ws is None and bs is None:
-            return y
+            return func(x, weight, bias, stride, padding, dilation, groups)
         _leading(x, self.rows, func.__name__)
         if groups != 1:
             raise NotImplementedError(f"batched_forward: {func.__name__} with groups={groups} is not supported")
+        runs = self._member_runs()
+        if runs is not None:
+            return self._conv_member_runs(func, x, weight, bias, ws, bs, runs, (stride, padding, dilation))
         if ws is not None and ws.kind != "matrix":  # a free weight: full-rank noise, one grouped conv per row
             filters = self._row_matrix(ws).reshape(self.rows * weight.shape[0], *weight.shape[1:])
             xg = x.to(torch.float32).reshape(1, -1, *x.shape[2:])
-            full = func(xg, filters, None, stride, padding, dilation, self.rows).reshape(y.shape)
+            full = func(xg, filters, None, stride, padding, dilation, self.rows)
+            full = full.reshape(self.rows, weight.shape[0], *full.shape[2:])
             if bias is not None:
                 b = self._row_vector(bs) if bs is not None else bias.detach().to(torch.float32).reshape(1, -1)
                 full = full + b.reshape(b.shape[0], -1, *([1] * (weight.dim() - 2)))
-            return full.to(y.dtype)
+            return full.to(torch.result_type(x, weight))
+        y = func(x, weight, bias, stride, padding, dilation, groups)
         spatial = weight.dim() - 2
         delta = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
         if ws is not None:
-            conv = lambda xg, filters, groups: func(xg, filters, None, stride, padding, dilation, groups)  # noqa: E731
-            delta += self._conv_lowrank_delta(conv, x, ws).reshape(y.shape)
+            A, B = self._row_factors(ws)  # (R, out, r), (R, in*k, r)
+            r = A.shape[-1]
+            filters = B.transpose(1, 2).reshape(self.rows * r, *weight.shape[1:])
+            xg = x.to(torch.float32).reshape(1, -1, *x.shape[2:])
+            t = func(xg, filters, None, stride, padding, dilation, self.rows)  # (1, R*r, *out_spatial)
+            t = t.reshape(self.rows, r, -1)
+            delta += torch.bmm(A, t).reshape(y.shape)
         if bs is not None:
             db = self._row_delta(bs)
             delta += db.reshape(self.rows, -1, *([1] * spatial))
         return (y.to(torch.float32) + delta).to(y.dtype)
 
-    def _conv_lowrank_delta(self, conv, x: torch.Tensor, ws: ParamSpec) -> torch.Tensor:
-        """Each row's ``conv(x, A' B^T)`` for a low-rank conv weight: ``(R, out, L)`` float32 (``L`` output positions).
+    def _conv_member_runs(self, func, x, weight, bias, ws, bs, runs: tuple[torch.Tensor, int], conv_args):
+        """The convolution of rows that come in equal runs of one member each (a batch repeated per member).
 
-        ``conv(xg, filters, groups)`` is the layer's convolution with its stride, padding and dilation. The rank-r
-        filters ``B^T`` run as one grouped convolution, then ``A'`` mixes their ``r`` outputs. Rows grouped by
-        noise index in equal runs (a batch repeated per member, ``arange(N).repeat_interleave(B)``) share one
-        group per noise index: the ``G`` rows of a group become the batch of that group's filters, so the
-        factors are fetched once per noise index and the convolution has ``groups`` = noise indices, not rows.
-        Any other order runs one group per row.
+        Each run's member weight (and bias) is formed once, as ``iterate()`` forms it (``W + sigma E`` in float32),
+        and convolves the run's ``g`` rows: on the CPU one plain convolution per run (small convolutions that stay
+        in cache beat one grouped convolution there), elsewhere one convolution with a group per run.
         """
-        uniq, inv = self._unique()
-        num, rows, r = uniq.shape[0], self.rows, self.st.rank
-        shape = ws.param.shape
-        scale = (self.st.sigma / math.sqrt(self.st.rank)) * self.s  # (R,)
+        members, g = runs
+        n_runs = members.shape[0]
+        weights = self._member_values(ws, weight, members)  # (M, out, in, *k) float32
+        biases = None if bias is None else self._member_values(bs, bias, members)  # (M, out)
         xf = x.to(torch.float32)
-        if rows % num == 0 and self._equal_runs(inv, num):
-            g = rows // num  # rows per noise index
-            A = self.ctx.noise_of(ws, "A", uniq)  # (num, out, r)
-            B = self.ctx.noise_of(ws, "B", uniq)  # (num, in*k, r)
-            filters = B.transpose(1, 2).reshape(num * r, *shape[1:])
-            xg = xf.reshape(num, g, *x.shape[1:]).transpose(0, 1).reshape(g, num * x.shape[1], *x.shape[2:])
-            t = conv(xg, filters, num)  # (g, num*r, *out_spatial)
-            t = t.reshape(g, num, r, -1).transpose(0, 1) * scale.reshape(num, g, 1, 1)  # (num, g, r, L)
-            return torch.matmul(A[:, None], t).reshape(rows, shape[0], -1)
-        A = self.ctx.noise_of(ws, "A", uniq)[inv] * scale[:, None, None]  # (R, out, r), scaled
-        B = self.ctx.noise_of(ws, "B", uniq)[inv]  # (R, in*k, r)
-        filters = B.transpose(1, 2).reshape(rows * r, *shape[1:])
-        t = conv(xf.reshape(1, -1, *x.shape[2:]), filters, rows)  # (1, R*r, *out_spatial)
-        return torch.bmm(A, t.reshape(rows, r, -1))
+        out_dtype = torch.result_type(x, weight)
+        loop = self.conv_member_loop if self.conv_member_loop is not None else x.device.type == "cpu"
+        if loop:
+            xr = xf.reshape(n_runs, g, *x.shape[1:])
+            ys = [func(xr[k], weights[k], None if biases is None else biases[k], *conv_args) for k in range(n_runs)]
+            return torch.cat(ys).to(out_dtype)
+        xg = xf.reshape(n_runs, g, *x.shape[1:]).transpose(0, 1).reshape(g, n_runs * x.shape[1], *x.shape[2:])
+        filters = weights.reshape(n_runs * weight.shape[0], *weight.shape[1:])
+        yg = func(xg, filters, None if biases is None else biases.reshape(-1), *conv_args, n_runs)
+        yg = yg.reshape(g, n_runs, weight.shape[0], *yg.shape[2:]).transpose(0, 1)
+        return yg.reshape(self.rows, *yg.shape[2:]).to(out_dtype)
 
-    def _equal_runs(self, inv: torch.Tensor, num: int) -> bool:
-        """Whether the rows come as ``num`` equal runs, one per noise index in order (cached per forward)."""
+    def _member_values(self, spec: ParamSpec | None, param: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """The values ``(M, *shape)`` float32 of ``param`` for the members ``members`` ``(M,)``."""
+        base = param.detach().to(torch.float32)
+        if spec is None:
+            return base.expand(members.shape[0], *param.shape)
+        j, s = member_noise_and_sign(members, self.st.antithetic)
+        if spec.kind == "matrix":
+            A = self.ctx.noise_of(spec, "A", j)  # (M, out, r)
+            B = self.ctx.noise_of(spec, "B", j)  # (M, in*k, r)
+            A = A * ((self.st.sigma / math.sqrt(self.st.rank)) * s)[:, None, None]
+            delta = torch.bmm(A, B.transpose(1, 2))
+        else:
+            delta = (self.st.sigma * s)[:, None] * self.ctx.noise_of(spec, "eps", j)
+        return base.unsqueeze(0) + delta.reshape(members.shape[0], *param.shape)
+
+    def _member_runs(self) -> tuple[torch.Tensor, int] | None:
+        """``(members (M,), g)`` when the rows are equal runs of ``g > 1`` rows of one member each, else None."""
+        if self._runs is False:
+            return None
         if self._runs is None:
-            rows = self.rows
-            self._runs = rows % num == 0 and bool(
-                (inv == torch.arange(num, device=inv.device).repeat_interleave(rows // num)).all()
-            )
+            members, counts = torch.unique_consecutive(self.ids, return_counts=True)
+            g = int(counts[0])
+            if g > 1 and bool((counts == g).all()):
+                self._runs = (members, g)
+            else:
+                self._runs = False
+                return None
         return self._runs
 
     def _embedding(self, input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,

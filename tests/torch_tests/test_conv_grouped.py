@@ -1,8 +1,9 @@
-"""The conv handler's grouped path (a batch repeated per member) against its per-row path and iterate().
+"""The conv handler's member-run path (a batch repeated per member) against its per-row path and iterate().
 
-``batched_forward`` with ``member_ids = arange(N).repeat_interleave(B)`` runs one grouped convolution with a
-group per noise index; the same rows in a shuffled order take the per-row path (one group per row). Both must
-give each row its member's output, as the member's materialized weights (iterate()) do.
+``batched_forward`` with ``member_ids = arange(N).repeat_interleave(B)`` forms each member's conv weight once and
+convolves its run of rows with it (one convolution per run on the CPU, or one grouped convolution with a group
+per run); the same rows in a shuffled order take the per-row path (one group per row). All must give each row
+its member's output, as the member's materialized weights (iterate()) do.
 """
 
 from __future__ import annotations
@@ -13,7 +14,20 @@ import torch.nn as nn
 from es_helpers import make_strategy
 from torch.overrides import TorchFunctionMode
 
+from eggroll_rl.perturbed_ops import PopulationMode
+
 TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+class FreeConv(nn.Module):
+    """A conv whose weight is a free parameter (full-rank noise), used through F.conv1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 2, 3) * 0.3)
+
+    def forward(self, x):
+        return torch.nn.functional.conv1d(x, self.w, None, 1, 1)
 
 
 def _models():
@@ -26,8 +40,12 @@ def _models():
         ),
         "conv1d": (
             lambda: nn.Sequential(
-                nn.Conv1d(3, 4, 3, padding=1, dilation=1), nn.Tanh(), nn.Conv1d(4, 2, 2, stride=2), nn.Flatten()
-            ),
+                nn.Conv1d(3, 4, 3, padding=2, dilation=2),
+                nn.Tanh(),
+                nn.Conv1d(4, 2, 2, stride=2, bias=False),
+                FreeConv(),
+                nn.Flatten(),
+            ),  # fmt: skip
             (3, 8),
         ),
     }
@@ -35,7 +53,9 @@ def _models():
 
 @pytest.mark.parametrize("name", list(_models()))
 @pytest.mark.parametrize("antithetic", [True, False])
-def test_grouped_conv_matches_per_row_and_iterate(device, name, antithetic):
+@pytest.mark.parametrize("loop", [True, False])
+def test_member_runs_match_per_row_and_iterate(device, name, antithetic, loop, monkeypatch):
+    monkeypatch.setattr(PopulationMode, "conv_member_loop", loop)
     build, shape = _models()[name]
     torch.manual_seed(0)
     model = build().to(device)
@@ -47,18 +67,18 @@ def test_grouped_conv_matches_per_row_and_iterate(device, name, antithetic):
     ids = torch.arange(n, device=device).repeat_interleave(b)
     perm = torch.randperm(n * b, generator=torch.Generator().manual_seed(3)).to(device)
     with s.perturb(n, epoch=2) as pop:
-        grouped = pop.batched_forward(model, x, member_ids=ids)
-        per_row = torch.empty_like(grouped)
+        runs = pop.batched_forward(model, x, member_ids=ids)
+        per_row = torch.empty_like(runs)
         per_row[perm] = pop.batched_forward(model, x[perm], member_ids=ids[perm])  # shuffled: the per-row path
         loop = []
         for _ in pop.iterate():
             with torch.no_grad():
                 loop.append(model(xb))
     loop = torch.cat(loop)
-    torch.testing.assert_close(grouped, per_row, **TOL)
-    torch.testing.assert_close(grouped, loop, **TOL)
+    torch.testing.assert_close(runs, per_row, **TOL)
+    torch.testing.assert_close(runs, loop, **TOL)
     # the members differ: the comparison is not of unperturbed outputs
-    assert not torch.allclose(grouped[:b], grouped[b : 2 * b], **TOL)
+    assert not torch.allclose(runs[:b], runs[b : 2 * b], **TOL)
 
 
 class _ConvGroups(TorchFunctionMode):
@@ -75,8 +95,10 @@ class _ConvGroups(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def test_grouped_conv_path_is_taken_only_for_equal_runs(device):
-    """The grouped path runs one convolution with a group per noise index; other orders, a group per row."""
+@pytest.mark.parametrize("loop", [True, False])
+def test_member_run_path_is_taken_only_for_equal_runs(device, loop, monkeypatch):
+    """Equal runs per member: one convolution per run, or one with a group per run; other orders, one group per row."""
+    monkeypatch.setattr(PopulationMode, "conv_member_loop", loop)
     torch.manual_seed(0)
     model = nn.Conv2d(2, 3, 3).to(device)
     s = make_strategy(device, rank=2, sigma=0.1)
@@ -87,7 +109,7 @@ def test_grouped_conv_path_is_taken_only_for_equal_runs(device):
     with s.perturb(n) as pop:
         with _ConvGroups() as spy:
             pop.batched_forward(model, x, member_ids=ids)
-        assert spy.groups[-1] == n // 2  # antithetic: one group per noise index
+        assert spy.groups == ([1] * n if loop else [n])
         with _ConvGroups() as spy:
-            pop.batched_forward(model, x, member_ids=ids.flip(0))
+            pop.batched_forward(model, x, member_ids=ids.flip(0).roll(1))  # runs broken: per row
         assert spy.groups[-1] == n * b
