@@ -86,14 +86,17 @@ def check_same_config(values: dict[str, Any], group=None) -> None:
     rank, world_size = _world(group)
     if world_size == 1:
         return
-    mine = config_hash(values)
     hashes: list[Any] = [None] * world_size
-    dist.all_gather_object(hashes, mine, group=group)
+    dist.all_gather_object(hashes, config_hash(values), group=group)
     odd = [r for r, h in enumerate(hashes) if h != hashes[0]]
     if odd:
+        everyone: list[Any] = [None] * world_size  # only now the whole configs, to name what differs
+        dist.all_gather_object(everyone, values, group=group)
+        fields = sorted({k for r in odd for k in everyone[0].keys() | everyone[r].keys()
+                         if everyone[0].get(k) != everyone[r].get(k)})  # fmt: skip
         raise ValueError(
-            f"the ranks were started with different configs: ranks {odd} differ from rank 0 (config hashes "
-            f"{sorted({h[:12] for h in hashes})}); every rank must get the same command line and config file"
+            f"the ranks were started with different configs: ranks {odd} differ from rank 0 in {fields} (config "
+            f"hashes {sorted({h[:12] for h in hashes})}); every rank must get the same command line and config file"
         )
 
 
