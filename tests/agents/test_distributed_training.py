@@ -120,3 +120,26 @@ def test_population_must_split_into_equal_slices_of_pairs(population, antithetic
     else:
         with pytest.raises(ValueError, match=f"population={population} is invalid for 2 ranks"):
             ranks.check_layout(config)
+
+
+def test_a_window_of_envs_resets_as_those_rows_of_the_whole_batch():
+    from eggroll_rl.envs import CartPole
+
+    whole, window = CartPole(num_envs=12, device="cpu", seed=3), CartPole(num_envs=4, device="cpu", seed=3)
+    window.set_reset_window(8, 12)
+    for seed in (5, 77):
+        assert torch.equal(window.reset(seed=seed), whole.reset(seed=seed)[8:])
+    with pytest.raises(ValueError, match="offset"):
+        window.set_reset_window(9, 12)
+
+
+@pytest.mark.slow
+def test_a_window_of_brax_envs_resets_as_those_rows_of_the_whole_batch():
+    pytest.importorskip("brax")
+    from eggroll_rl.envs import make_env
+
+    whole = make_env("HalfCheetah", backend="brax", num_envs=8, device="cpu", seed=0)
+    window = make_env("HalfCheetah", backend="brax", num_envs=4, device="cpu", seed=0)
+    window.set_reset_window(4, 8)
+    for seed in (3, 17):
+        assert torch.equal(window.reset(seed=seed), whole.reset(seed=seed)[4:])
