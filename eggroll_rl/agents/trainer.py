@@ -221,6 +221,7 @@ def train(
         # Rank 0 alone has a run directory to save on a signal; the others keep the default SIGTERM, which ends a
         # process even while it waits in a collective (a Python handler would run only after the wait).
         interrupts = cleanup.enter_context(_Interrupts() if ranks.rank == 0 else contextlib.nullcontext(_Interrupts()))
+        ranks.check_layout(config)  # before a run directory is made (again below: a resumed run's stored config)
         # --- the run directory (checked, locked; to resume: its config and checkpoint), before any work --------
         writer, config, checkpoint = ranks.open_run(config, resume)
         if writer is not None:
