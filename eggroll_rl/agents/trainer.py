@@ -336,6 +336,13 @@ def train(
                 writer.save_checkpoint(state)  # between updates: the state in memory is that of `generation` gens
             exc.generation = writer.saved_generation if writer is not None else None
             raise
+        except RuntimeError as exc:
+            if ranks.world_size > 1 and _peer_gone(exc):
+                raise RuntimeError(
+                    f"rank {ranks.rank}: another rank ended during generation {state.generation} (its own error is "
+                    f"in its output; torchrun names it): {str(exc).splitlines()[0]}"
+                ) from exc
+            raise
 
     return TrainResult(
         policy=policy,
@@ -377,6 +384,14 @@ def _clone_policy(policy: MLPPolicy) -> MLPPolicy:
 
 
 # --------------------------------------------------------------------------------------------- torch.distributed
+def _peer_gone(exc: RuntimeError) -> bool:
+    """Whether a collective failed because another rank's process ended (gloo's message; NCCL's errors)."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or "closed by peer" in text or "reset by peer" in text
+
+
 class _Ranks:
     """The trainer's side of ``torch.distributed``: which members this rank plays, and the few values that cross
     ranks per generation. With one process every method is the identity, so a single-process run is unchanged."""
