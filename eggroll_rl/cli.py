@@ -322,7 +322,8 @@ def _cmd_train(argv: list[str]) -> int:
     if not config.out_dir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config = config.replace(out_dir=str(Path("runs") / f"{config.env.replace(':', '_')}_s{config.seed}_{stamp}"))
-    update, close = _progress_bar(args.quiet)
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 alone shows progress and the summary
+    update, close = _progress_bar(args.quiet or not lead)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -333,6 +334,8 @@ def _cmd_train(argv: list[str]) -> int:
         return 128 + exc.signum
     finally:
         close()
+    if not lead:
+        return 0
     last = result.metrics[-1] if result.metrics else {}
     print(
         f"done: {len(result.metrics)} generations recorded, {last.get('env_steps', 0):,} env steps, "

@@ -17,6 +17,13 @@ uninterrupted run.
 A run directory is locked while a run trains into it, holds a checkpoint from before the first generation, and gets
 a checkpoint of the last completed generation on SIGINT/SIGTERM (``TrainingInterrupted``); see
 ``docs/run_directories.md``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, or a process group the caller initialized) one population is spread over
+the ranks: each rank steps the envs of its slice of members (``eggroll_rl.distributed.population_slice``; the
+noise is that of the global member ids), the fitnesses are all-gathered, the observation sums all-reduced, and
+every rank applies the same update, so the replicas stay identical. Rank 0 alone opens the run directory, writes
+it and evaluates the mean policy; it broadcasts the run's config, its checkpoint, the stop decision and the
+evaluation, so every rank returns the same ``TrainResult``. See ``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -39,10 +46,13 @@ from eggroll_rl.agents.builders import build_env, build_policy, build_strategy, 
 from eggroll_rl.agents.checkpoint import TrainState
 from eggroll_rl.agents.config import TrainConfig
 from eggroll_rl.agents.policy import MLPPolicy
-from eggroll_rl.agents.rollout import rollout
+from eggroll_rl.agents.rollout import RolloutResult, rollout
 from eggroll_rl.agents.run_dir import RunWriter
 from eggroll_rl.agents.schedules import schedule_value
 from eggroll_rl.envs.base import resolve_device
+
+SYNC_CHECK_EVERY = 10
+"""Under ``torch.distributed``: compare the replicas' checksums every this many generations (and at the end)."""
 
 __all__ = ["TrainResult", "TrainingInterrupted", "train", "evaluate"]
 
@@ -191,7 +201,8 @@ def train(
     Args:
         config: the run's settings (``TrainConfig.for_env(name)`` gives tuned defaults).
         progress_fn: called after every generation with that generation's record (the metrics.jsonl line plus
-            ``progress``, the fraction of the budget used, and ``best_eval_return``).
+            ``progress``, the fraction of the budget used, and ``best_eval_return``); under ``torchrun`` on every
+            rank, with the same record.
         resume: a run directory to continue from its last checkpoint (``config`` must be for the same env and
             may change only the budget and output fields, see ``RESUMABLE_OVERRIDES``). The run keeps writing to
             that directory. ``True``: continue ``config.out_dir`` if it holds a run, else start one there — so a
@@ -206,9 +217,13 @@ def train(
             of the last completed generation.
     """
     with contextlib.ExitStack() as cleanup:
-        interrupts = cleanup.enter_context(_Interrupts())
+        ranks = _Ranks.join(config, cleanup)
+        # Rank 0 alone has a run directory to save on a signal; the others keep the default SIGTERM, which ends a
+        # process even while it waits in a collective (a Python handler would run only after the wait).
+        interrupts = cleanup.enter_context(_Interrupts() if ranks.rank == 0 else contextlib.nullcontext(_Interrupts()))
+        ranks.check_layout(config)  # before a run directory is made (again below: a resumed run's stored config)
         # --- the run directory (checked, locked; to resume: its config and checkpoint), before any work --------
-        writer, config, checkpoint = RunWriter.open(config, resume)
+        writer, config, checkpoint = ranks.open_run(config, resume)
         if writer is not None:
             cleanup.callback(writer.close)
             interrupts.writer = writer
@@ -222,7 +237,11 @@ def train(
         device = resolve_device(config.device)
 
         # --- environment, policy, strategy ---------------------------------------------------------------------
-        env = cleanup.enter_context(contextlib.closing(build_env(config, config.num_envs, device, seed=config.seed)))
+        ranks.check_layout(config)
+        first, num_local = ranks.members(config.population)  # this rank's members: first .. first+num_local-1
+        env = build_env(config, num_local * config.episodes_per_member, device, seed=config.seed)
+        env = cleanup.enter_context(contextlib.closing(env))
+        ranks.window_env(env, first * config.episodes_per_member, config.num_envs)
         env_info = {k: getattr(env, k) for k in ("backend", "env_id", "brax_backend") if hasattr(env, k)}
         eval_env = None
         torch.manual_seed(config.seed)  # the policy's initial weights
@@ -254,16 +273,18 @@ def train(
                 strategy.lr = schedule_value(config.lr_schedule, config.lr, config.lr_end_factor, progress)
 
                 # 1. perturb + rollout: member i plays episodes_per_member episodes in its own envs.
+                # Under torchrun this rank plays members first .. first+num_local-1, each with its global noise.
                 with strategy.perturb(population_size=config.population, epoch=generation) as pop:
                     episodes = rollout(
                         env,
-                        lambda obs, ids: pop.batched_forward(policy, obs, member_ids=ids),
-                        num_members=config.population,
+                        lambda obs, ids: pop.batched_forward(policy, obs, member_ids=ids + first if first else ids),
+                        num_members=num_local,
                         envs_per_member=config.episodes_per_member,
                         max_steps=max_steps,
                         seed=generation_seed(config.seed, generation),
                         record_obs=policy.obs_norm is not None,
                     )
+                episodes = ranks.combine(episodes, config.population)  # the whole population's results
                 interrupts.begin_update()  # a signal from here to end_update() waits: the state is being changed
                 # 2. observation statistics from the live steps of the whole population.
                 if policy.obs_norm is not None and episodes.obs_count > 0:
@@ -276,17 +297,21 @@ def train(
 
                 # 4. evaluation of the mean policy.
                 done = not _budget_left(config, state.generation, state.env_steps, time.perf_counter() - start)
+                done = ranks.agree(done)  # rank 0's clock decides a time limit for every rank
                 improved = False
                 if done or (config.eval_every and state.generation % config.eval_every == 0):
-                    if eval_env is None:
-                        eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
-                        cleanup.enter_context(contextlib.closing(eval_env))
-                    ev = evaluate(
-                        policy,
-                        eval_env,
-                        seed=generation_seed(config.seed, state.generation, salt=1),
-                        max_steps=episode_limit(eval_env, config),
-                    )
+                    ev = {"return_mean": math.nan, "return_std": math.nan}
+                    if ranks.rank == 0:
+                        if eval_env is None:
+                            eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
+                            cleanup.enter_context(contextlib.closing(eval_env))
+                        ev = evaluate(
+                            policy,
+                            eval_env,
+                            seed=generation_seed(config.seed, state.generation, salt=1),
+                            max_steps=episode_limit(eval_env, config),
+                        )
+                    ev = ranks.share_evaluation(ev)
                     record["eval_return"] = ev["return_mean"]
                     record["eval_return_std"] = ev["return_std"]
                     if ev["return_mean"] > state.best_eval_return:
@@ -298,6 +323,8 @@ def train(
                 record["steps_per_s"] = episodes.num_steps / max(now - gen_start, 1e-9)
                 state.history.append(record)
 
+                if done or state.generation % SYNC_CHECK_EVERY == 0:
+                    ranks.check_in_sync(policy, state.generation)
                 # 5. emit: the run directory, then the caller's progress_fn.
                 if writer is not None:
                     writer.on_generation(state, record, improved=improved, done=done, env_info=env_info)
@@ -308,6 +335,13 @@ def train(
             if not exc.forced and writer is not None and writer.saved_generation != state.generation:
                 writer.save_checkpoint(state)  # between updates: the state in memory is that of `generation` gens
             exc.generation = writer.saved_generation if writer is not None else None
+            raise
+        except RuntimeError as exc:
+            if ranks.world_size > 1 and _peer_gone(exc):
+                raise RuntimeError(
+                    f"rank {ranks.rank}: another rank ended during generation {state.generation} (its own error is "
+                    f"in its output; torchrun names it): {str(exc).splitlines()[0]}"
+                ) from exc
             raise
 
     return TrainResult(
@@ -347,3 +381,162 @@ def _clone_policy(policy: MLPPolicy) -> MLPPolicy:
     clone = MLPPolicy(**policy.spec).to(next(policy.parameters()).device)
     clone.load_state_dict(policy.state_dict())
     return clone
+
+
+# --------------------------------------------------------------------------------------------- torch.distributed
+def _peer_gone(exc: RuntimeError) -> bool:
+    """Whether a collective failed because another rank's process ended (gloo's message; NCCL's errors)."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or "closed by peer" in text or "reset by peer" in text
+
+
+class _Ranks:
+    """The trainer's side of ``torch.distributed``: which members this rank plays, and the few values that cross
+    ranks per generation. With one process every method is the identity, so a single-process run is unchanged."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.device = device  # where collectives' tensors live: the CUDA device under NCCL, else the CPU
+
+    @classmethod
+    def join(cls, config: TrainConfig, cleanup: contextlib.ExitStack) -> _Ranks:
+        """Join torchrun's process group (or the caller's) and check that every rank got the same config."""
+        import torch.distributed as dist
+
+        from eggroll_rl.distributed import check_same_config, init_from_environment, world
+
+        cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+        if init_from_environment("cuda" if cuda else "cpu"):
+            # Destroyed after a clean end only: after a failure a peer may be gone, and the process exits anyway.
+            cleanup.push(lambda exc_type, *_: dist.destroy_process_group() if exc_type is None else None)
+        rank, world_size = world()
+        if world_size == 1:
+            return cls(0, 1, torch.device("cpu"))
+        on_nccl = dist.get_backend() == "nccl"
+        ranks = cls(rank, world_size, resolve_device("cuda") if on_nccl else torch.device("cpu"))
+        # out_dir may hold a per-rank time stamp (the CLI's default); rank 0's is the one used.
+        check_same_config({k: v for k, v in config.to_dict().items() if k != "out_dir"})
+        return ranks
+
+    def open_run(self, config: TrainConfig, resume: Any) -> tuple[RunWriter | None, TrainConfig, dict | None]:
+        """``RunWriter.open`` on rank 0; the other ranks get its config and checkpoint, or its error."""
+        if self.world_size == 1:
+            return RunWriter.open(config, resume)
+        from eggroll_rl.distributed import broadcast_from_rank0
+
+        writer, checkpoint = None, None
+        if self.rank == 0:
+            try:
+                writer, config, checkpoint = RunWriter.open(config, resume)
+            except Exception as exc:  # noqa: BLE001 - every rank raises it, rank 0 with its own traceback
+                broadcast_from_rank0((f"{type(exc).__name__}: {exc}", None, None))
+                raise
+        message, values, checkpoint = broadcast_from_rank0((None, config.to_dict(), checkpoint))
+        if message is not None:
+            raise RuntimeError(f"rank 0 could not open the run: {message}")
+        return writer, TrainConfig.from_dict(values), checkpoint
+
+    def check_layout(self, config: TrainConfig) -> None:
+        """Raise ``ValueError`` (on every rank alike) unless the population splits into equal slices of whole
+        antithetic pairs."""
+        if self.world_size == 1:
+            return
+        share = 2 * self.world_size if config.antithetic else self.world_size
+        if config.population % share:
+            pairs = " of antithetic pairs (+/- members on the same rank)" if config.antithetic else ""
+            raise ValueError(
+                f"population={config.population} is invalid for {self.world_size} ranks: expected a multiple of "
+                f"{share}, so that every rank plays an equal slice{pairs}"
+            )
+
+    def members(self, population: int) -> tuple[int, int]:
+        """``(first, count)``: this rank's members are ``first .. first+count-1``."""
+        from eggroll_rl.distributed import population_slice
+
+        ids = population_slice(population, self.rank, self.world_size)
+        return int(ids[0]), int(ids.numel())
+
+    def window_env(self, env: Any, offset: int, total: int) -> None:
+        """Make ``env``'s resets those of rows ``offset ..`` of the single-process batch of ``total`` envs."""
+        if self.world_size == 1:
+            return
+        set_window = getattr(env, "set_reset_window", None)
+        if set_window is not None:
+            set_window(offset, total)
+        elif self.rank == 0:
+            warnings.warn(
+                f"the {getattr(env, 'backend', type(env).__name__)} backend cannot reset a slice of envs as the "
+                "single-process batch does: initial states depend on the number of ranks (the same distribution, "
+                "other draws)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def combine(self, episodes: RolloutResult, population: int) -> RolloutResult:
+        """The whole population's returns and lengths ``(N,)`` (all-gathered) and step and observation sums
+        (all-reduced in float64). The per-episode tables stay this rank's."""
+        if self.world_size == 1:
+            return episodes
+        from eggroll_rl.distributed import all_gather_fitness, all_reduce_sum
+
+        dev = self.device
+        counts = torch.tensor([episodes.num_steps, episodes.num_env_steps, episodes.obs_count], dtype=torch.float64)
+        parts = [counts.to(dev)]
+        if episodes.obs_sum is not None:
+            parts += [episodes.obs_sum.to(dev).reshape(-1), episodes.obs_sumsq.to(dev).reshape(-1)]
+        total = all_reduce_sum(torch.cat(parts)).cpu()
+        num_steps, num_env_steps, obs_count = (int(v) for v in total[:3].tolist())
+        obs_sum = obs_sumsq = None
+        if episodes.obs_sum is not None:
+            shape, d = episodes.obs_sum.shape, episodes.obs_sum.numel()
+            obs_sum = total[3 : 3 + d].reshape(shape).to(episodes.obs_sum.device)
+            obs_sumsq = total[3 + d :].reshape(shape).to(episodes.obs_sum.device)
+        out = episodes.returns.device
+        return RolloutResult(
+            returns=all_gather_fitness(episodes.returns.to(dev), population).to(out),
+            lengths=all_gather_fitness(episodes.lengths.to(dev), population).to(out),
+            episode_returns=episodes.episode_returns,
+            episode_lengths=episodes.episode_lengths,
+            num_episodes=episodes.num_episodes,
+            num_steps=num_steps,
+            num_env_steps=num_env_steps,
+            obs_sum=obs_sum,
+            obs_sumsq=obs_sumsq,
+            obs_count=obs_count,
+        )
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def share_evaluation(self, ev: dict[str, float]) -> dict[str, float]:
+        """Rank 0's evaluation (``return_mean``, ``return_std``) on every rank."""
+        if self.world_size == 1:
+            return ev
+        import torch.distributed as dist
+
+        value = torch.tensor([ev["return_mean"], ev["return_std"]], dtype=torch.float64, device=self.device)
+        dist.broadcast(value, src=0)
+        mean, std = value.tolist()
+        return {"return_mean": mean, "return_std": std}
+
+    def check_in_sync(self, policy: MLPPolicy, generation: int) -> None:
+        """Raise ``RuntimeError`` on every rank when the replicas' weights or observation statistics differ."""
+        if self.world_size == 1:
+            return
+        from eggroll_rl.distributed import check_replicas_in_sync
+
+        if not check_replicas_in_sync(policy, buffers=True):
+            raise RuntimeError(
+                f"generation {generation}: the ranks' policies differ (checksums of weights or observation "
+                "statistics); every rank must apply the same update. Same torch version and device kind on every "
+                "rank?"
+            )

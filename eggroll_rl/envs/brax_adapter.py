@@ -256,9 +256,18 @@ class BraxVecEnv(VecEnv):
         self._state = None
         self._first_state = None
         self._steps = None
+        self._window: tuple[int, int] | None = None
         # The JAX arrays behind the last tensors handed over (tests compare data pointers).
         self.last_jax_obs: Any = None
         self.last_jax_actions: Any = None
+
+    def set_reset_window(self, offset: int, total: int) -> None:
+        """Make these envs rows ``offset .. offset+num_envs-1`` of a batch of ``total``: ``reset`` splits the key
+        into ``total`` keys and keeps this window, so each env starts where that row of the single-process batch
+        does (``torch.distributed`` training)."""
+        check_int("total", total, lo=self.num_envs)
+        check_int("offset", offset, lo=0, hi=total - self.num_envs)
+        self._window = (offset, total)
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Draw new initial states (from ``seed`` if given); returns ``obs`` ``(num_envs, obs_dim)`` float32."""
@@ -266,7 +275,11 @@ class BraxVecEnv(VecEnv):
         if seed is not None:
             self._key = jax.device_put(jax.random.PRNGKey(int(seed)), self._jax_device)
         self._key, sub = jax.random.split(self._key)
-        keys = jax.random.split(sub, self.num_envs)
+        if self._window is None:
+            keys = jax.random.split(sub, self.num_envs)
+        else:
+            offset, total = self._window
+            keys = jax.random.split(sub, total)[offset : offset + self.num_envs]
         with jax.default_device(self._jax_device):
             self._state, obs = self._reset_fn(keys)
             self._steps = jax.numpy.zeros(self.num_envs, dtype=jax.numpy.int32)

@@ -127,6 +127,13 @@ class GymVecEnv(VecEnv):
         self.single_observation_space = space_from_gymnasium(self._env.single_observation_space)
         self.single_action_space = space_from_gymnasium(self._env.single_action_space)
         self._seed: int | None = int(seed)
+        self._offset = 0
+
+    def set_reset_window(self, offset: int, total: int) -> None:
+        """Make these envs rows ``offset .. offset+num_envs-1`` of a batch of ``total``: ``reset(seed)`` seeds
+        sub-env ``i`` with ``seed + offset + i``, as the single-process batch seeds that row."""
+        check_int("total", total, lo=self.num_envs)
+        self._offset = check_int("offset", offset, lo=0, hi=total - self.num_envs)
 
     def _to_torch(self, x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.from_numpy(np.asarray(x)).to(device=self.device, dtype=dtype)
@@ -135,7 +142,7 @@ class GymVecEnv(VecEnv):
         """Reset every sub-env (``seed + i`` for sub-env ``i``); returns ``obs`` ``(num_envs, obs_dim)`` float32."""
         if seed is None:
             seed, self._seed = self._seed, None
-        obs, _ = self._env.reset(seed=seed)
+        obs, _ = self._env.reset(seed=None if seed is None else seed + self._offset)
         obs_t = self._to_torch(obs)
         self._check_outputs(obs_t, None, "reset")
         return obs_t

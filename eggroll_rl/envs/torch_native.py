@@ -83,6 +83,7 @@ class TorchNativeEnv(VecEnv):
         self._seed = int(seed)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(self._seed)
+        self._window: tuple[int, int] | None = None
         self.state = torch.zeros(num_envs, self.state_dim, device=self.device, dtype=dtype)
         self.elapsed_steps = torch.zeros(num_envs, device=self.device, dtype=torch.int64)
 
@@ -101,12 +102,24 @@ class TorchNativeEnv(VecEnv):
         u = torch.rand(n, dim, generator=self._generator, device=self.device, dtype=self.dtype)
         return low + (high - low) * u
 
+    def set_reset_window(self, offset: int, total: int) -> None:
+        """Make these envs rows ``offset .. offset+num_envs-1`` of a batch of ``total`` envs: ``reset(seed)`` then
+        draws the initial states of all ``total`` and keeps this window, so a population split over processes
+        starts each env where the single-process run does (``torch.distributed`` training)."""
+        check_int("total", total, lo=self.num_envs)
+        check_int("offset", offset, lo=0, hi=total - self.num_envs)
+        self._window = (offset, total)
+
     # ---- protocol ------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Reset all envs; ``seed`` reseeds the generator. Returns ``obs`` ``(num_envs, obs_dim)`` float32."""
         if seed is not None:
             self._generator.manual_seed(int(seed))
-        self.state = self._initial_state(self.num_envs)
+        if self._window is None:
+            self.state = self._initial_state(self.num_envs)
+        else:
+            offset, total = self._window
+            self.state = self._initial_state(total)[offset : offset + self.num_envs].contiguous()
         self.elapsed_steps.zero_()
         self._pending.clear()
         self._since_check = 0
