@@ -56,17 +56,12 @@ BRAX_PPO_SETTINGS: dict[str, dict[str, Any]] = {
         num_updates_per_batch=8, discounting=0.97, entropy_cost=1e-3, num_envs=2048, batch_size=1024,
         source="brax training notebook",
     ),
-    "hopper": dict(
-        _PPO_COMMON, num_timesteps=50_000_000, num_evals=10, reward_scaling=1, unroll_length=5, num_minibatches=32,
-        num_updates_per_batch=4, discounting=0.97, entropy_cost=1e-2, num_envs=4096, batch_size=2048,
-        source="not published for PPO (notebook uses SAC): ant's recipe, reward_scaling 1",
-    ),
-    "walker2d": dict(
-        _PPO_COMMON, num_timesteps=50_000_000, num_evals=10, reward_scaling=1, unroll_length=5, num_minibatches=32,
-        num_updates_per_batch=4, discounting=0.97, entropy_cost=1e-2, num_envs=4096, batch_size=2048,
-        source="not published for PPO (notebook uses SAC): ant's recipe, reward_scaling 1",
-    ),
 }  # fmt: skip
+for _name in ("hopper", "walker2d"):
+    BRAX_PPO_SETTINGS[_name] = dict(
+        BRAX_PPO_SETTINGS["ant"], reward_scaling=1,
+        source="not published for PPO (notebook uses SAC): ant's recipe, reward_scaling 1",
+    )  # fmt: skip
 # Any other Brax env (the CPU smoke tests' inverted_pendulum, ...): a small generic recipe.
 _PPO_FALLBACK = dict(
     _PPO_COMMON, num_timesteps=10_000_000, num_evals=10, reward_scaling=1, unroll_length=10, num_minibatches=8,

@@ -108,6 +108,8 @@ def check_fitness(fitnesses, population_size: int, device: torch.device) -> torc
             raise TypeError(
                 f"fitnesses must be a tensor of shape ({population_size},), got {type(fitnesses).__name__}"
             ) from exc
+    if fitnesses.is_meta:  # no data to copy: say so, not NotImplementedError from the copy below
+        raise ValueError(f"fitnesses are on the meta device (shape only, no values); expected values on {device}")
     if fitnesses.dtype == torch.bool or fitnesses.is_complex():
         raise TypeError(f"fitnesses must be real numbers (float or int tensor), got dtype {fitnesses.dtype}")
     if fitnesses.dim() != 1 or fitnesses.shape[0] != population_size:

@@ -471,8 +471,6 @@ class EggrollStrategy:
             )
         num_members, epoch = self._last
         device = self.device
-        if isinstance(fitnesses, torch.Tensor) and fitnesses.is_meta:  # no data to copy: say so, not NotImplemented
-            raise ValueError(f"fitnesses are on the meta device (shape only, no values); expected values on {device}")
         f = check_fitness(fitnesses, num_members, device)
         z = shape_fitness(f, self.fitness_shaping, self.group_size)
         self._sync_masters()

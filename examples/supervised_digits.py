@@ -124,6 +124,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(dim=1) == y).float().mean())
 
 
+def _finish(model: nn.Module, data, device: torch.device, start: float) -> dict:
+    """Accuracies and the wall clock since ``start`` (the GPU's queued work included)."""
+    x_tr, y_tr, x_te, y_te = data
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"test_accuracy": accuracy(model, x_te, y_te), "train_accuracy": accuracy(model, x_tr, y_tr),
+            "wall_s": time.perf_counter() - start}  # fmt: skip
+
+
 def train_eggroll(model: nn.Module, data, args: Args, device: torch.device) -> dict:
     x_tr, y_tr, x_te, y_te = data
     trainer = EGGROLLTrainer(
@@ -160,16 +169,7 @@ def train_eggroll(model: nn.Module, data, args: Args, device: torch.device) -> d
         )
         if elapsed > args.budget_s:
             break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {
-        "test_accuracy": accuracy(model, x_te, y_te),
-        "train_accuracy": accuracy(model, x_tr, y_tr),
-        "wall_s": time.perf_counter() - start,
-        "epochs": epochs_done,
-        "steps": steps,
-        "path": trainer.last_path,
-    }
+    return dict(_finish(model, data, device, start), epochs=epochs_done, steps=steps, path=trainer.last_path)
 
 
 def train_backprop(model: nn.Module, data, args: Args, device: torch.device) -> dict:
@@ -185,14 +185,7 @@ def train_backprop(model: nn.Module, data, args: Args, device: torch.device) -> 
             opt.zero_grad()
             loss.backward()
             opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {
-        "test_accuracy": accuracy(model, x_te, y_te),
-        "train_accuracy": accuracy(model, x_tr, y_tr),
-        "wall_s": time.perf_counter() - start,
-        "epochs": args.backprop_epochs,
-    }
+    return dict(_finish(model, data, device, start), epochs=args.backprop_epochs)
 
 
 def main(args: Args) -> dict:

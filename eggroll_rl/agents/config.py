@@ -276,23 +276,10 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         eval_episodes=128,
         checkpoint_every=20,
     ),
-    # HalfCheetah's recipe carries over (benchmarks/results/train_ant_cuda.md); positional physics with the generic
-    # defaults stayed below 0 return.
-    "ant": dict(
-        population=2048,
-        rank=4,
-        sigma=0.02,
-        lr=0.01,
-        hidden_sizes=(64, 64),
-        activation="pqn",
-        brax_backend="spring",
-        generations=1000,
-        time_limit_s=540.0,
-        eval_every=10,
-        eval_episodes=128,
-        checkpoint_every=20,
-    ),
 }
+# HalfCheetah's recipe carries over to Ant (benchmarks/results/train_ant_cuda.md); positional physics with the
+# generic defaults stayed below 0 return.
+ENV_DEFAULTS["ant"] = dict(ENV_DEFAULTS["halfcheetah"])
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
