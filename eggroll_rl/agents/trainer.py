@@ -392,6 +392,11 @@ def _peer_gone(exc: RuntimeError) -> bool:
     return isinstance(exc, dist.DistError) or "closed by peer" in text or "reset by peer" in text
 
 
+def _end_group(dist: Any) -> None:
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 class _Ranks:
     """The trainer's side of ``torch.distributed``: which members this rank plays, and the few values that cross
     ranks per generation. With one process every method is the identity, so a single-process run is unchanged."""
@@ -410,7 +415,9 @@ class _Ranks:
         cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
         if init_from_environment("cuda" if cuda else "cpu"):
             # Destroyed after a clean end only: after a failure a peer may be gone, and the process exits anyway.
-            cleanup.push(lambda exc_type, *_: dist.destroy_process_group() if exc_type is None else None)
+            # The barrier first: rank 0 still closes the run directory when the others are done, and a rank that
+            # tore down gloo and exited meanwhile could abort ("terminate called without an active exception").
+            cleanup.push(lambda exc_type, *_: _end_group(dist) if exc_type is None else None)
         rank, world_size = world()
         if world_size == 1:
             return cls(0, 1, torch.device("cpu"))
