@@ -441,6 +441,12 @@ def _usage(file: typing.TextIO) -> None:
     print(f"usage: {_PROG} [-h] {{{','.join(_COMMANDS)}}} ...", file=file)
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: some CUDA messages hold a device index as a raw byte (a NUL for
+    device 0), which cut the printed error short."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
@@ -469,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         if os.environ.get("EGGROLL_RL_DEBUG"):
             raise
-        print(f"{_PROG} {command}: error: {exc}", file=sys.stderr)
+        print(f"{_PROG} {command}: error: {_printable(str(exc))}", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = formatwarning

@@ -21,10 +21,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -63,6 +64,27 @@ def import_brax() -> tuple[Any, Any]:
     return jax, brax_envs
 
 
+@contextlib.contextmanager
+def _on_torch_device(device: torch.device) -> Iterator[None]:
+    """Keep torch's current CUDA device across JAX calls.
+
+    JAX initialises its GPU clients (and runs work) on the calling thread, and CUDA's current device is per
+    thread: with several GPUs visible, JAX may leave another GPU current, and then torch's implicit current-device
+    uses (a CUDA event's device, the stream Triton launches on) point at the wrong GPU. The 2-GPU run of
+    ``torchrun`` died so on rank 1 ("Event device ... does not match recording stream's device"). The device
+    current on entry is current again on exit.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.cuda.current_device()
+    try:
+        yield
+    finally:
+        if torch.cuda.current_device() != before:
+            torch.cuda.set_device(before)
+
+
 class _DLPackBridge:
     """torch ⇄ JAX crossings for one device, without a copy or a host sync, and with little host time.
 
@@ -90,19 +112,21 @@ class _DLPackBridge:
                 self._dl_type = 2  # kDLCUDA
                 self._jax_stream = jax_device.get_stream_for_external_ready_events()
                 self._jax_torch_stream = torch.cuda.ExternalStream(self._jax_stream, device=device)
-                self._event = torch.cuda.Event()
+                with torch.cuda.device(device):  # the event lives on this device, whichever is current
+                    self._event = torch.cuda.Event()
             else:
                 self._dl_type = 1  # kDLCPU
                 self._jax_stream = None
             self.fast = True
-            probe = torch.arange(6, dtype=torch.float32, device=device).view(2, 3)
-            shared = self.to_torch(self.to_jax(probe))
-            made_by_jax = self.to_torch(jax.device_put(jax.numpy.arange(6, dtype=jax.numpy.float32), jax_device))
-            self.fast = (
-                shared.data_ptr() == probe.data_ptr()
-                and bool(torch.equal(shared, probe))
-                and bool(torch.equal(made_by_jax.view(2, 3), probe))
-            )
+            with _on_torch_device(device):
+                probe = torch.arange(6, dtype=torch.float32, device=device).view(2, 3)
+                shared = self.to_torch(self.to_jax(probe))
+                made_by_jax = self.to_torch(jax.device_put(jax.numpy.arange(6, dtype=jax.numpy.float32), jax_device))
+                self.fast = (
+                    shared.data_ptr() == probe.data_ptr()
+                    and bool(torch.equal(shared, probe))
+                    and bool(torch.equal(made_by_jax.view(2, 3), probe))
+                )
         except Exception:  # noqa: BLE001 - any mismatch with this jaxlib means: use the public path
             self.fast = False
 
@@ -111,7 +135,7 @@ class _DLPackBridge:
         if not self.fast:
             return self._jax.dlpack.from_dlpack(t)
         if self._jax_stream is not None:
-            self._event.record()  # torch's current stream
+            self._event.record(torch.cuda.current_stream(self._device))  # torch's current stream on this device
             self._jax_torch_stream.wait_event(self._event)
         capsule = torch.utils.dlpack.to_dlpack(t)
         if self._five_args:
@@ -232,6 +256,19 @@ class BraxVecEnv(VecEnv):
         self.device = resolve_device(device)
         self.check_finite = check_finite
         self.episode_length = int(episode_length)
+        self._seed = int(seed)
+        with _on_torch_device(self.device):
+            self._init_jax(jax, env_name, env_kwargs)
+        self._state = None
+        self._first_state = None
+        self._steps = None
+        self._window: tuple[int, int] | None = None
+        # The JAX arrays behind the last tensors handed over (tests compare data pointers).
+        self.last_jax_obs: Any = None
+        self.last_jax_actions: Any = None
+
+    def _init_jax(self, jax: Any, env_name: str, env_kwargs: dict[str, Any]) -> None:
+        """Pick JAX's device, build the jitted functions, the spaces, the DLPack bridge and the key."""
         if self.device.type == "cuda":
             gpus = [d for d in jax.devices() if d.platform == "gpu"]
             if not gpus:
@@ -243,7 +280,7 @@ class BraxVecEnv(VecEnv):
         else:
             self._jax_device = jax.devices("cpu")[0]
         self._env, self._reset_fn, self._step_fn = _batch_functions(
-            env_name, brax_backend, self.episode_length, env_kwargs
+            env_name, self.brax_backend, self.episode_length, env_kwargs
         )
         act = int(self._env.action_size)
         self.single_action_space = Box.from_bounds(-1.0, 1.0, (act,))
@@ -252,14 +289,7 @@ class BraxVecEnv(VecEnv):
             raise TypeError(f"Brax env {env_name!r} has structured observations {obs_size}; expected a vector")
         self.single_observation_space = Box.from_bounds(-float("inf"), float("inf"), (obs_size,))
         self._bridge = _DLPackBridge(jax, self._jax_device, self.device)
-        self._key = jax.device_put(jax.random.PRNGKey(int(seed)), self._jax_device)
-        self._state = None
-        self._first_state = None
-        self._steps = None
-        self._window: tuple[int, int] | None = None
-        # The JAX arrays behind the last tensors handed over (tests compare data pointers).
-        self.last_jax_obs: Any = None
-        self.last_jax_actions: Any = None
+        self._key = jax.device_put(jax.random.PRNGKey(int(self._seed)), self._jax_device)
 
     def set_reset_window(self, offset: int, total: int) -> None:
         """Make these envs rows ``offset .. offset+num_envs-1`` of a batch of ``total``: ``reset`` splits the key
@@ -271,6 +301,10 @@ class BraxVecEnv(VecEnv):
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Draw new initial states (from ``seed`` if given); returns ``obs`` ``(num_envs, obs_dim)`` float32."""
+        with _on_torch_device(self.device):
+            return self._reset(seed)
+
+    def _reset(self, seed: int | None) -> torch.Tensor:
         jax = self._jax
         if seed is not None:
             self._key = jax.device_put(jax.random.PRNGKey(int(seed)), self._jax_device)
@@ -304,9 +338,10 @@ class BraxVecEnv(VecEnv):
             actions = actions.detach()
         jax_actions = self._bridge.to_jax(actions)
         self.last_jax_actions = jax_actions
-        self._state, self._steps, floats, bools, self._flags = self._step_fn(
-            self._state, self._first_state, self._steps, jax_actions, self._flags
-        )
+        with _on_torch_device(self.device):
+            self._state, self._steps, floats, bools, self._flags = self._step_fn(
+                self._state, self._first_state, self._steps, jax_actions, self._flags
+            )
         self.last_jax_obs = floats  # obs is its first B * obs_dim elements
         B, d = self.num_envs, self.single_observation_space.shape[0]
         obs_t, final_t, reward_t = self._bridge.to_torch(floats).split_with_sizes([B * d, B * d, B])

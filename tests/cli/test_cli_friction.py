@@ -247,3 +247,16 @@ def test_cpu_threads_above_the_core_count_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TrainConfig(cpu_threads=os.cpu_count() or 1)
+
+
+def test_error_with_raw_device_bytes_is_printed_whole(monkeypatch, capsys):
+    """torch's CUDA messages print a device index as a raw byte (NUL for device 0): the line must not stop there."""
+    import eggroll_rl.cli as cli
+
+    def fail(argv):
+        raise RuntimeError("Event device \x00 does not match recording stream's device \x01.")
+
+    monkeypatch.setattr(cli, "_cmd_train", fail)
+    assert main(["train", "HalfCheetah"]) == 2
+    err = capsys.readouterr().err
+    assert err == "eggroll-rl train: error: Event device \\x00 does not match recording stream's device \\x01.\n"

@@ -19,6 +19,13 @@ from eggroll_rl.perturbed_ops import PopulationMode
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(autouse=True)
+def _full_fp32_convolutions(monkeypatch):
+    """cuDNN convolutions use TF32 by default (about 1e-3 relative): the paths compared here pick different
+    algorithms, so on a GPU they would differ by TF32 rounding, not by a fault. Compare them in full fp32."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 class FreeConv(nn.Module):
     """A conv whose weight is a free parameter (full-rank noise), used through F.conv1d."""
 
