@@ -158,7 +158,8 @@ class PerturbationContext:
 
         Returns:
             ``A'`` ``(m, r)`` = ``(sigma s / sqrt(r)) A`` and ``B`` ``(n, r)``, float32 (``n`` = in_features, or
-            in_channels * kernel elements for a convolution).
+            in_channels * kernel elements for a convolution). An Embedding's ``padding_idx`` row of ``A'`` is zero
+            (that row is never perturbed, as ``nn.Embedding`` never changes it).
         """
         member_id = self._check_member(member_id)
         spec = self.strategy.spec(param_name)
@@ -205,6 +206,9 @@ class PerturbationContext:
     def noise_of(self, spec: ParamSpec, what: str, noise_ids: torch.Tensor) -> torch.Tensor:
         """``A`` ``(U, m, r)``, ``B`` ``(U, n, r)`` or ``eps`` ``(U, numel)`` (``what``) of ``noise_ids``, float32.
 
+        ``A``'s ``spec.fixed_rows`` (an Embedding's padding row) are zero, so every path that forms a member from
+        these factors (the perturbed ops, ``iterate()``, ``get_factors``) leaves those rows unperturbed.
+
         Kept for the block when the whole population's is at most ``_CACHE_ELEMENTS`` elements.
         """
         st = self.strategy
@@ -216,7 +220,10 @@ class PerturbationContext:
             if what == "eps":
                 return vector_noise(st.seed, spec.index, self.t_eff, ids, rows, st.noise, device)
             stream = STREAM_A if what == "A" else STREAM_B
-            return factor_noise(st.seed, spec.index, self.t_eff, ids, rows, st.rank, stream, st.noise, device)
+            factors = factor_noise(st.seed, spec.index, self.t_eff, ids, rows, st.rank, stream, st.noise, device)
+            if what == "A" and spec.fixed_rows:  # a zero row of A is a zero row of A B^T in every member
+                factors[:, list(spec.fixed_rows)] = 0.0
+            return factors
 
         if total > _CACHE_ELEMENTS:
             return make(noise_ids)
