@@ -82,15 +82,20 @@ class PopulationMode(TorchFunctionMode):
         ctx: the ``perturb()`` block being evaluated (its strategy's settings and its noise).
         member_ids: ``(R,)`` int64 member of each row of the batch.
         paired: rows ``2q`` and ``2q+1`` share their noise index (the linear kernel then generates it once).
+        conv_member_loop: convolutions of rows in equal runs per member: one convolution per run (True), one
+            grouped convolution (False), or None: per run on the CPU, grouped elsewhere.
     """
 
-    # Convolutions of rows in equal runs per member: one convolution per run (True), one grouped convolution
-    # (False), or None: per run on the CPU, grouped elsewhere.
-    conv_member_loop: bool | None = None
-
-    def __init__(self, ctx: PerturbationContext, member_ids: torch.Tensor, paired: bool = False):
+    def __init__(
+        self,
+        ctx: PerturbationContext,
+        member_ids: torch.Tensor,
+        paired: bool = False,
+        conv_member_loop: bool | None = None,
+    ):
         super().__init__()
         self.paired = paired
+        self.conv_member_loop = conv_member_loop
         self.ctx = ctx
         self.st = ctx.strategy
         self.ids = member_ids

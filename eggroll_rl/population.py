@@ -71,13 +71,19 @@ class PerturbationContext:
             raise RuntimeError(f"{what} must be called inside the `with strategy.perturb(...) as pop:` block")
 
     # ------------------------------------------------------------- evaluation
-    def batched_forward(self, model: nn.Module, x: torch.Tensor, member_ids=None):
+    def batched_forward(
+        self, model: nn.Module, x: torch.Tensor, member_ids=None, *, conv_member_loop: bool | None = None
+    ):
         """Forward pass where row ``i`` of ``x`` runs as member ``member_ids[i]``.
 
         Args:
             model: the model given to ``setup()``; its layers must keep the batch axis first.
             x: ``(R, *input_dims)``.
             member_ids: ``(R,)`` int member of each row; default ``arange(R)`` (requires ``R == N``).
+            conv_member_loop: when the rows come in equal runs of one member each (a batch repeated per member),
+                a convolution forms each member's weight once and runs one convolution per run (True) or one
+                grouped convolution over all runs (False); None picks per run on the CPU, where small
+                convolutions that stay in cache are faster, and grouped elsewhere. The result is the same.
         Returns:
             the model's output for ``(R, ...)`` rows, computed without autograd.
         """
@@ -85,8 +91,10 @@ class PerturbationContext:
         self._check_model(model)
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise TypeError("batched_forward: x must be a tensor with a leading batch axis (R, ...)")
+        if conv_member_loop is not None and not isinstance(conv_member_loop, bool):
+            raise invalid("conv_member_loop", conv_member_loop, "None, True or False", TypeError)
         ids, paired = self._member_ids(x, member_ids)
-        with torch.no_grad(), PopulationMode(self, ids, paired=paired):
+        with torch.no_grad(), PopulationMode(self, ids, paired=paired, conv_member_loop=conv_member_loop):
             return model(x)
 
     def iterate(self) -> Iterator[int]:
