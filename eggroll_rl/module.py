@@ -30,6 +30,8 @@ class ParamSpec:
         param: the parameter itself.
         kind: ``"matrix"`` (low-rank factors ``A (m x r)``, ``B (n x r)``) or ``"vector"`` (full-rank noise).
         layer: class name of the module that owns it.
+        fixed_rows: rows of a matrix parameter that are never perturbed nor updated: an ``nn.Embedding``'s
+            ``padding_idx`` row, whose gradient ``nn.Embedding`` keeps at zero.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ParamSpec:
     param: nn.Parameter
     kind: str
     layer: str
+    fixed_rows: tuple[int, ...] = ()
 
     @property
     def m(self) -> int:
@@ -82,6 +85,11 @@ def discover_parameters(
     """
     specs: list[ParamSpec] = []
     seen: set[int] = set()
+    # padding rows by parameter, from every Embedding that uses it (a table may be shared with another layer)
+    padding: dict[int, set[int]] = {}
+    for mod in module.modules():
+        if isinstance(mod, nn.Embedding) and mod.padding_idx is not None:
+            padding.setdefault(id(mod.weight), set()).add(mod.padding_idx)
     for mod_name, mod in module.named_modules():
         for local_name, p in mod.named_parameters(recurse=False):
             if p is None or id(p) in seen:
@@ -106,7 +114,8 @@ def discover_parameters(
                 )
             if not p.is_floating_point():
                 raise TypeError(f"parameter {name!r} has dtype {p.dtype}; evolved parameters must be floating point")
-            specs.append(ParamSpec(name, len(specs), p, kind, type(mod).__name__))
+            fixed_rows = tuple(sorted(padding.get(id(p), ()))) if kind == "matrix" else ()
+            specs.append(ParamSpec(name, len(specs), p, kind, type(mod).__name__, fixed_rows))
     return specs
 
 

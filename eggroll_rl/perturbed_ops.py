@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from . import kernels
+from .kernels.linear import perturbed_linear_reference
 from .module import ParamSpec
 from .noise import member_noise_and_sign, unique_noise_ids
 
@@ -81,15 +82,20 @@ class PopulationMode(TorchFunctionMode):
         ctx: the ``perturb()`` block being evaluated (its strategy's settings and its noise).
         member_ids: ``(R,)`` int64 member of each row of the batch.
         paired: rows ``2q`` and ``2q+1`` share their noise index (the linear kernel then generates it once).
+        conv_member_loop: convolutions of rows in equal runs per member: one convolution per run (True), one
+            grouped convolution (False), or None: per run on the CPU, grouped elsewhere.
     """
 
-    # Convolutions of rows in equal runs per member: one convolution per run (True), one grouped convolution
-    # (False), or None: per run on the CPU, grouped elsewhere.
-    conv_member_loop: bool | None = None
-
-    def __init__(self, ctx: PerturbationContext, member_ids: torch.Tensor, paired: bool = False):
+    def __init__(
+        self,
+        ctx: PerturbationContext,
+        member_ids: torch.Tensor,
+        paired: bool = False,
+        conv_member_loop: bool | None = None,
+    ):
         super().__init__()
         self.paired = paired
+        self.conv_member_loop = conv_member_loop
         self.ctx = ctx
         self.st = ctx.strategy
         self.ids = member_ids
@@ -134,7 +140,10 @@ class PopulationMode(TorchFunctionMode):
         if ws is not None and ws.kind != "matrix":
             return self._linear_full_rank(x, weight, bias, ws, bs)
         _leading(x, self.rows, "linear")
-        return kernels.perturbed_linear(
+        # The Triton kernel draws A itself and would perturb fixed rows (an Embedding table with a padding row used
+        # as this layer's weight); the twin takes A from the block, whose fixed rows are zero.
+        linear = perturbed_linear_reference if ws is not None and ws.fixed_rows else kernels.perturbed_linear
+        return linear(
             x, weight, bias, self.ids, seed=self.st.seed, weight_index=ws.index if ws else None,
             bias_index=bs.index if bs else None, t_eff=self.ctx.t_eff, sigma=self.st.sigma, rank=self.st.rank,
             antithetic=self.st.antithetic, noise=self.st.noise, paired=self.paired,
@@ -262,9 +271,7 @@ class PopulationMode(TorchFunctionMode):
         A, B = self._row_factors(ws)  # (R, num_embeddings, r), (R, dim, r)
         idx = input.reshape(self.rows, -1)
         a_rows = torch.gather(A, 1, idx.unsqueeze(-1).expand(-1, -1, A.shape[-1]))  # (R, L, r)
-        delta = torch.bmm(a_rows, B.transpose(1, 2))  # (R, L, dim)
-        if padding_idx is not None:
-            delta = delta.masked_fill((idx == padding_idx % weight.shape[0]).unsqueeze(-1), 0.0)
+        delta = torch.bmm(a_rows, B.transpose(1, 2))  # (R, L, dim); A's padding row is zero (ws.fixed_rows)
         return (y.to(torch.float32) + delta.reshape(y.shape)).to(y.dtype)
 
     def _norm(self, func, x, *args, **kwargs):

@@ -71,13 +71,19 @@ class PerturbationContext:
             raise RuntimeError(f"{what} must be called inside the `with strategy.perturb(...) as pop:` block")
 
     # ------------------------------------------------------------- evaluation
-    def batched_forward(self, model: nn.Module, x: torch.Tensor, member_ids=None):
+    def batched_forward(
+        self, model: nn.Module, x: torch.Tensor, member_ids=None, *, conv_member_loop: bool | None = None
+    ):
         """Forward pass where row ``i`` of ``x`` runs as member ``member_ids[i]``.
 
         Args:
             model: the model given to ``setup()``; its layers must keep the batch axis first.
             x: ``(R, *input_dims)``.
             member_ids: ``(R,)`` int member of each row; default ``arange(R)`` (requires ``R == N``).
+            conv_member_loop: when the rows come in equal runs of one member each (a batch repeated per member),
+                a convolution forms each member's weight once and runs one convolution per run (True) or one
+                grouped convolution over all runs (False); None picks per run on the CPU, where small
+                convolutions that stay in cache are faster, and grouped elsewhere. The result is the same.
         Returns:
             the model's output for ``(R, ...)`` rows, computed without autograd.
         """
@@ -85,8 +91,10 @@ class PerturbationContext:
         self._check_model(model)
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise TypeError("batched_forward: x must be a tensor with a leading batch axis (R, ...)")
+        if conv_member_loop is not None and not isinstance(conv_member_loop, bool):
+            raise invalid("conv_member_loop", conv_member_loop, "None, True or False", TypeError)
         ids, paired = self._member_ids(x, member_ids)
-        with torch.no_grad(), PopulationMode(self, ids, paired=paired):
+        with torch.no_grad(), PopulationMode(self, ids, paired=paired, conv_member_loop=conv_member_loop):
             return model(x)
 
     def iterate(self) -> Iterator[int]:
@@ -158,7 +166,8 @@ class PerturbationContext:
 
         Returns:
             ``A'`` ``(m, r)`` = ``(sigma s / sqrt(r)) A`` and ``B`` ``(n, r)``, float32 (``n`` = in_features, or
-            in_channels * kernel elements for a convolution).
+            in_channels * kernel elements for a convolution). An Embedding's ``padding_idx`` row of ``A'`` is zero
+            (that row is never perturbed, as ``nn.Embedding`` never changes it).
         """
         member_id = self._check_member(member_id)
         spec = self.strategy.spec(param_name)
@@ -205,6 +214,9 @@ class PerturbationContext:
     def noise_of(self, spec: ParamSpec, what: str, noise_ids: torch.Tensor) -> torch.Tensor:
         """``A`` ``(U, m, r)``, ``B`` ``(U, n, r)`` or ``eps`` ``(U, numel)`` (``what``) of ``noise_ids``, float32.
 
+        ``A``'s ``spec.fixed_rows`` (an Embedding's padding row) are zero, so every path that forms a member from
+        these factors (the perturbed ops, ``iterate()``, ``get_factors``) leaves those rows unperturbed.
+
         Kept for the block when the whole population's is at most ``_CACHE_ELEMENTS`` elements.
         """
         st = self.strategy
@@ -216,7 +228,10 @@ class PerturbationContext:
             if what == "eps":
                 return vector_noise(st.seed, spec.index, self.t_eff, ids, rows, st.noise, device)
             stream = STREAM_A if what == "A" else STREAM_B
-            return factor_noise(st.seed, spec.index, self.t_eff, ids, rows, st.rank, stream, st.noise, device)
+            factors = factor_noise(st.seed, spec.index, self.t_eff, ids, rows, st.rank, stream, st.noise, device)
+            if what == "A" and spec.fixed_rows:  # a zero row of A is a zero row of A B^T in every member
+                factors[:, list(spec.fixed_rows)] = 0.0
+            return factors
 
         if total > _CACHE_ELEMENTS:
             return make(noise_ids)

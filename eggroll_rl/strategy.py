@@ -524,7 +524,7 @@ class EggrollStrategy:
         for i, spec in enumerate(self.specs):
             p = self._target(i)
             common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
-            if spec.kind == "matrix":
+            if spec.kind == "matrix" and not spec.fixed_rows:
                 target = p.data.reshape(spec.m, spec.n)  # a view unless the parameter is not contiguous
                 # factor_dtype is the model's: bf16 factors for a bf16 model on the GPU (see update.py), whose
                 # error is relative to the update, not to the weights.
@@ -534,11 +534,23 @@ class EggrollStrategy:
                 )  # fmt: skip
                 if not p.is_contiguous():
                     p.data.copy_(target.view(p.shape))
-            else:
-                g = kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
+            else:  # a vector, or a matrix with fixed rows (its gradient is built, then those rows zeroed)
+                g = self._gradient(spec, w_j, common)
                 sq = sq + g.square().sum()
                 p.data.add_(g.view(p.shape).to(p.dtype), alpha=self._lr)
         return torch.sqrt(sq)
+
+    def _gradient(self, spec: ParamSpec, w_j: torch.Tensor, common: dict[str, Any]) -> torch.Tensor:
+        """``sum_j w_j E_j`` of one parameter, float32: ``(m, n)`` for a matrix, ``(numel,)`` otherwise."""
+        if spec.kind != "matrix":
+            return kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
+        g = kernels.lowrank_update(
+            weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank, factor_dtype=spec.param.dtype,
+            **common,
+        )  # fmt: skip
+        if spec.fixed_rows:  # unperturbed in every member, so no gradient (nn.Embedding's padding row)
+            g[list(spec.fixed_rows)] = 0.0
+        return g
 
     def estimate_gradient(self, shaped: torch.Tensor, num_members: int, epoch: int) -> list[torch.Tensor]:
         """ES gradient (ascent direction) ``g = 1/(N sigma) sum_i z_i E_i`` of every parameter, float32."""
@@ -547,14 +559,7 @@ class EggrollStrategy:
         grads = []
         for spec in self.specs:
             common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
-            if spec.kind == "matrix":
-                g = kernels.lowrank_update(
-                    weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
-                    factor_dtype=spec.param.dtype, **common,
-                )  # fmt: skip
-            else:
-                g = kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
-            grads.append(g.view(spec.param.shape))
+            grads.append(self._gradient(spec, w_j, common).view(spec.param.shape))
         return grads
 
     @torch.no_grad()

@@ -261,6 +261,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         action_mode="clip",  # with tanh squashing (and [64, 64]) the swing-up was never found in 600 generations
         generations=300,
         eval_every=10,
+        cpu_threads=1,
     ),
     "halfcheetah": dict(
         population=2048,

@@ -9,8 +9,10 @@ spaces, float32 for boxes).
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -36,30 +38,56 @@ def import_gymnasium() -> Any:
     return gymnasium
 
 
-def quiet_mujoco_warnings() -> None:
+class _MujocoWarnings:
+    """MuJoCo's warning handler: each distinct text once per process, as a Python warning."""
+
+    def __init__(self, seen: Iterable[str] = ()):
+        self.seen = set(seen)
+
+    def __call__(self, message: str) -> None:
+        if message not in self.seen:
+            self.seen.add(message)
+            category = DeprecationWarning if "deprecated" in message else RuntimeWarning
+            warnings.warn(f"MuJoCo: {message}", category, stacklevel=2)
+
+
+def quiet_mujoco_warnings(seen: Iterable[str] = ()) -> _MujocoWarnings | None:
     """Route MuJoCo's warnings through Python's ``warnings``, each distinct text once per process.
 
     MuJoCo's default handler prints every warning and appends it to ``MUJOCO_LOG.TXT`` in the working directory:
     gymnasium's HalfCheetah model gives one ``settotalmass`` deprecation per sub-env (2048 lines and a 1 MB file
     for a CPU HalfCheetah run). A handler the user installed is left alone.
+
+    Args:
+        seen: texts already warned about (by the parent of a sub-env process): not warned again.
+    Returns:
+        the handler in place (installed now or before), or None without MuJoCo or when the user's handler is.
     """
     import importlib.util
 
     if importlib.util.find_spec("mujoco") is None:
-        return
+        return None
     import mujoco
 
-    if mujoco.get_mju_user_warning() is not None:
-        return
-    seen: set[str] = set()
-
-    def handler(message: str) -> None:
-        if message not in seen:
-            seen.add(message)
-            category = DeprecationWarning if "deprecated" in message else RuntimeWarning
-            warnings.warn(f"MuJoCo: {message}", category, stacklevel=2)
-
+    current = mujoco.get_mju_user_warning()
+    if current is not None:
+        return current if isinstance(current, _MujocoWarnings) else None
+    handler = _MujocoWarnings(seen)
     mujoco.set_mju_user_warning(handler)
+    return handler
+
+
+def _quiet_mujoco_worker(seen: set[str], *args: Any, **kwargs: Any) -> None:
+    """gymnasium's async worker, with MuJoCo's warnings routed as in the main process.
+
+    A child started by ``spawn`` or ``forkserver`` does not inherit the main process's handler (a forked one
+    does). ``seen`` is the main process's set, pickled when the child starts: the warnings of the model compiled
+    there (gymnasium's dummy env) are not repeated by every child.
+    """
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    quiet_mujoco_warnings(seen)
+    _async_worker(*args, **kwargs)
 
 
 def _uses_mujoco(gym: Any, env_id: str) -> bool:
@@ -111,7 +139,9 @@ class GymVecEnv(VecEnv):
         self.check_finite = check_finite
         self.vectorization_mode = vectorization_mode
         if _uses_mujoco(gym, env_id):
-            quiet_mujoco_warnings()
+            handler = quiet_mujoco_warnings()
+            if vectorization_mode == "async" and handler is not None:
+                vector_kwargs.setdefault("worker", functools.partial(_quiet_mujoco_worker, handler.seen))
         try:
             self._env = gym.make_vec(
                 env_id,

@@ -207,3 +207,25 @@ def test_build_env_gives_brax_its_physics_backend(monkeypatch):
             assert call[1]["brax_backend"] == "spring"
         else:
             assert "brax_backend" not in call[1]  # EnvPool/gymnasium do not take it
+
+
+@pytest.mark.parametrize("env", ["CartPole", "Pendulum"])
+def test_classic_control_defaults_train_on_one_cpu_thread(env):
+    """Their small policies run on one torch thread on the CPU (ENV_DEFAULTS' cpu_threads=1), restored afterwards.
+
+    With torch's default threads a Pendulum generation ran about 10x slower on a loaded 2-core machine; the
+    learning curve is the same up to float reduction order (the output layer's update GEMM is split differently).
+    """
+    cfg = TrainConfig.for_env(
+        env, device="cpu", population=4, hidden_sizes=(8,), generations=1, eval_every=0, eval_episodes=2,
+        max_episode_steps=20, tensorboard=False,
+    )  # fmt: skip
+    assert cfg.cpu_threads == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # more than one, as torch's default is on any multi-core machine
+    try:
+        seen = []
+        train(cfg, progress_fn=lambda record: seen.append(torch.get_num_threads()))
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

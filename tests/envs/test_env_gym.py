@@ -80,3 +80,31 @@ def test_bad_actions():
     with pytest.raises(ValueError, match="expected \\(2,\\)"):
         env.step(torch.zeros(2, 1, dtype=torch.long))
     env.close()
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_async_mujoco_children_leave_no_log_file_and_warn_at_most_once(tmp_path, capfd, context):
+    """The sub-env processes route MuJoCo's warnings as the main process does (spawn starts them without its handler).
+
+    HalfCheetah-v5's model gives MuJoCo's ``settotalmass`` deprecation each time it is compiled: once in the main
+    process (gymnasium's dummy env) and once in each child. MuJoCo's own handler would print it and append it to
+    ``MUJOCO_LOG.TXT`` in the working directory.
+    """
+    pytest.importorskip("mujoco")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = make_env(
+            "HalfCheetah-v5", backend="gym", num_envs=2, device="cpu", vectorization_mode="async",
+            vector_kwargs={"context": context},
+        )  # fmt: skip
+        env.reset(seed=0)
+        obs, *_ = env.step(torch.zeros(2, 6))
+        env.close()
+    assert obs.shape == (2, 17)
+    out, err = capfd.readouterr()
+    assert list(tmp_path.iterdir()) == []  # the tests/envs conftest runs each test in tmp_path: no MUJOCO_LOG.TXT
+    printed = (out + err).count("settotalmass")
+    warned = sum("settotalmass" in str(w.message) for w in caught)
+    assert printed + warned <= 1, out + err

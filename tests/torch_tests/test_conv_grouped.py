@@ -61,8 +61,7 @@ def _models():
 @pytest.mark.parametrize("name", list(_models()))
 @pytest.mark.parametrize("antithetic", [True, False])
 @pytest.mark.parametrize("loop", [True, False])
-def test_member_runs_match_per_row_and_iterate(device, name, antithetic, loop, monkeypatch):
-    monkeypatch.setattr(PopulationMode, "conv_member_loop", loop)
+def test_member_runs_match_per_row_and_iterate(device, name, antithetic, loop):
     build, shape = _models()[name]
     torch.manual_seed(0)
     model = build().to(device)
@@ -74,16 +73,16 @@ def test_member_runs_match_per_row_and_iterate(device, name, antithetic, loop, m
     ids = torch.arange(n, device=device).repeat_interleave(b)
     perm = torch.randperm(n * b, generator=torch.Generator().manual_seed(3)).to(device)
     with s.perturb(n, epoch=2) as pop:
-        runs = pop.batched_forward(model, x, member_ids=ids)
+        runs = pop.batched_forward(model, x, member_ids=ids, conv_member_loop=loop)
         per_row = torch.empty_like(runs)
         per_row[perm] = pop.batched_forward(model, x[perm], member_ids=ids[perm])  # shuffled: the per-row path
-        loop = []
+        members = []
         for _ in pop.iterate():
             with torch.no_grad():
-                loop.append(model(xb))
-    loop = torch.cat(loop)
+                members.append(model(xb))
+    members = torch.cat(members)
     torch.testing.assert_close(runs, per_row, **TOL)
-    torch.testing.assert_close(runs, loop, **TOL)
+    torch.testing.assert_close(runs, members, **TOL)
     # the members differ: the comparison is not of unperturbed outputs
     assert not torch.allclose(runs[:b], runs[b : 2 * b], **TOL)
 
@@ -103,9 +102,8 @@ class _ConvGroups(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("loop", [True, False])
-def test_member_run_path_is_taken_only_for_equal_runs(device, loop, monkeypatch):
+def test_member_run_path_is_taken_only_for_equal_runs(device, loop):
     """Equal runs per member: one convolution per run, or one with a group per run; other orders, one group per row."""
-    monkeypatch.setattr(PopulationMode, "conv_member_loop", loop)
     torch.manual_seed(0)
     model = nn.Conv2d(2, 3, 3).to(device)
     s = make_strategy(device, rank=2, sigma=0.1)
@@ -115,8 +113,20 @@ def test_member_run_path_is_taken_only_for_equal_runs(device, loop, monkeypatch)
     ids = torch.arange(n, device=device).repeat_interleave(b)
     with s.perturb(n) as pop:
         with _ConvGroups() as spy:
-            pop.batched_forward(model, x, member_ids=ids)
+            pop.batched_forward(model, x, member_ids=ids, conv_member_loop=loop)
         assert spy.groups == ([1] * n if loop else [n])
         with _ConvGroups() as spy:
-            pop.batched_forward(model, x, member_ids=ids.flip(0).roll(1))  # runs broken: per row
+            pop.batched_forward(model, x, member_ids=ids.flip(0).roll(1), conv_member_loop=loop)  # runs broken: per row
         assert spy.groups[-1] == n * b
+        with _ConvGroups() as spy:
+            pop.batched_forward(model, x, member_ids=ids)  # default: per run on the CPU, grouped elsewhere
+        assert spy.groups == ([1] * n if device.type == "cpu" else [n])
+
+
+def test_conv_member_loop_is_an_argument_not_a_class_switch(device):
+    assert "conv_member_loop" not in vars(PopulationMode)
+    model = nn.Conv2d(2, 3, 3).to(device)
+    s = make_strategy(device, rank=2, sigma=0.1)
+    s.setup(model)
+    with s.perturb(2) as pop, pytest.raises(TypeError, match="conv_member_loop"):
+        pop.batched_forward(model, torch.randn(2, 2, 5, 5, device=device), conv_member_loop="yes")
