@@ -76,6 +76,11 @@ class TrainConfig:
     """Mirrored sampling: members 2j and 2j+1 use noise +E_j and -E_j."""
     fitness_shaping: FitnessShaping = "centered_rank"
     """Fitness shaping: zscore, centered_rank or none."""
+    reward_shift: float = 0.0
+    """Training only: subtracted from the reward of every live env step in the ES fitness (fitness = return -
+    reward_shift * episode length). Set it to an env's alive bonus (Hopper, Walker2d: 1, Humanoid: 5) so that merely
+    surviving longer is not rewarded for itself (ARS's trick). Evaluation, logged returns and the leaderboard keep the
+    env's own reward."""
     noise_reuse: int = 0
     """Reuse the same noise for this many consecutive generations (0: fresh noise every generation)."""
     group_size: int = 0
@@ -197,6 +202,7 @@ class TrainConfig:
                 raise invalid(name, getattr(self, name), "a finite number > 0 and <= 1e6")
         for name in ("grad_clip", "weight_decay", "obs_clip", "time_limit_s"):
             check_number(name, getattr(self, name), lo=0)
+        check_number("reward_shift", self.reward_shift)
         if self.generations == 0 and self.total_steps == 0:
             raise ValueError("generations=0 and total_steps=0: give a budget (generations > 0 or total_steps > 0)")
         if self.antithetic and self.population % 2:
