@@ -14,7 +14,9 @@ cut session) unless ``--force``.
 
 The deadline: ``--deadline-s`` after the start every job still running gets SIGTERM, which ``bench_train.py`` answers
 by writing its results from the generations done; ``--grace-s`` later what is left is killed. Give the runs a
-``time_limit_s`` (the recipes have one) below the deadline so that they end on their own, final evaluation included.
+``time_limit_s`` below the deadline so that they end on their own, final evaluation included: the recipes have one,
+and ``--max-train-s`` caps it (it counts from the end of the env build, which with several jobs on one host can take
+a minute).
 
 At the end (and with ``--summary-only``, from the files alone) a table: eval return of the mean policy at 2, 5 and
 10 minutes of training wall clock (the last evaluation at or before; compilation included, env build not), the best
@@ -44,17 +46,17 @@ from eggroll_rl.choices import EnvBackend, options  # noqa: E402
 BENCH_TRAIN = ROOT / "benchmarks" / "bench_train.py"
 
 DEFAULT_JOBS = (
-    "Hopper:0",
-    "Walker2d:0",
     "Humanoid:0",
-    "HumanoidStandup:0",
-    "Swimmer:1",
-    "Reacher:1",
+    "Walker2d:0",
+    "Reacher:0",
+    "InvertedPendulum:0",
+    "HumanoidStandup:1",
+    "Hopper:1",
     "Pusher:1",
-    "InvertedPendulum:1",
+    "Swimmer:1",
     "InvertedDoublePendulum:1",
 )
-"""Every Brax env without a measured recipe, spread over two GPUs (about the same simulation work on each)."""
+"""Every Brax env without a measured recipe, on two GPUs: one humanoid, one walker/hopper and the light envs each."""
 
 CHECKPOINTS_S = (120.0, 300.0, 600.0)
 """Training wall-clock times (s) at which the summary reads each run's eval return."""
@@ -124,7 +126,14 @@ def command(job: Job, args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, str(BENCH_TRAIN), "--env", job.env, "--device", args.device, "--results", args.results]
     if job.tag:
         cmd += ["--tag", job.tag]
-    for key, value in {**args.set, **job.overrides}.items():
+    settings = {**args.set, **job.overrides}
+    if args.max_train_s and "time_limit_s" not in settings:
+        from eggroll_rl.agents.config import TrainConfig
+
+        own = TrainConfig.for_env(job.env, device=args.device).time_limit_s
+        if not own or own > args.max_train_s:
+            settings["time_limit_s"] = args.max_train_s
+    for key, value in settings.items():
         cmd += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"]
     return (["taskset", "-c", job.cpus] if job.cpus else []) + cmd
 
@@ -262,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="bench_train.py --device")
     p.add_argument("--deadline-s", type=float, default=570.0, help="SIGTERM to the jobs still running after this")
     p.add_argument("--grace-s", type=float, default=25.0, help="SIGKILL this long after the SIGTERM")
+    p.add_argument(
+        "--max-train-s",
+        type=float,
+        default=0.0,
+        help="cap each job's time_limit_s (its recipe's, unless the job or --set gives one) at this (0: no cap)",
+    )
     p.add_argument("--tag", default="recipe", help="result name suffix of jobs without tag=")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every job")
     p.add_argument("--taskset", default=None, metavar="CPUS", help="taskset -c CPUS for jobs without cpus=")

@@ -44,6 +44,16 @@ def test_parse_job():
             rr.parse_job(bad)
 
 
+def test_dry_run_commands(capsys):
+    argv = ["Hopper:1", "Reacher:0:time_limit_s=600", "Pendulum:cpus=0-1", "--results", "R", "--max-train-s", "300"]
+    assert rr.main([*argv, "--set", "seed=3", "--dry-run"]) == 0
+    hopper, reacher, pendulum = capsys.readouterr().out.splitlines()
+    assert hopper.startswith("CUDA_VISIBLE_DEVICES=1 ") and "--env Hopper --device cuda --results R" in hopper
+    assert hopper.endswith("--tag recipe --set seed=3 --set time_limit_s=300.0")  # the recipe's 540 s, capped
+    assert reacher.endswith("--set seed=3 --set time_limit_s=600")  # the job's own wins
+    assert pendulum.startswith("taskset -c 0-1 ") and pendulum.endswith("--set seed=3 --set time_limit_s=300.0")
+
+
 def test_eval_at_reads_the_last_evaluation_before():
     evals = [[9, 100, 50.0, 1.0], [19, 200, 110.0, 2.0], [29, 300, 170.0, 3.0]]
     assert rr._eval_at(evals, 120.0) == 2.0
