@@ -6,6 +6,10 @@
 Writes ``<results>/train_<env>_<device>.{json,md,png}`` (the run's metrics, curve, config, device and versions)
 and prints a summary table. Wall-clock figures count from the call of ``train()`` — environment construction and
 every compilation (Triton kernels, JAX jit) included. Tests never assert on these numbers.
+
+Stopped by SIGTERM or SIGINT (e.g. ``benchmarks/run_recipes.py``'s deadline) after at least one generation, it still
+writes the files, from the generations completed, with ``"interrupted": "SIGTERM"`` in the json, and exits with
+status 0 (nothing is written, and the status is that of the signal, if no generation had completed).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -26,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from eggroll_rl.agents.config import TrainConfig  # noqa: E402
 from eggroll_rl.agents.run_dir import plot_learning_curve  # noqa: E402
-from eggroll_rl.agents.trainer import train  # noqa: E402
+from eggroll_rl.agents.trainer import TrainingInterrupted, train  # noqa: E402
 
 
 def _versions() -> dict[str, str]:
@@ -83,6 +88,24 @@ def _check_kernels(config: TrainConfig) -> str:
         return f"kernel check failed ({type(exc).__name__}: {exc}); using the pure-torch path"
 
 
+def _device_kind(config: TrainConfig) -> str:
+    from eggroll_rl.envs import resolve_device
+
+    return resolve_device(config.device).type
+
+
+def _env_info(config: TrainConfig) -> dict[str, str]:
+    """The backend (and physics) ``train`` built the env with, for a run stopped before it returned its
+    ``env_info`` (the same choice: ``select_backend`` for the config's device)."""
+    from eggroll_rl.envs import select_backend
+
+    backend = select_backend(config.env, config.backend, _device_kind(config))
+    info = {"backend": backend}
+    if backend == "brax":
+        info["brax_backend"] = config.env_kwargs.get("brax_backend", config.brax_backend)
+    return info
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="CartPole")
@@ -108,7 +131,10 @@ def main() -> None:
     reached: dict = {}
     last_print = [0.0]
 
+    records: list[dict] = []  # what the run had done when a signal stops it
+
     def progress(record: dict) -> None:
+        records.append({k: v for k, v in record.items() if k not in ("progress", "best_eval_return")})
         now = time.perf_counter() - t0
         ev = record.get("eval_return")
         if ev is not None and args.target is not None and ev >= args.target and not reached:
@@ -128,15 +154,26 @@ def main() -> None:
                 flush=True,
             )
 
-    result = train(config, progress_fn=progress)
+    interrupted = None
+    try:
+        result = train(config, progress_fn=progress)
+        metrics, env_info = result.metrics, result.env_info
+        final_eval, best_eval = result.final_eval_return, result.best_eval_return
+        device_kind = "cpu" if str(next(result.policy.parameters()).device) == "cpu" else "cuda"
+    except TrainingInterrupted as exc:
+        if not records:
+            raise
+        interrupted = signal.Signals(exc.signum).name
+        print(f"{interrupted} after {len(records)} generations: writing the results so far", flush=True)
+        metrics, env_info, device_kind = records, _env_info(config), _device_kind(config)
+        scores = [r["eval_return"] for r in records if r.get("eval_return") is not None]
+        final_eval, best_eval = (scores[-1], max(scores)) if scores else (None, float("-inf"))
     total_s = time.perf_counter() - t0
-    metrics = result.metrics
     evals = [
         (r["generation"], r["env_steps"], r["wall_time_s"], r["eval_return"])
         for r in metrics
         if r.get("eval_return") is not None
     ]
-    device_kind = "cpu" if str(next(result.policy.parameters()).device) == "cpu" else "cuda"
     name = f"train_{args.env.replace(':', '_').lower()}_{device_kind}{'_' + args.tag if args.tag else ''}"
     summary = {
         "env": args.env,
@@ -144,13 +181,14 @@ def main() -> None:
         "versions": _versions(),
         "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
         "config": config.to_dict(),
-        "env_info": result.env_info,
+        "env_info": env_info,
         "kernel_check": kernel_check,
         "total_wall_s": total_s,
         "generations": len(metrics),
         "env_steps": metrics[-1]["env_steps"] if metrics else 0,
-        "final_eval_return": result.final_eval_return,
-        "best_eval_return": result.best_eval_return,
+        "final_eval_return": final_eval,
+        "best_eval_return": best_eval,
+        "interrupted": interrupted,
         "target": args.target,
         "target_reached": reached or None,
         "mean_steps_per_s": (metrics[-1]["env_steps"] / metrics[-1]["wall_time_s"]) if metrics else 0.0,
@@ -176,12 +214,13 @@ def main() -> None:
         ("command", f"`{summary['command']}`"),
         ("population / rank / sigma / lr", f"{config.population} / {config.rank} / {config.sigma} / {config.lr}"),
         ("policy", f"MLP {list(config.hidden_sizes)} {config.activation}, obs_norm={config.obs_norm}"),
-        ("env backend", ", ".join(f"{k}={v}" for k, v in result.env_info.items())),
+        ("env backend", ", ".join(f"{k}={v}" for k, v in env_info.items())),
         ("generations / env steps", f"{len(metrics)} / {summary['env_steps']:,}"),
+        ("stopped by", interrupted or "its budget"),
         ("total wall time (incl. env build and compilation)", f"{total_s:.1f} s"),
         ("mean env steps/s (training loop)", f"{summary['mean_steps_per_s']:,.0f}"),
-        ("final eval return", f"{result.final_eval_return}"),
-        ("best eval return", f"{result.best_eval_return:.2f}"),
+        ("final eval return", f"{final_eval}"),
+        ("best eval return", f"{best_eval:.2f}"),
         (f"first eval >= {args.target}", reached_txt),
     ]
     md = [f"# Training benchmark: {args.env}", "", "| | |", "|---|---|"]

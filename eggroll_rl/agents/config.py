@@ -30,7 +30,10 @@ from eggroll_rl.choices import (
 )
 from eggroll_rl.validation import check_choice, check_int, check_number, invalid
 
-__all__ = ["ENV_DEFAULTS", "TrainConfig", "load_config_file"]
+__all__ = ["CPU_SUFFIX", "ENV_DEFAULTS", "TrainConfig", "load_config_file"]
+
+CPU_SUFFIX = "@cpu"
+"""``ENV_DEFAULTS["<env>@cpu"]``: the recipe ``TrainConfig.for_env`` picks when the run trains on the CPU."""
 
 
 @dataclass
@@ -76,6 +79,11 @@ class TrainConfig:
     """Mirrored sampling: members 2j and 2j+1 use noise +E_j and -E_j."""
     fitness_shaping: FitnessShaping = "centered_rank"
     """Fitness shaping: zscore, centered_rank or none."""
+    reward_shift: float = 0.0
+    """Training only: subtracted from the reward of every live env step in the ES fitness (fitness = return -
+    reward_shift * episode length). Set it to an env's alive bonus (Hopper, Walker2d: 1, Humanoid: 5) so that merely
+    surviving longer is not rewarded for itself (ARS's trick). Evaluation, logged returns and the leaderboard keep the
+    env's own reward."""
     noise_reuse: int = 0
     """Reuse the same noise for this many consecutive generations (0: fresh noise every generation)."""
     group_size: int = 0
@@ -137,8 +145,16 @@ class TrainConfig:
     # --- construction -------------------------------------------------------------------------------------------
     @classmethod
     def for_env(cls, env: str, **overrides: Any) -> TrainConfig:
-        """The defaults tuned for ``env`` (see ``ENV_DEFAULTS``), then ``overrides``."""
-        values = dict(ENV_DEFAULTS.get(_canonical_env_key(env), {}))
+        """The defaults tuned for ``env`` (see ``ENV_DEFAULTS``) on the device it will train on, then ``overrides``.
+
+        When the device (``overrides["device"]``, else ``"auto"``) resolves to the CPU and ``ENV_DEFAULTS`` has a
+        ``"<env>@cpu"`` entry, that recipe is used instead of the GPU one (a GPU recipe's population is far too
+        big for a CPU).
+        """
+        key = _canonical_env_key(env)
+        if key + CPU_SUFFIX in ENV_DEFAULTS and _trains_on_cpu(overrides.get("device", cls.device)):
+            key += CPU_SUFFIX
+        values = dict(ENV_DEFAULTS.get(key, {}))
         values.update(overrides)
         values["env"] = env
         return cls.from_dict(values)
@@ -197,6 +213,7 @@ class TrainConfig:
                 raise invalid(name, getattr(self, name), "a finite number > 0 and <= 1e6")
         for name in ("grad_clip", "weight_decay", "obs_clip", "time_limit_s"):
             check_number(name, getattr(self, name), lo=0)
+        check_number("reward_shift", self.reward_shift)
         if self.generations == 0 and self.total_steps == 0:
             raise ValueError("generations=0 and total_steps=0: give a budget (generations > 0 or total_steps > 0)")
         if self.antithetic and self.population % 2:
@@ -229,6 +246,15 @@ def _layer_widths(value: Any) -> tuple[int, ...]:
     raise ValueError(
         f"hidden_sizes={value!r} is invalid: expected a layer width or a list of them (integers, e.g. [64, 64])"
     )
+
+
+def _trains_on_cpu(device: Any) -> bool:
+    # An invalid device is not the CPU here; TrainConfig's checks name it.
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return device == "cpu"
 
 
 def _canonical_env_key(name: str) -> str:
@@ -281,6 +307,40 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 # HalfCheetah's recipe carries over to Ant (benchmarks/results/train_ant_cuda.md); positional physics with the
 # generic defaults stayed below 0 return.
 ENV_DEFAULTS["ant"] = dict(ENV_DEFAULTS["halfcheetah"])
+
+
+def _locomotion(**changes: Any) -> dict[str, Any]:
+    """HalfCheetah's recipe with ``changes``: the starting point of every other Brax env (issue #12)."""
+    return {**ENV_DEFAULTS["halfcheetah"], **changes}
+
+
+# Starting recipes, not yet measured one by one (benchmarks/run_recipes.py measures them). Spring physics wherever
+# Brax 0.14 builds the env with it (every env here but Swimmer, which Brax builds with generalized physics only):
+# it is Brax's fastest pipeline. reward_shift = the env's alive bonus (Brax's default healthy_reward) where an
+# episode ends when the body falls, so that standing still is not the first optimum found (docs/training.md).
+ENV_DEFAULTS |= {
+    "hopper": _locomotion(reward_shift=1.0),
+    "walker2d": _locomotion(reward_shift=1.0),
+    "humanoid": _locomotion(reward_shift=5.0),
+    # No termination (every episode lasts the time limit): a shift would change no ranking.
+    "humanoidstandup": _locomotion(),
+    "pusher": _locomotion(time_limit_s=300.0),
+    "reacher": _locomotion(time_limit_s=180.0),
+    "swimmer": _locomotion(brax_backend="generalized", time_limit_s=240.0),
+    # The reward is the alive bonus itself (1 per step; 10 less a distance penalty): no shift.
+    "invertedpendulum": _locomotion(time_limit_s=120.0),
+    "inverteddoublependulum": _locomotion(time_limit_s=180.0),
+}
+
+# On a CPU, backend="auto" picks EnvPool or gymnasium (MuJoCo's -v5 envs) and the whole population steps on a few
+# cores: a population of 128 (16x fewer episodes per generation than the GPU recipes) and a larger step. The policy
+# forward takes one torch thread; the env backend keeps the other cores. Measured for HalfCheetah only so far.
+_CPU_CHANGES = dict(population=128, lr=0.02, eval_episodes=16, cpu_threads=1)
+ENV_DEFAULTS |= {
+    env + CPU_SUFFIX: {**ENV_DEFAULTS[env], **_CPU_CHANGES}
+    for env in ("halfcheetah", "ant", "hopper", "walker2d", "humanoid", "humanoidstandup", "pusher", "reacher",
+                "swimmer", "invertedpendulum", "inverteddoublependulum")
+}  # fmt: skip
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ One generation, top to bottom::
     with strategy.perturb(N, epoch=generation) as pop:       # N perturbed policies, noise regenerated on the fly
         returns <- rollout(env, pop.batched_forward(policy, obs, member_ids))   # one episode per env, masked
     policy.obs_norm.update(live observations of the whole population)
-    strategy.step(mean return of each member)                # ES gradient + optimizer
+    strategy.step(mean return - reward_shift * mean length)   # ES gradient + optimizer
     every eval_every generations: evaluate the mean policy over eval_episodes episodes
 
 Reproducibility: every generation resets the environments with a seed derived from ``(config.seed, generation)``
@@ -54,7 +54,7 @@ from eggroll_rl.envs.base import resolve_device
 SYNC_CHECK_EVERY = 10
 """Under ``torch.distributed``: compare the replicas' checksums every this many generations (and at the end)."""
 
-__all__ = ["TrainResult", "TrainingInterrupted", "train", "evaluate"]
+__all__ = ["TrainResult", "TrainingInterrupted", "train", "evaluate", "training_fitness"]
 
 
 @dataclass
@@ -99,6 +99,17 @@ def evaluate(policy: MLPPolicy, env: Any, seed: int = 0, max_steps: int = 1000) 
         "length_mean": float(result.episode_lengths.double().mean()),
         "episodes": int(r.numel()),
     }
+
+
+def training_fitness(episodes: RolloutResult, reward_shift: float = 0.0) -> torch.Tensor:
+    """Each member's ES fitness ``(N,)`` float32: its mean episode return with ``reward_shift`` taken from the reward of
+    every live step. The rollout sums rewards over live steps only (masked after an episode ends), so that is
+    ``returns - reward_shift * lengths`` exactly, member by member (both are means over the same episodes); the
+    rollout itself (and its CUDA graph) stays the same."""
+    if not reward_shift:
+        return episodes.returns
+    shifted = episodes.returns.double() - reward_shift * episodes.lengths.double()
+    return shifted.to(episodes.returns.dtype)
 
 
 def _progress(config: TrainConfig, generation: int, env_steps: int) -> float:
@@ -289,8 +300,8 @@ def train(
                 # 2. observation statistics from the live steps of the whole population.
                 if policy.obs_norm is not None and episodes.obs_count > 0:
                     policy.obs_norm.update_moments(episodes.obs_count, episodes.obs_mean, episodes.obs_var)
-                # 3. ES update from each member's mean return.
-                stats = strategy.step(episodes.returns)
+                # 3. ES update from each member's fitness: its mean return, less the reward shift per live step.
+                stats = strategy.step(training_fitness(episodes, config.reward_shift))
                 state.generation += 1
                 state.env_steps += episodes.num_steps
                 record = _record(generation, state.env_steps, episodes, stats)

@@ -61,6 +61,7 @@ def import_brax() -> tuple[Any, Any]:
         from brax import envs as brax_envs
     except ImportError as e:
         raise ImportError("the 'brax' backend needs jax and brax: pip install eggroll-rl[brax]") from e
+    _mend_brax_fluid(jax)
     return jax, brax_envs
 
 
@@ -83,6 +84,34 @@ def _on_torch_device(device: torch.device) -> Iterator[None]:
     finally:
         if torch.cuda.current_device() != before:
             torch.cuda.set_device(before)
+
+
+class _ClipWithAMin:
+    """``jax.numpy`` as ``brax.fluid`` sees it, with a ``clip`` that still takes ``a_min``/``a_max``."""
+
+    def __init__(self, jnp: Any) -> None:
+        self._jnp = jnp
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._jnp, name)
+
+    def clip(self, x: Any, min: Any = None, max: Any = None, *, a_min: Any = None, a_max: Any = None) -> Any:  # noqa: A002
+        return self._jnp.clip(x, min if a_min is None else a_min, max if a_max is None else a_max)
+
+
+def _mend_brax_fluid(jax: Any) -> None:
+    # Brax 0.14's fluid model (the viscosity of Swimmer, the one env that has one) calls jnp.clip(..., a_min=...),
+    # a keyword JAX has since removed: every Swimmer step raised a TypeError. Only that module's view of jax.numpy
+    # changes.
+    import inspect
+
+    try:
+        from brax import fluid
+    except ImportError:  # another brax layout: nothing to mend
+        return
+    if "a_min" in inspect.signature(jax.numpy.clip).parameters or isinstance(fluid.jp, _ClipWithAMin):
+        return
+    fluid.jp = _ClipWithAMin(fluid.jp)
 
 
 class _DLPackBridge:

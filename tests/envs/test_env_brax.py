@@ -159,3 +159,28 @@ def test_dlpack_bridge_gpu_waits_for_the_producer():
         jax.block_until_ready(m)
         y = slow(m)
     assert torch.sum(bridge.to_torch(y)).item() == 5.0 * n
+
+
+def test_brax_fluid_clip_takes_a_min():
+    # Brax 0.14's fluid model (Swimmer's viscosity) calls jnp.clip(a_min=...), which JAX no longer takes.
+    from eggroll_rl.envs.brax_adapter import import_brax
+
+    import_brax()
+    from brax import fluid
+
+    x = jax.numpy.array([-1.0, 0.5, 3.0])
+    assert fluid.jp.clip(x, a_min=0.0).tolist() == [0.0, 0.5, 3.0]
+    assert fluid.jp.clip(x, a_min=0.0, a_max=1.0).tolist() == [0.0, 0.5, 1.0]
+    assert fluid.jp.clip(x, 0.0, 1.0).tolist() == jax.numpy.clip(x, 0.0, 1.0).tolist()
+    assert fluid.jp.sum is jax.numpy.sum
+
+
+@pytest.mark.slow
+def test_swimmer_steps_with_its_viscosity():
+    env = make_env("Swimmer", backend="brax", num_envs=2, device="cpu", brax_backend="generalized", episode_length=5)
+    env.reset(seed=0)
+    for _ in range(3):
+        obs, reward, terminated, truncated, _ = env.step(torch.full((2, 2), 0.5))
+    assert obs.shape == (2, 8) and torch.isfinite(obs).all() and torch.isfinite(reward).all()
+    assert not terminated.any()
+    env.close()

@@ -1,0 +1,93 @@
+"""Every registered env trains with `eggroll-rl train <Env>` and its defaults (issue #12): the resolved config of each
+env, on each device, is ENV_DEFAULTS' recipe, validates, and is what `--print-config` shows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from eggroll_rl.agents.config import CPU_SUFFIX, ENV_DEFAULTS, TrainConfig, _canonical_env_key
+from eggroll_rl.cli import main
+from eggroll_rl.envs.registry import ENV_SPECS
+
+BRAX_ENVS = sorted(name for name, spec in ENV_SPECS.items() if spec.brax is not None)
+# Brax's alive bonus per step (healthy_reward's default in brax/envs/<env>.py), removed from the training fitness.
+ALIVE_BONUS = {"hopper": 1.0, "walker2d": 1.0, "humanoid": 5.0}
+
+# HalfCheetah's GPU recipe as measured (benchmarks/results/train_halfcheetah_cuda.md): must not drift.
+HALFCHEETAH_GPU = dict(
+    population=2048, rank=4, sigma=0.02, lr=0.01, hidden_sizes=(64, 64), activation="pqn", brax_backend="spring",
+    generations=1000, time_limit_s=540.0, eval_every=10, eval_episodes=128, checkpoint_every=20,
+)  # fmt: skip
+
+
+def _printed(capsys, env: str, device: str) -> dict:
+    assert main(["train", env, "--device", device, "--print-config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def _recipe(env: str, device: str) -> dict:
+    key = _canonical_env_key(env)
+    return ENV_DEFAULTS[key + CPU_SUFFIX if device == "cpu" and key + CPU_SUFFIX in ENV_DEFAULTS else key]
+
+
+def test_every_brax_env_has_a_recipe():
+    assert {_canonical_env_key(name) for name in BRAX_ENVS} <= set(ENV_DEFAULTS)
+    for name in BRAX_ENVS:  # the Brax id, the gymnasium id and the friendly name share one recipe
+        spec = ENV_SPECS[name]
+        assert _canonical_env_key(spec.brax) == _canonical_env_key(spec.gym) == _canonical_env_key(name)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+@pytest.mark.parametrize("env", sorted(ENV_SPECS))
+def test_print_config_shows_the_env_recipe(capsys, env, device):
+    printed = _printed(capsys, env, device)
+    config = TrainConfig.from_dict(printed)  # validates
+    assert config == TrainConfig.for_env(env, device=device)
+    recipe = _recipe(env, device) if _canonical_env_key(env) in ENV_DEFAULTS else {}
+    for key, value in recipe.items():
+        assert getattr(config, key) == value, key
+    for key, value in TrainConfig().to_dict().items():
+        if key not in recipe and key not in ("env", "device"):
+            assert printed[key] == value, key  # everything else is the generic default
+
+
+@pytest.mark.parametrize("env", BRAX_ENVS)
+def test_locomotion_recipes_start_from_halfcheetah(env):
+    gpu = TrainConfig.for_env(env, device="cuda")
+    assert (gpu.population, gpu.sigma, gpu.lr, gpu.hidden_sizes) == (2048, 0.02, 0.01, (64, 64))
+    assert (gpu.activation, gpu.obs_norm, gpu.action_mode) == ("pqn", True, "tanh")
+    assert 0 < gpu.time_limit_s <= 540.0
+    assert gpu.reward_shift == ALIVE_BONUS.get(_canonical_env_key(env), 0.0)
+    assert gpu.brax_backend == ("generalized" if env == "Swimmer" else "spring")
+    cpu = TrainConfig.for_env(env, device="cpu")
+    assert cpu.population <= 256 and cpu.cpu_threads >= 1
+    assert cpu.reward_shift == gpu.reward_shift and cpu.sigma == gpu.sigma
+
+
+def test_halfcheetah_gpu_recipe_is_unchanged():
+    config = TrainConfig.for_env("HalfCheetah", device="cuda")
+    assert {k: getattr(config, k) for k in HALFCHEETAH_GPU} == HALFCHEETAH_GPU
+    assert ENV_DEFAULTS["ant"] == ENV_DEFAULTS["halfcheetah"] == HALFCHEETAH_GPU
+
+
+def test_device_auto_picks_the_recipe_of_the_device_found(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert TrainConfig.for_env("HalfCheetah").population == 2048
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert TrainConfig.for_env("HalfCheetah").population == ENV_DEFAULTS["halfcheetah@cpu"]["population"]
+    # Overrides still win over either recipe.
+    assert TrainConfig.for_env("HalfCheetah", device="cpu", population=64).population == 64
+    assert TrainConfig.for_env("HalfCheetah", device="cuda", population=64).population == 64
+
+
+@pytest.mark.parametrize("env", BRAX_ENVS)
+def test_brax_builds_each_env_with_its_recipe_physics(env):
+    pytest.importorskip("brax")
+    from eggroll_rl.envs.brax_adapter import import_brax
+
+    _, brax_envs = import_brax()
+    physics = ENV_DEFAULTS[_canonical_env_key(env)]["brax_backend"]
+    brax_env = brax_envs.get_environment(ENV_SPECS[env].brax, backend=physics)
+    assert brax_env.action_size > 0 and brax_env.observation_size > 0
