@@ -246,6 +246,11 @@ def train(
                 stacklevel=2,  # the caller of train()
             )
         device = resolve_device(config.device)
+        if device.type == "cuda":
+            # The run's device is the current one throughout (restored at exit): torch's implicit uses of the
+            # current device (CUDA events, the stream Triton launches on) must not follow another library's
+            # change of it (JAX's start could leave the other GPU current on a rank of a 2-GPU torchrun).
+            cleanup.enter_context(torch.cuda.device(device))
 
         # --- environment, policy, strategy ---------------------------------------------------------------------
         ranks.check_layout(config)

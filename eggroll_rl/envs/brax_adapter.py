@@ -62,7 +62,16 @@ def import_brax() -> tuple[Any, Any]:
     except ImportError as e:
         raise ImportError("the 'brax' backend needs jax and brax: pip install eggroll-rl[brax]") from e
     _mend_brax_fluid(jax)
+    _start_jax_clients(jax)
     return jax, brax_envs
+
+
+def _start_jax_clients(jax: Any) -> None:
+    """Start JAX's device clients here, under ``_on_torch_device``, before anything else asks JAX for its devices
+    (the registry does, to choose a backend): starting them may leave another GPU current on this thread."""
+    if torch.cuda.is_available():
+        with _on_torch_device(torch.device("cuda", torch.cuda.current_device())):
+            jax.devices()
 
 
 @contextlib.contextmanager
@@ -357,6 +366,10 @@ class BraxVecEnv(VecEnv):
 
     def step(self, actions: torch.Tensor) -> StepResult:
         """One transition of every env; see ``eggroll_rl.envs.base``. ``info["final_obs"]`` as documented there."""
+        with _on_torch_device(self.device):
+            return self._step(actions)
+
+    def _step(self, actions: torch.Tensor) -> StepResult:
         if self._state is None:
             raise RuntimeError("call reset() before step()")
         # Shape/dtype/device on the host; NaN actions and outputs inside the jitted step (``status``).
@@ -367,10 +380,9 @@ class BraxVecEnv(VecEnv):
             actions = actions.detach()
         jax_actions = self._bridge.to_jax(actions)
         self.last_jax_actions = jax_actions
-        with _on_torch_device(self.device):
-            self._state, self._steps, floats, bools, self._flags = self._step_fn(
-                self._state, self._first_state, self._steps, jax_actions, self._flags
-            )
+        self._state, self._steps, floats, bools, self._flags = self._step_fn(
+            self._state, self._first_state, self._steps, jax_actions, self._flags
+        )
         self.last_jax_obs = floats  # obs is its first B * obs_dim elements
         B, d = self.num_envs, self.single_observation_space.shape[0]
         obs_t, final_t, reward_t = self._bridge.to_torch(floats).split_with_sizes([B * d, B * d, B])

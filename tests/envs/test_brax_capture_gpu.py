@@ -20,10 +20,11 @@ from eggroll_rl.agents import TrainConfig, train  # noqa: E402
 from eggroll_rl.agents.builders import build_policy  # noqa: E402
 from eggroll_rl.agents.rollout import population_act, rollout  # noqa: E402
 from eggroll_rl.envs import make_env  # noqa: E402
+from eggroll_rl.envs.brax_adapter import import_brax  # noqa: E402
 
 
 def _need_gpus():
-    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
+    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in import_brax()[0].devices()):
         pytest.skip("needs CUDA torch and CUDA jax")
 
 

@@ -24,15 +24,15 @@ SCRIPT = textwrap.dedent(
     obs = env.reset()
     assert obs.device == torch.device("cuda", 1) and torch.cuda.current_device() == 1
     ref = make_env("brax:inverted_pendulum", num_envs=8, device="cuda:0", seed=3, brax_backend="positional")
-    torch.cuda.set_device(1)
+    assert torch.cuda.current_device() == 1, ("after an env on cuda:0", torch.cuda.current_device())
     ref_obs = ref.reset()
     torch.testing.assert_close(obs.cpu(), ref_obs.cpu(), atol=1e-6, rtol=0)
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         a = torch.rand(8, 1, generator=g) * 2 - 1
         obs, rew, *_ = env.step(a.to("cuda:1"))
-        ref_obs, ref_rew, *_ = ref.step(a.to("cuda:0"))
-        assert torch.cuda.current_device() == 1
+        ref_obs, ref_rew, *_ = ref.step(a.to("cuda:0"))  # crossing from JAX on GPU 0 may switch the thread's device
+        assert torch.cuda.current_device() == 1, ("after a step on cuda:0", torch.cuda.current_device())
     torch.testing.assert_close(obs.cpu(), ref_obs.cpu(), atol=1e-5, rtol=0)
     torch.testing.assert_close(rew.cpu(), ref_rew.cpu(), atol=1e-5, rtol=0)
 

@@ -8,6 +8,7 @@ pytest.importorskip("brax")
 jax = pytest.importorskip("jax")
 
 from eggroll_rl.envs import make_env  # noqa: E402
+from eggroll_rl.envs.brax_adapter import import_brax  # noqa: E402
 
 
 def _run(device: str):
@@ -98,7 +99,7 @@ def test_brax_cpu_matches_raw_jax():
 
 @pytest.mark.gpu
 def test_brax_gpu_zero_copy_matches_raw_jax():
-    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
+    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in import_brax()[0].devices()):
         pytest.skip("needs CUDA for torch and JAX")
     _run("cuda")
 
@@ -136,7 +137,7 @@ def test_dlpack_bridge_cpu_shares_memory_both_ways():
 @pytest.mark.gpu
 def test_dlpack_bridge_gpu_waits_for_the_producer():
     """Each side reads the other's data only after the producing kernels finish (no host sync in between)."""
-    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
+    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in import_brax()[0].devices()):
         pytest.skip("needs CUDA for torch and JAX")
     bridge, jax_device = _bridge("cuda")
     assert bridge.fast
