@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts; the first is the base")
     parser.add_argument("--quick", action="store_true", help="CartPole at tiny sizes (a check, not a measurement)")
+    parser.add_argument("--cases", nargs="+", default=None, help="run only these cases (by name)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timed", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=580.0, help="seconds per torchrun launch")
@@ -210,7 +211,7 @@ def main() -> None:
         "cases": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for case in QUICK_CASES if args.quick else GPU_CASES:
+        for case in [c for c in (QUICK_CASES if args.quick else GPU_CASES) if not args.cases or c[0] in args.cases]:
             runs, commands = [], []
             for ranks in args.ranks:
                 run, command = _launch(case, ranks, args, Path(tmp) / f"{case[0]}_{ranks}.json")
