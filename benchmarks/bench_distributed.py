@@ -147,7 +147,11 @@ def _launch(case: tuple, ranks: int, args: argparse.Namespace, result: Path) -> 
         "--timed", str(args.timed), "--result", str(result),
         "--case", json.dumps({"env": env, "overrides": overrides}),
     ]  # fmt: skip
-    env_vars = dict(os.environ, PYTHONPATH=str(ROOT), NCCL_NVLS_ENABLE="0")
+    env_vars = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        NCCL_NVLS_ENABLE="0",
+    )
     proc = subprocess.run(cmd, env=env_vars, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} on {ranks} ranks failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -229,3 +229,31 @@ def test_classic_control_defaults_train_on_one_cpu_thread(env):
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_ranks_global_member_ids_are_checked_once_per_rollout(monkeypatch):
+    """Under torchrun a rank plays members first.. with their global ids: the shifted ids must be one tensor per
+    rollout, so that batched_forward checks them once (one host sync) and the rollout's CUDA graph can be captured."""
+    from eggroll_rl import EggrollStrategy
+    from eggroll_rl.agents.trainer import _OffsetIds
+
+    policy = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    strategy = EggrollStrategy(sigma=0.1, lr=0.01, rank=2, antithetic=True, seed=0, allow_cpu=True)
+    strategy.setup(policy)
+    ids = torch.arange(4).repeat_interleave(2)  # this rank's 4 local members, 2 envs each
+    shift = _OffsetIds(4)  # ... members 4..7 of a population of 8
+    assert shift(ids) is shift(ids) and torch.equal(shift(ids), ids + 4)
+    assert _OffsetIds(0)(ids) is ids
+    syncs = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: syncs.append(1) or tolist(t))
+    x = torch.randn(8, 3)
+    with strategy.perturb(population_size=8, epoch=0) as pop:
+        outs = [pop.batched_forward(policy, x, member_ids=shift(ids)) for _ in range(3)]
+        assert len(syncs) == 1
+        ref = pop.batched_forward(policy, x, member_ids=ids + 4)  # a fresh tensor: checked again
+    assert len(syncs) == 2
+    for out in outs:
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    ids.add_(0)  # changed in place: shifted again
+    assert shift(ids) is not outs[0] and torch.equal(shift(ids), ids + 4)
