@@ -26,6 +26,8 @@ from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, uni
 from ..validation import check_int
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, tl, triton
 from .philox import (
+    FACTOR_SPANS,
+    VECTOR_SPANS,
     column_block,
     pick_word,
     quad_signs,
@@ -270,7 +272,9 @@ def lowrank_delta_kernel(
                 if PAIRED:
                     xb = _x_block(x_ptr, rows_b, mask_b, stride_xr, stride_xk, k_start, K, BLOCK_K)
                 if NOISE == 1:
-                    w0, w1, w2, w3 = sign_words_next(w0, w1, w2, w3, k0, kw, j, t, 1 << 16, k_start, P, BLOCK_K // 4, 8)
+                    w0, w1, w2, w3 = sign_words_next(
+                        w0, w1, w2, w3, k0, kw, j, t, 1 << 16, k_start, P, BLOCK_K // 4, FACTOR_SPANS
+                    )
                 aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3 = _b_dots(
                     xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t, w0, w1, w2, w3,
                     RANK, PAIRED, NOISE, FAST_MATH, P, BLOCK_K,
@@ -304,7 +308,9 @@ def lowrank_delta_kernel(
                         bnoise = column_block(k0, kw, j, t, 1, c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
                     else:
                         if c % 4 == 0:  # one call per quad for the group's four columns (no reuse across blocks)
-                            g0, g1, g2, g3 = sign_words(k0, kw, j, t, (1 << 16) | (c // 4), k_start, P, BLOCK_K // 4, 8)
+                            g0, g1, g2, g3 = sign_words(
+                                k0, kw, j, t, (1 << 16) | (c // 4), k_start, P, BLOCK_K // 4, FACTOR_SPANS
+                            )
                         span = sign_spans(k_start, BLOCK_K // 4)
                         bnoise = quad_signs(pick_word(g0, g1, g2, g3, c % 4), span, P, BLOCK_K // 4)
                     sel = (rcols == c)[None, :]
@@ -335,10 +341,12 @@ def lowrank_delta_kernel(
         for m_start in range(0, M, BLOCK_M):
             if NOISE == 1:
                 if PERTURB_W:
-                    w0, w1, w2, w3 = sign_words_next(w0, w1, w2, w3, k0, kw, j, t, 0, m_start, P, BLOCK_M // 4, 8)
+                    w0, w1, w2, w3 = sign_words_next(
+                        w0, w1, w2, w3, k0, kw, j, t, 0, m_start, P, BLOCK_M // 4, FACTOR_SPANS
+                    )
                 if PERTURB_B:
                     v0, v1, v2, v3 = sign_words_next(
-                        v0, v1, v2, v3, k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M // 4, 32
+                        v0, v1, v2, v3, k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M // 4, VECTOR_SPANS
                     )
             _d_block(
                 d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
@@ -358,7 +366,7 @@ def lowrank_delta_kernel(
                         anoise = column_block(k0, kw, j, t, 0, c, m_start, P, BLOCK_M, NOISE, FAST_MATH)
                     else:
                         if c % 4 == 0:
-                            g0, g1, g2, g3 = sign_words(k0, kw, j, t, c // 4, m_start, P, BLOCK_M // 4, 8)
+                            g0, g1, g2, g3 = sign_words(k0, kw, j, t, c // 4, m_start, P, BLOCK_M // 4, FACTOR_SPANS)
                         span = sign_spans(m_start, BLOCK_M // 4)
                         anoise = quad_signs(pick_word(g0, g1, g2, g3, c % 4), span, P, BLOCK_M // 4)
                     sel = (rcols == c)[None, :]

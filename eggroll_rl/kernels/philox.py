@@ -24,6 +24,8 @@ _M1 = tl.constexpr(0xCD9E8D57)
 _W0 = tl.constexpr(0x9E3779B9)
 _W1 = tl.constexpr(0xBB67AE85)
 SIGN_SPAN = tl.constexpr(_noise.SIGN_SPAN)
+FACTOR_SPANS = tl.constexpr(_noise.SPANS_PER_CALL_FACTOR)  # spans a Rademacher call holds: factor column group
+VECTOR_SPANS = tl.constexpr(_noise.SPANS_PER_CALL_VECTOR)  # ... vector noise
 
 
 @triton.jit
@@ -162,7 +164,7 @@ def sign_spans(e0, NQ: tl.constexpr):
 def quad_signs(word, span, P: tl.constexpr, NQ: tl.constexpr):
     """Signs of the quads whose words are ``word`` ``(P, NQ)`` and whose spans are ``span`` ``(NQ,)``: bits
     ``4 (span % 8) .. + 3``, float32 ``(P, 4 NQ)``; element ``4 q + l`` is ``+1`` if its bit is set, else ``-1``."""
-    b = word >> (4 * (span % 8))[None, :]
+    b = word >> (4 * (span % 8))[None, :]  # a word holds a quad of 8 spans
     # bit l moved to the float's sign bit: 0x3F800000 (+1.0) if set, 0xBF800000 (-1.0) if clear
     s0 = (((b << 31) & 0x80000000) ^ 0xBF800000).to(tl.float32, bitcast=True)
     s1 = (((b << 30) & 0x80000000) ^ 0xBF800000).to(tl.float32, bitcast=True)
@@ -205,7 +207,7 @@ def column_block(
     if NOISE == 0:
         return gaussian_block(k0, k1, j, t_eff, (stream << 16) | c, e0, P, NCOL, FAST_MATH)
     else:
-        x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, (stream << 16) | (c // 4), e0, P, NCOL // 4, 8)
+        x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, (stream << 16) | (c // 4), e0, P, NCOL // 4, FACTOR_SPANS)
         w = c % 4
         word = tl.where(w == 0, x0, tl.where(w == 1, x1, tl.where(w == 2, x2, x3)))
         return quad_signs(word, sign_spans(e0, NCOL // 4), P, NCOL // 4)
@@ -220,7 +222,7 @@ def vector_block(
     if NOISE == 0:
         return gaussian_block(k0, k1, j, t_eff, 2 << 16, e0, P, NCOL, FAST_MATH)
     else:
-        x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, 2 << 16, e0, P, NCOL // 4, 32)
+        x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, 2 << 16, e0, P, NCOL // 4, VECTOR_SPANS)
         span = sign_spans(e0, NCOL // 4)
         return quad_signs(vector_word(x0, x1, x2, x3, span), span, P, NCOL // 4)
 

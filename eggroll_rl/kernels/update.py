@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from ..noise import SIGN_SPAN, STREAM_A, STREAM_B, factor_noise, vector_noise
+from ..noise import SIGN_SPAN, SPANS_PER_CALL_FACTOR, STREAM_A, STREAM_B, factor_noise, vector_noise
 from ..validation import check_int
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, num_sms, tl, triton
-from .philox import column_block, pick_word, quad_signs, sign_spans, sign_words_next, vector_block
+from .philox import FACTOR_SPANS, column_block, pick_word, quad_signs, sign_spans, sign_words_next, vector_block
 
 # Bound on the regenerated factor elements held at once: the kernels' buffer (bf16: 128 MiB) and the twin's (fp32
 # elements, 64 MiB).
@@ -105,7 +105,7 @@ def _store_signs(
         w3 = w0
         for e0 in range(e_first, tl.minimum(L, e_first + BLOCKS * BLOCK), BLOCK):
             c3 = (STREAM << 16) | g
-            w0, w1, w2, w3 = sign_words_next(w0, w1, w2, w3, k0, k1, j, t, c3, e0, PJ, BLOCK // 4, 8)
+            w0, w1, w2, w3 = sign_words_next(w0, w1, w2, w3, k0, k1, j, t, c3, e0, PJ, BLOCK // 4, FACTOR_SPANS)
             span = sign_spans(e0, BLOCK // 4)
             ee = e0 + tl.arange(0, BLOCK)
             ok = j_ok[:, None] & (ee < L)[None, :]
@@ -228,7 +228,7 @@ def _factor_chunks(ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dt
     if block is None:
         block = INTERPRET_FACTOR_BLOCK if INTERPRET else FACTOR_BLOCK
     # Rademacher: a program takes a run of 8 spans of rows, so each call (a quad of 8 spans) is made once
-    blocks = max(1, 8 * SIGN_SPAN // block) if code == 1 else 1
+    blocks = max(1, SPANS_PER_CALL_FACTOR * SIGN_SPAN // block) if code == 1 else 1
     pj = 1
     for lo in range(0, J, chunk):
         hi = min(J, lo + chunk)
