@@ -18,6 +18,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--once", action="store_true")
     ap.add_argument("--ranks", default="1,4")
+    ap.add_argument("--noises", default="gaussian,rademacher")
     args = ap.parse_args()
     torch.manual_seed(0)
     R, F = 1024, 8192
@@ -27,7 +28,7 @@ def main() -> None:
     ids = torch.arange(R, device="cuda")
     d = torch.empty(R, F, device="cuda", dtype=torch.bfloat16)  # addmm target for the GEMM-alone timing
     for rank in map(int, args.ranks.split(",")):
-        for noise in ("gaussian", "rademacher"):
+        for noise in args.noises.split(","):
 
             def delta(rank=rank, noise=noise):  # the production launch (shape, unroll) without the GEMM
                 return linear.lowrank_delta(

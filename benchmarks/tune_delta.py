@@ -1,6 +1,7 @@
 """Sweep the delta kernel's launch shape on the benchmark's layers: feature block, rows per program, warps.
 
-python benchmarks/tune_delta.py [--shapes wide,rl]     # needs a CUDA GPU; one line per (shape, noise, config)
+python benchmarks/tune_delta.py [--shapes wide,rl] [--noises gaussian,rademacher]   # needs a CUDA GPU; one line
+per (shape, noise, config)
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from eggroll_rl.kernels import linear
 WIDE = [(1024, 1024, 8), (512, 512, 4), (2048, 2048, 16), (2048, 2048, 8)]
 SHAPES = {  # rows, features, dtype, rank, configs (block_max, tile, warps); the first is the default
     "wide": [(1024, 8192, torch.bfloat16, 1, WIDE), (1024, 8192, torch.bfloat16, 4, WIDE)],
-    "rl": [(65536, 256, torch.float32, 4, [(512, 512, 4), (1024, 1024, 8), (256, 256, 2)])],
+    "rl": [(65536, 256, torch.float32, 4, [(512, 512, 4), (1024, 1024, 8), (256, 256, 2), (1024, 1024, 4)])],
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="wide,rl")
+    ap.add_argument("--noises", default="gaussian,rademacher")
     args = ap.parse_args()
     torch.manual_seed(0)
     shapes = [s for name in args.shapes.split(",") for s in SHAPES[name]]
-    for (rows, feat, dtype, rank, configs), noise in itertools.product(shapes, ("gaussian", "rademacher")):
+    for (rows, feat, dtype, rank, configs), noise in itertools.product(shapes, args.noises.split(",")):
         x = torch.randn(rows, feat, device="cuda", dtype=dtype)
         w = torch.randn(feat, feat, device="cuda", dtype=dtype) / feat**0.5
         b = torch.randn(feat, device="cuda", dtype=dtype)

@@ -34,8 +34,26 @@ and each pair of words becomes two normals by Box-Muller, with the angle centred
     rad   = sqrt(-2 * ln u(x0));   theta = pi * (2 * u(x1) - 1)
     z0 = rad * cos(theta);          z1 = rad * sin(theta)          # same for (x2, x3) -> (z2, z3)
 
-Rademacher noise (``noise="rademacher"``): element ``e`` is bit ``e % 32`` of word ``(e // 32) % 4`` of the call
-with ``c0 = e // 128``; a set bit is ``+1``, a clear bit ``-1``. One call gives 128 elements.
+Rademacher noise (``noise="rademacher"``): every bit of a call is one sign, a set bit ``+1``, a clear bit ``-1``;
+one call gives 128 signs. A stream is cut into spans of ``SIGN_SPAN = 512`` consecutive elements (rows, for a
+factor) and each span into quads of 4; element ``e`` is element ``l = e % 4`` of quad ``q = (e % SIGN_SPAN) // 4``
+of span ``i = e // SIGN_SPAN``. One call holds the same quad ``q`` of several consecutive spans:
+
+* Factors (streams ``0`` and ``1``): the rank columns come in groups of four (``column = c // 4`` in ``c3``); a call
+  holds quad ``q`` of 8 consecutive spans of the group's 4 columns. Entry ``[a, c]`` is bit ``4 (i % 8) + l`` of
+  word ``x_{c % 4}`` of the call with ``c0 = (i // 8) * 128 + q``, ``c3 = (stream << 16) | (c // 4)``. (At rank 1
+  to 3 the words of the missing columns go unused.)
+* Vector noise (stream ``2``, ``column = 0``): a call holds quad ``q`` of 32 consecutive spans. Element ``e`` is
+  bit ``4 (i % 8) + l`` of word ``x_{(i % 32) // 8}`` of the call with ``c0 = (i // 32) * 128 + q``.
+
+Why this layout: a kernel thread holds one quad of a block of rows (the layout of its vector loads) for every rank
+column, and walks the blocks in order; a block of ``SIGN_SPAN`` rows or more gives each thread the same quad of
+every span, so one call gives a thread its signs of up to four columns for 8 spans (32 for vector noise) and the
+thread keeps its four words in registers meanwhile: up to 128 signs per call, where the Gaussian path needs a call
+per 4 values. Blocks narrower than a span recompute the call per block (same signs, more calls).
+Behaviour change (branch ``rademacher``, 2026-11): each factor column and the vector stream used to hold element
+``e`` at bit ``e % 32`` of word ``(e // 32) % 4`` of call ``e // 128``; the Rademacher noise of a given seed
+changed (same distribution); the Gaussian noise did not.
 
 The two factors of a matrix parameter are i.i.d. N(0, 1) (or +-1) entries; scaling by ``sigma * s_i / sqrt(r)``
 happens outside the generator.
@@ -58,11 +76,13 @@ __all__ = [
     "STREAM_A",
     "STREAM_B",
     "STREAM_VECTOR",
+    "SIGN_SPAN",
     "philox4x32",
     "stream_words",
     "uniform_from_bits",
     "normal_stream",
     "rademacher_stream",
+    "sign_position",
     "factor_noise",
     "vector_noise",
     "member_noise_and_sign",
@@ -71,6 +91,8 @@ __all__ = [
 
 NOISE_TYPES = options(NoiseKind)
 STREAM_A, STREAM_B, STREAM_VECTOR = 0, 1, 2
+SIGN_SPAN = 512  # Rademacher: elements per span (see the spec); a call holds one quad of 8 (32) spans
+SPANS_PER_CALL_FACTOR, SPANS_PER_CALL_VECTOR = 8, 32
 
 _MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -173,23 +195,51 @@ def normal_stream(
     return z[..., :length]
 
 
+def sign_position(e: torch.Tensor, spans_per_call: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where Rademacher element ``e`` lives: its call ``c0``, and for a factor (``spans_per_call = 8``) its bit
+    inside word ``x_{c % 4}``, for the vector stream (``32``) its word and bit. Returns ``(c0, word, bit)``, the
+    word being 0 for a factor (the column picks it). Tensors of ``e``'s shape (int64)."""
+    span, quad, lane = e // SIGN_SPAN, (e % SIGN_SPAN) // 4, e % 4
+    c0 = (span // spans_per_call) * (SIGN_SPAN // 4) + quad
+    word = (span % spans_per_call) // 8
+    return c0, word, 4 * (span % 8) + lane
+
+
 def rademacher_stream(
     seed: int,
     param_index: int,
     t_eff: int,
     noise_ids: torch.Tensor,
     stream: int,
-    column: int,
+    column,
     length: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The first ``length`` +-1 values of a stream, ``(J, length)`` float32 (``(J, C, length)`` for ``C``
-    columns)."""
-    words = stream_words(seed, param_index, t_eff, noise_ids, stream, column, (length + 127) // 128, device)
-    shifts = torch.arange(32, dtype=torch.int64, device=words.device)
-    bits = (words.unsqueeze(-1) >> shifts) & 1  # (..., blocks, 4, 32): element = 128*b + 32*w + bit
-    signs = bits.flatten(-3).to(torch.float32) * 2.0 - 1.0
-    return signs[..., :length]
+    """The first ``length`` +-1 values of a factor column (``STREAM_A``, ``STREAM_B``: rows ``0 .. length-1`` of
+    column ``column``) or of the vector stream (``STREAM_VECTOR``, ``column=0``): ``(J, length)`` float32
+    (``(J, C, length)`` when ``column`` is a sequence of ``C`` columns). Each call is made once for all the
+    columns of its group."""
+    single = isinstance(column, int)
+    cols = [column] if single else [int(c) for c in column]
+    if device is None:
+        device = noise_ids.device if isinstance(noise_ids, torch.Tensor) else None
+    e = torch.arange(length, dtype=torch.int64, device=device)
+    if stream == STREAM_VECTOR:
+        if any(c != 0 for c in cols):
+            raise invalid("column", column, "0 for the vector stream")
+        c0, word, bit = sign_position(e, SPANS_PER_CALL_VECTOR)
+        groups, group_of, word_of = [0], [0], None
+    else:
+        c0, word, bit = sign_position(e, SPANS_PER_CALL_FACTOR)
+        groups = sorted({c // 4 for c in cols})
+        group_of, word_of = [groups.index(c // 4) for c in cols], torch.tensor([c % 4 for c in cols], device=device)
+    num_blocks = int(c0.max()) + 1 if length else 0
+    words = stream_words(seed, param_index, t_eff, noise_ids, stream, groups, num_blocks, device)  # (J, G, calls, 4)
+    words = words.flatten(-2)[:, group_of]  # (J, C, calls * 4): word w of call b at 4 b + w
+    index = 4 * c0 + (word if word_of is None else word_of[:, None])  # (C or 1, length)
+    w = words.gather(-1, index.expand(len(cols), length).expand(words.shape[0], -1, -1))  # (J, C, length)
+    signs = ((w >> bit) & 1).to(torch.float32) * 2.0 - 1.0
+    return signs[:, 0] if single else signs
 
 
 def _stream(noise: str):

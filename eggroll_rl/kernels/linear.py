@@ -25,16 +25,28 @@ import torch.nn.functional as F
 from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, unique_noise_ids, vector_noise
 from ..validation import check_int
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, tl, triton
-from .philox import noise_block
+from .philox import (
+    FACTOR_SPANS,
+    VECTOR_SPANS,
+    column_block,
+    pick_word,
+    quad_signs,
+    sign_spans,
+    sign_words,
+    sign_words_next,
+    vector_block,
+    vector_word,
+)
 
 # Launch shape of the delta kernel, from the sweep of benchmarks/tune_delta.py on the H100 (2026-11-24): layers with
 # a side of at least WIDE_FEATURES get WIDE_WARPS warps, others NARROW_WARPS; feature blocks and row tiles hold
-# 4 * 32 * warps elements (one Philox call per thread per noise block); at most MAX_ROWS_PER_PROGRAM rows a program.
+# 4 * 32 * warps elements (a quad per thread: one Philox call per thread per Gaussian noise block; Rademacher blocks of
+# a span or more keep each thread's call for 8 spans, noise.py); at most MAX_ROWS_PER_PROGRAM rows a program.
 WIDE_FEATURES = 4096
 WIDE_WARPS = 8
 NARROW_WARPS = 4
 MAX_ROWS_PER_PROGRAM = 16
-INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks (fast on the CPU, same values)
+INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks unless told (fast on the CPU, same values)
 _AUTOCAST_DEVICES = ("cpu", "cuda")  # device types torch.autocast knows (others raise when asked)
 
 
@@ -47,27 +59,41 @@ def _x_block(x_ptr, rows, mask, stride_xr, stride_xk, k_start, K, BLOCK_K: tl.co
 
 @triton.jit
 def _b_dots(
-    xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
+    xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t, w0, w1, w2, w3,
     RANK: tl.constexpr, PAIRED: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr, P: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Accumulate ``x * B[:, c]`` elementwise for rank columns ``c < RANK <= 4`` of one block of ``K``."""
-    bn = noise_block(k0, kw, j, t, (1 << 16) | 0, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+    """Accumulate ``x * B[:, c]`` elementwise for rank columns ``c < RANK <= 4`` of one block of ``K``
+    (Rademacher: from the words ``w0 .. w3`` of the block's calls, one per column)."""
+    span = sign_spans(k_start, BLOCK_K // 4)
+    if NOISE == 0:
+        bn = column_block(k0, kw, j, t, 1, 0, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+    else:
+        bn = quad_signs(w0, span, P, BLOCK_K // 4)
     aa0 += xa * bn
     if PAIRED:
         ab0 += xb * bn
     if RANK > 1:
-        bn = noise_block(k0, kw, j, t, (1 << 16) | 1, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        if NOISE == 0:
+            bn = column_block(k0, kw, j, t, 1, 1, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        else:
+            bn = quad_signs(w1, span, P, BLOCK_K // 4)
         aa1 += xa * bn
         if PAIRED:
             ab1 += xb * bn
     if RANK > 2:
-        bn = noise_block(k0, kw, j, t, (1 << 16) | 2, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        if NOISE == 0:
+            bn = column_block(k0, kw, j, t, 1, 2, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        else:
+            bn = quad_signs(w2, span, P, BLOCK_K // 4)
         aa2 += xa * bn
         if PAIRED:
             ab2 += xb * bn
     if RANK > 3:
-        bn = noise_block(k0, kw, j, t, (1 << 16) | 3, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        if NOISE == 0:
+            bn = column_block(k0, kw, j, t, 1, 3, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        else:
+            bn = quad_signs(w3, span, P, BLOCK_K // 4)
         aa3 += xa * bn
         if PAIRED:
             ab3 += xb * bn
@@ -77,43 +103,64 @@ def _b_dots(
 @triton.jit
 def _d_block(
     d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
-    ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, eps_a, eps_b, k0, kw, kb, j, t,
+    ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, eps_a, eps_b, k0, kw, kb, j, t, w0, w1, w2, w3, v0, v1, v2, v3,
     RANK: tl.constexpr, PAIRED: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr,
     HAS_BIAS: tl.constexpr, PERTURB_W: tl.constexpr, PERTURB_B: tl.constexpr, P: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    """Write one block of ``D = sum_c u_c A[:, c]^T + b + sigma s eps`` (rank columns ``c < RANK <= 4``)."""
+    """Write one block of ``D = sum_c u_c A[:, c]^T + b + sigma s eps`` (rank columns ``c < RANK <= 4``;
+    Rademacher: from the words of the block's calls, ``w0 .. w3`` for ``A``, ``v0 .. v3`` for ``eps``)."""
+    span = sign_spans(m_start, BLOCK_M // 4)
     ms = m_start + tl.arange(0, BLOCK_M)
     mmask = ms < M
     d_a = tl.zeros([P, BLOCK_M], dtype=tl.float32)
     d_b = tl.zeros([P, BLOCK_M], dtype=tl.float32)
     if HAS_BIAS:
         b = tl.load(bias_ptr + ms, mask=mmask, other=0.0).to(tl.float32)
-        d_a += b[None, :]
-        if PAIRED:
-            d_b += b[None, :]
+        if NOISE == 0:
+            d_a += b[None, :]
+            if PAIRED:
+                d_b += b[None, :]
+        else:  # start from b itself: no adds of zero (which the compiler must keep, for -0.0)
+            d_a = tl.broadcast_to(b[None, :], [P, BLOCK_M])
+            d_b = d_a
     if PERTURB_W:
-        an = noise_block(k0, kw, j, t, 0, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        if NOISE == 0:
+            an = column_block(k0, kw, j, t, 0, 0, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        else:
+            an = quad_signs(w0, span, P, BLOCK_M // 4)
         d_a += ua0[:, None] * an
         if PAIRED:
             d_b += ub0[:, None] * an
         if RANK > 1:
-            an = noise_block(k0, kw, j, t, 1, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            if NOISE == 0:
+                an = column_block(k0, kw, j, t, 0, 1, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            else:
+                an = quad_signs(w1, span, P, BLOCK_M // 4)
             d_a += ua1[:, None] * an
             if PAIRED:
                 d_b += ub1[:, None] * an
         if RANK > 2:
-            an = noise_block(k0, kw, j, t, 2, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            if NOISE == 0:
+                an = column_block(k0, kw, j, t, 0, 2, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            else:
+                an = quad_signs(w2, span, P, BLOCK_M // 4)
             d_a += ua2[:, None] * an
             if PAIRED:
                 d_b += ub2[:, None] * an
         if RANK > 3:
-            an = noise_block(k0, kw, j, t, 3, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            if NOISE == 0:
+                an = column_block(k0, kw, j, t, 0, 3, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            else:
+                an = quad_signs(w3, span, P, BLOCK_M // 4)
             d_a += ua3[:, None] * an
             if PAIRED:
                 d_b += ub3[:, None] * an
     if PERTURB_B:
-        eps = noise_block(k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        if NOISE == 0:
+            eps = vector_block(k0, kb, j, t, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        else:
+            eps = quad_signs(vector_word(v0, v1, v2, v3, span), span, P, BLOCK_M // 4)
         d_a += eps_a[:, None] * eps
         if PAIRED:
             d_b += eps_b[:, None] * eps
@@ -214,13 +261,22 @@ def lowrank_delta_kernel(
             if not PAIRED:
                 rows_b = rows_a
                 mask_b = mask_a
+            # Rademacher: the words of this thread's calls, one per quad, kept across blocks (sign_words_next)
+            w0 = tl.zeros([P, BLOCK_K // 4], dtype=tl.uint32)
+            w1 = w0
+            w2 = w0
+            w3 = w0
             for k_start in range(0, K, BLOCK_K):
                 xa = _x_block(x_ptr, rows_a, mask_a, stride_xr, stride_xk, k_start, K, BLOCK_K)
                 xb = xa
                 if PAIRED:
                     xb = _x_block(x_ptr, rows_b, mask_b, stride_xr, stride_xk, k_start, K, BLOCK_K)
+                if NOISE == 1:
+                    w0, w1, w2, w3 = sign_words_next(
+                        w0, w1, w2, w3, k0, kw, j, t, 1 << 16, k_start, P, BLOCK_K // 4, FACTOR_SPANS
+                    )
                 aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3 = _b_dots(
-                    xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t,
+                    xa, xb, k_start, aa0, aa1, aa2, aa3, ab0, ab1, ab2, ab3, k0, kw, j, t, w0, w1, w2, w3,
                     RANK, PAIRED, NOISE, FAST_MATH, P, BLOCK_K,
                 )  # fmt: skip
             ua0 = tl.sum(aa0, axis=1) * (scale * s_a)
@@ -248,7 +304,15 @@ def lowrank_delta_kernel(
                         other=0.0,
                     ).to(tl.float32)
                 for c in tl.static_range(RANK):
-                    bnoise = noise_block(k0, kw, j, t, (1 << 16) | c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                    if NOISE == 0:
+                        bnoise = column_block(k0, kw, j, t, 1, c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                    else:
+                        if c % 4 == 0:  # one call per quad for the group's four columns (no reuse across blocks)
+                            g0, g1, g2, g3 = sign_words(
+                                k0, kw, j, t, (1 << 16) | (c // 4), k_start, P, BLOCK_K // 4, FACTOR_SPANS
+                            )
+                        span = sign_spans(k_start, BLOCK_K // 4)
+                        bnoise = quad_signs(pick_word(g0, g1, g2, g3, c % 4), span, P, BLOCK_K // 4)
                     sel = (rcols == c)[None, :]
                     u_a += tl.where(sel, tl.sum(xa * bnoise, axis=1)[:, None], 0.0)
                     if PAIRED:
@@ -266,10 +330,28 @@ def lowrank_delta_kernel(
             s_b = s_a
         if not PERTURB_W:
             kw = kb
+        w0 = tl.zeros([P, BLOCK_M // 4], dtype=tl.uint32)  # Rademacher words of A, then of eps
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        v0 = w0
+        v1 = w0
+        v2 = w0
+        v3 = w0
         for m_start in range(0, M, BLOCK_M):
+            if NOISE == 1:
+                if PERTURB_W:
+                    w0, w1, w2, w3 = sign_words_next(
+                        w0, w1, w2, w3, k0, kw, j, t, 0, m_start, P, BLOCK_M // 4, FACTOR_SPANS
+                    )
+                if PERTURB_B:
+                    v0, v1, v2, v3 = sign_words_next(
+                        v0, v1, v2, v3, k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M // 4, VECTOR_SPANS
+                    )
             _d_block(
                 d_ptr, bias_ptr, rows_a, rows_b, mask_a, mask_b, m_start, M, stride_dr, stride_dm,
                 ua0, ua1, ua2, ua3, ub0, ub1, ub2, ub3, sigma * s_a, sigma * s_b, k0, kw, kb, j, t,
+                w0, w1, w2, w3, v0, v1, v2, v3,
                 RANK, PAIRED, NOISE, FAST_MATH, HAS_BIAS, PERTURB_W, PERTURB_B, P, BLOCK_M,
             )  # fmt: skip
     else:
@@ -280,7 +362,13 @@ def lowrank_delta_kernel(
             d_b = tl.zeros([P, BLOCK_M], dtype=tl.float32)
             if PERTURB_W:
                 for c in tl.static_range(RANK):
-                    anoise = noise_block(k0, kw, j, t, c, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                    if NOISE == 0:
+                        anoise = column_block(k0, kw, j, t, 0, c, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                    else:
+                        if c % 4 == 0:
+                            g0, g1, g2, g3 = sign_words(k0, kw, j, t, c // 4, m_start, P, BLOCK_M // 4, FACTOR_SPANS)
+                        span = sign_spans(m_start, BLOCK_M // 4)
+                        anoise = quad_signs(pick_word(g0, g1, g2, g3, c % 4), span, P, BLOCK_M // 4)
                     sel = (rcols == c)[None, :]
                     d_a += tl.sum(tl.where(sel, u_a, 0.0), axis=1)[:, None] * anoise
                     if PAIRED:
@@ -291,7 +379,7 @@ def lowrank_delta_kernel(
                 if PAIRED:
                     d_b += b[None, :]
             if PERTURB_B:
-                eps = noise_block(k0, kb, j, t, 2 << 16, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                eps = vector_block(k0, kb, j, t, m_start, P, BLOCK_M, NOISE, FAST_MATH)
                 d_a += (sigma * s_a)[:, None] * eps
                 if PAIRED:
                     d_b += (sigma * s_b)[:, None] * eps
@@ -362,7 +450,8 @@ def delta_launch_shape(
 ) -> tuple[int, int, int]:
     """``(block_max, tile, num_warps)`` of the delta kernel for a ``K -> M`` layer; None picks the default."""
     # A tile of 4 elements per thread lets each thread make exactly one Philox call (4 words = 4 consecutive
-    # elements) per noise block, so the noise lands in the layout of the vector loads/stores with no shuffle.
+    # elements) per noise block, so the noise lands in the layout of the vector loads/stores with no shuffle; the
+    # Rademacher signs of a quad (4 consecutive rows, 4 columns, 8 spans) come from one call in the same layout.
     # Wide layers: more warps (benchmarks/NOTES_kernels.md, session 2 and 3).
     if num_warps is None:
         num_warps = WIDE_WARPS if max(K, M) >= WIDE_FEATURES else NARROW_WARPS
@@ -478,10 +567,11 @@ def lowrank_delta(
     if R == 0:
         return d
     paired = bool(paired) and R % 2 == 0
+    default_blocks = block_max is None
     block_max, tile, warps = delta_launch_shape(K, M, block_max, tile, num_warps)
     block_k = min(block_max, max(8, triton.next_power_of_2(K)))
     block_m = min(block_max, max(8, triton.next_power_of_2(M)))
-    if INTERPRET:
+    if INTERPRET and default_blocks:
         block_k, block_m, warps = min(block_k, INTERPRET_BLOCK_MAX), min(block_m, INTERPRET_BLOCK_MAX), NARROW_WARPS
     rows_per_prog = max(1, min(MAX_ROWS_PER_PROGRAM, tile // max(block_k, block_m)))
     units = R // 2 if paired else R

@@ -5,8 +5,10 @@ the normals (``FAST_MATH`` uses the special-function unit's approximations; see 
 budget). Blocks of noise are produced for several noise indices at once: ``j`` is a ``(P,)`` tensor and the result is
 ``(P, NCOL)`` elements ``e0 .. e0 + NCOL - 1`` of one stream.
 
-The other kernels call ``noise_block``. Whole streams (``stream_words_triton``, ``noise_stream_triton``) are for tests
-and tools; their twins are ``noise.stream_words`` and ``noise_stream_reference`` (``noise.py``'s streams).
+The other kernels call ``column_block`` (a factor column) and ``vector_block`` (the vector stream); kernels that walk
+the rows of a Rademacher factor or vector use ``sign_words_next`` (one call per thread for up to 128 signs, kept in
+registers across blocks) and ``quad_signs``. Whole streams (``stream_words_triton``, ``noise_stream_triton``) are
+for tests and tools; their twins are ``noise.stream_words`` and ``noise_stream_reference`` (``noise.py``'s streams).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ _M0 = tl.constexpr(0xD2511F53)
 _M1 = tl.constexpr(0xCD9E8D57)
 _W0 = tl.constexpr(0x9E3779B9)
 _W1 = tl.constexpr(0xBB67AE85)
-NOISE_GAUSSIAN = tl.constexpr(0)
-NOISE_RADEMACHER = tl.constexpr(1)
+SIGN_SPAN = tl.constexpr(_noise.SIGN_SPAN)
+FACTOR_SPANS = tl.constexpr(_noise.SPANS_PER_CALL_FACTOR)  # spans a Rademacher call holds: factor column group
+VECTOR_SPANS = tl.constexpr(_noise.SPANS_PER_CALL_VECTOR)  # ... vector noise
 
 
 @triton.jit
@@ -122,33 +125,106 @@ def gaussian_block(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NCOL: tl.constexpr
 
 
 @triton.jit
-def rademacher_block(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NCOL: tl.constexpr):
-    """Signs ``e0 .. e0+NCOL-1`` of stream ``c3`` as float32 (P, NCOL); NCOL divides 128 or is a multiple of it,
-    and ``e0 % min(NCOL, 128) == 0``."""
-    NB: tl.constexpr = (NCOL + 127) // 128
-    IC: tl.constexpr = NCOL // NB  # elements taken from each call
-    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff, c3, e0 // 128, P, NB)
-    i = (e0 % 128) + tl.arange(0, IC)  # position inside the call's 128 bits
-    w = (i // 32)[None, None, :]
-    word = tl.where(
-        w == 0,
-        x0[:, :, None],
-        tl.where(w == 1, x1[:, :, None], tl.where(w == 2, x2[:, :, None], x3[:, :, None])),
-    )
-    bit = (word >> (i % 32).to(tl.uint32)[None, None, :]) & 1
-    sign = tl.where(bit != 0, 1.0, -1.0)
-    return tl.reshape(sign, [P, NCOL])
+def sign_words(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NQ: tl.constexpr, SPANS: tl.constexpr):
+    """The call that holds each quad of elements ``e0 .. e0 + 4 NQ - 1`` (``e0 % 4 == 0``) of a Rademacher stream
+    whose calls hold ``SPANS`` spans (8: a factor's column group, 32: vector noise), for ``P`` noise indices: its
+    four words, ``(P, NQ)`` uint32 each (``noise.sign_position``)."""
+    e = (e0 + 4 * tl.arange(0, NQ)).to(tl.uint32)  # unsigned: the powers of two divide by shifting
+    blk = (e // (SPANS * SIGN_SPAN)) * (SIGN_SPAN // 4) + (e % SIGN_SPAN) // 4
+    c0 = tl.zeros([P, NQ], dtype=tl.uint32) + blk[None, :]
+    c1 = tl.zeros([P, NQ], dtype=tl.uint32) + j.to(tl.uint32)[:, None]
+    c2 = tl.zeros([P, NQ], dtype=tl.uint32) + t_eff
+    c3b = tl.zeros([P, NQ], dtype=tl.uint32) + c3
+    return philox4x32(c0, c1, c2, c3b, k0, k1)
 
 
 @triton.jit
-def noise_block(
-    k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NCOL: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr
-):
-    """(P, NCOL) float32 noise of the chosen kind (``NOISE``: 0 Gaussian, 1 Rademacher)."""
-    if NOISE == 0:
-        return gaussian_block(k0, k1, j, t_eff, c3, e0, P, NCOL, FAST_MATH)
+def sign_words_next(
+    x0, x1, x2, x3, k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NQ: tl.constexpr, SPANS: tl.constexpr
+):  # fmt: skip
+    """``sign_words`` for block ``e0`` of a loop over consecutive blocks of ``4 NQ`` elements from element 0, given
+    the previous block's words ``x0 .. x3``. A block of a span or more holds the same quads of every span it
+    covers, so the words change only where a new run of ``SPANS`` spans starts: one call per thread per
+    ``SPANS * SIGN_SPAN`` elements instead of one per block."""
+    if 4 * NQ < SIGN_SPAN:
+        x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, c3, e0, P, NQ, SPANS)
     else:
-        return rademacher_block(k0, k1, j, t_eff, c3, e0, P, NCOL)
+        if e0 == (e0 // (SPANS * SIGN_SPAN)) * (SPANS * SIGN_SPAN):  # (no int % constexpr in the interpreter)
+            x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, c3, e0, P, NQ, SPANS)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def sign_spans(e0, NQ: tl.constexpr):
+    """The span of each quad of elements ``e0 .. e0 + 4 NQ - 1``: ``(NQ,)`` uint32."""
+    return (e0 + 4 * tl.arange(0, NQ)).to(tl.uint32) // SIGN_SPAN
+
+
+@triton.jit
+def quad_signs(word, span, P: tl.constexpr, NQ: tl.constexpr):
+    """Signs of the quads whose words are ``word`` ``(P, NQ)`` and whose spans are ``span`` ``(NQ,)``: bits
+    ``4 (span % 8) .. + 3``, float32 ``(P, 4 NQ)``; element ``4 q + l`` is ``+1`` if its bit is set, else ``-1``."""
+    b = word >> (4 * (span % 8))[None, :]  # a word holds a quad of 8 spans
+    # bit l moved to the float's sign bit: 0x3F800000 (+1.0) if set, 0xBF800000 (-1.0) if clear
+    s0 = (((b << 31) & 0x80000000) ^ 0xBF800000).to(tl.float32, bitcast=True)
+    s1 = (((b << 30) & 0x80000000) ^ 0xBF800000).to(tl.float32, bitcast=True)
+    s2 = (((b << 29) & 0x80000000) ^ 0xBF800000).to(tl.float32, bitcast=True)
+    s3 = (((b << 28) & 0x80000000) ^ 0xBF800000).to(tl.float32, bitcast=True)
+    # join adds a trailing axis: (P, NQ, 2, 2)[..., h, l] = s_{2h+l}, as in gaussian_block
+    z = tl.join(tl.join(s0, s2), tl.join(s1, s3))
+    return tl.reshape(z, [P, 4 * NQ])
+
+
+@triton.jit
+def vector_word(x0, x1, x2, x3, span):
+    """The word of vector noise among a call's four (``x_{(span % 32) // 8}``), per quad (``span``: ``(NQ,)``)."""
+    w = ((span % 32) // 8)[None, :]
+    return tl.where(w == 0, x0, tl.where(w == 1, x1, tl.where(w == 2, x2, x3)))
+
+
+@triton.jit
+def pick_word(x0, x1, x2, x3, W: tl.constexpr):
+    """Word ``x_W`` for a compile-time ``W`` (a factor's column ``c`` is ``x_{c % 4}``)."""
+    w = x3
+    if W == 0:
+        w = x0
+    if W == 1:
+        w = x1
+    if W == 2:
+        w = x2
+    return w
+
+
+@triton.jit
+def column_block(
+    k0, k1, j, t_eff, stream, c, e0, P: tl.constexpr, NCOL: tl.constexpr, NOISE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+):  # fmt: skip
+    """Rows ``e0 .. e0+NCOL-1`` of factor column ``c`` of ``stream`` (0: A, 1: B) for ``P`` noise indices, float32
+    ``(P, NCOL)`` (``NOISE``: 0 Gaussian, 1 Rademacher; ``e0 % 4 == 0``). Kernels that walk the rows of up to four
+    Rademacher columns use ``sign_words_next`` and ``quad_signs`` instead (one call for the group's columns,
+    kept for 8 spans)."""
+    if NOISE == 0:
+        return gaussian_block(k0, k1, j, t_eff, (stream << 16) | c, e0, P, NCOL, FAST_MATH)
+    else:
+        x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, (stream << 16) | (c // 4), e0, P, NCOL // 4, FACTOR_SPANS)
+        w = c % 4
+        word = tl.where(w == 0, x0, tl.where(w == 1, x1, tl.where(w == 2, x2, x3)))
+        return quad_signs(word, sign_spans(e0, NCOL // 4), P, NCOL // 4)
+
+
+@triton.jit
+def vector_block(
+    k0, k1, j, t_eff, e0, P: tl.constexpr, NCOL: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr
+):
+    """Elements ``e0 .. e0+NCOL-1`` (``e0 % 4 == 0``) of the vector stream (full-rank noise of a non-matrix
+    parameter) for ``P`` noise indices: ``(P, NCOL)`` float32."""
+    if NOISE == 0:
+        return gaussian_block(k0, k1, j, t_eff, 2 << 16, e0, P, NCOL, FAST_MATH)
+    else:
+        x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, 2 << 16, e0, P, NCOL // 4, VECTOR_SPANS)
+        span = sign_spans(e0, NCOL // 4)
+        return quad_signs(vector_word(x0, x1, x2, x3, span), span, P, NCOL // 4)
 
 
 # --- whole streams (tests and tools) -------------------------------------------------------------------
@@ -193,9 +269,11 @@ def _stream_kernel(
     seed,
     param_index,
     t_eff,
-    c3,
+    stream,
+    column,
     P: tl.constexpr,
     NCOL: tl.constexpr,
+    VECTOR: tl.constexpr,  # the vector stream (else column `column` of factor stream `stream`)
     NOISE: tl.constexpr,
     FAST_MATH: tl.constexpr,
 ):
@@ -205,8 +283,12 @@ def _stream_kernel(
     j = tl.load(ids_ptr + jj, mask=jj < J, other=0)
     k0 = seed.to(tl.uint32, bitcast=True)
     k1 = param_index.to(tl.uint32, bitcast=True)
+    t = t_eff.to(tl.uint32, bitcast=True)
     e0 = pid_e * NCOL
-    z = noise_block(k0, k1, j, t_eff.to(tl.uint32, bitcast=True), c3, e0, P, NCOL, NOISE, FAST_MATH)
+    if VECTOR:
+        z = vector_block(k0, k1, j, t, e0, P, NCOL, NOISE, FAST_MATH)
+    else:
+        z = column_block(k0, k1, j, t, stream, column, e0, P, NCOL, NOISE, FAST_MATH)
     ee = e0 + tl.arange(0, NCOL)
     mask = (jj[:, None] < J) & (ee[None, :] < length)
     tl.store(out_ptr + jj[:, None] * length + ee[None, :], z, mask=mask)
@@ -238,18 +320,21 @@ def noise_stream_triton(
     noise: str = "gaussian",
     fast_math: bool = FAST_MATH,
 ) -> torch.Tensor:
-    """Elements ``0 .. length-1`` of one stream for each noise index: ``(J, length)`` float32.
+    """Elements ``0 .. length-1`` of one stream for each noise index: ``(J, length)`` float32: rows of factor
+    column ``column`` (``stream`` 0 or 1), or the vector stream (``stream`` 2, ``column`` 0).
 
     ``fast_math``: the special-function unit's ``lg2/sin/cos`` approximations (default off under the interpreter).
     """
     ids = check_ids("noise_ids", noise_ids, None, noise_ids.device)
+    if stream == _noise.STREAM_VECTOR and column != 0:
+        raise ValueError(f"column={column!r} is invalid: expected 0 for the vector stream (stream=2)")
     code = noise_code(noise)
     out = torch.empty(ids.numel(), length, dtype=torch.float32, device=ids.device)
     if out.numel():
         p, ncol = 4, 512
         _stream_kernel[(triton.cdiv(ids.numel(), p), triton.cdiv(length, ncol))](
-            out, ids, ids.numel(), length, as_i32(seed), as_i32(param_index), as_i32(t_eff),
-            ((stream << 16) | column) & 0x7FFFFFFF, P=p, NCOL=ncol, NOISE=code, FAST_MATH=fast_math,
+            out, ids, ids.numel(), length, as_i32(seed), as_i32(param_index), as_i32(t_eff), stream, column,
+            P=p, NCOL=ncol, VECTOR=stream == _noise.STREAM_VECTOR, NOISE=code, FAST_MATH=fast_math,
         )  # fmt: skip
     return out
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from ..noise import STREAM_A, STREAM_B, factor_noise, vector_noise
+from ..noise import SIGN_SPAN, SPANS_PER_CALL_FACTOR, STREAM_A, STREAM_B, factor_noise, vector_noise
 from ..validation import check_int
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, num_sms, tl, triton
-from .philox import noise_block
+from .philox import FACTOR_SPANS, column_block, pick_word, quad_signs, sign_spans, sign_words_next, vector_block
 
 # Bound on the regenerated factor elements held at once: the kernels' buffer (bf16: 128 MiB) and the twin's (fp32
 # elements, 64 MiB).
@@ -27,8 +27,9 @@ CHUNK_ELEMENTS = 1 << 26
 REFERENCE_CHUNK_ELEMENTS = 1 << 24
 # Largest stacked axis J*r for which the fused apply takes ||G||^2 from the (J r)^2 Gram matrices of the factors.
 APPLY_GRAM_MAX = 4096
-# factor_stack_kernel: elements per program along the features (4 per thread: one Philox call each, in the layout
-# of the stores); the interpreter runs smaller blocks.
+# factor_stack_kernel: elements per block along the features (4 per thread: one Philox call each, in the layout of
+# the stores; Rademacher: a program walks the blocks of 8 spans, one call per thread for all of them); the
+# interpreter runs smaller blocks.
 FACTOR_BLOCK = 512
 INTERPRET_FACTOR_BLOCK = 128
 # vector_update_kernel: elements and noise indices per program; programs per SM to aim for.
@@ -58,6 +59,7 @@ def factor_stack_kernel(
     FAST_MATH: tl.constexpr,
     PJ: tl.constexpr,
     BLOCK: tl.constexpr,
+    BLOCKS: tl.constexpr,  # blocks of features per program
 ):
     pid_e = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -68,18 +70,52 @@ def factor_stack_kernel(
     j_ok = jj < J
     j = tl.load(ids_ptr + jj, mask=j_ok, other=0)
     wj = tl.load(w_ptr + jj, mask=j_ok, other=0.0).to(tl.float32)
-    e0 = pid_e * BLOCK
-    ee = e0 + tl.arange(0, BLOCK)
-    for c in tl.static_range(RANK):
-        row = (jj * RANK + c)[:, None]
-        ok = j_ok[:, None] & (ee < M)[None, :]
+    e0 = pid_e * BLOCK * BLOCKS
+    if NOISE == 0:
+        ee = e0 + tl.arange(0, BLOCK)
+        for c in tl.static_range(RANK):
+            row = (jj * RANK + c)[:, None]
+            ok = j_ok[:, None] & (ee < M)[None, :]
+            if e0 < M:
+                a = column_block(k0, k1, j, t, 0, c, e0, PJ, BLOCK, NOISE, FAST_MATH) * wj[:, None]
+                tl.store(at_ptr + row * M + ee[None, :], a.to(at_ptr.dtype.element_ty), mask=ok)
+            if e0 < N:
+                b = column_block(k0, k1, j, t, 1, c, e0, PJ, BLOCK, NOISE, FAST_MATH)
+                ok_b = j_ok[:, None] & (ee < N)[None, :]
+                tl.store(bt_ptr + row * N + ee[None, :], b.to(bt_ptr.dtype.element_ty), mask=ok_b)
+    else:
         if e0 < M:
-            a = noise_block(k0, k1, j, t, c, e0, PJ, BLOCK, NOISE, FAST_MATH) * wj[:, None]
-            tl.store(at_ptr + row * M + ee[None, :], a.to(at_ptr.dtype.element_ty), mask=ok)
+            _store_signs(at_ptr, M, jj, j_ok, j, wj, k0, k1, t, e0, 0, RANK, PJ, BLOCK, BLOCKS)
         if e0 < N:
-            b = noise_block(k0, k1, j, t, (1 << 16) | c, e0, PJ, BLOCK, NOISE, FAST_MATH)
-            ok_b = j_ok[:, None] & (ee < N)[None, :]
-            tl.store(bt_ptr + row * N + ee[None, :], b.to(bt_ptr.dtype.element_ty), mask=ok_b)
+            _store_signs(bt_ptr, N, jj, j_ok, j, wj, k0, k1, t, e0, 1, RANK, PJ, BLOCK, BLOCKS)
+
+
+@triton.jit
+def _store_signs(
+    out_ptr, L, jj, j_ok, j, wj, k0, k1, t, e_first,
+    STREAM: tl.constexpr, RANK: tl.constexpr, PJ: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr,
+):  # fmt: skip
+    """Rademacher rows ``e_first .. e_first + BLOCKS * BLOCK - 1`` of every column of factor ``STREAM`` (0: A,
+    times ``wj``; 1: B) into ``out[jj * RANK + c, :]``. Per column group, one call per quad gives four columns
+    of 8 spans; the program's blocks (a run of 8 spans) walk them keeping the words (``sign_words_next``)."""
+    for g in tl.static_range((RANK + 3) // 4):
+        w0 = tl.zeros([PJ, BLOCK // 4], dtype=tl.uint32)
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        for e0 in range(e_first, tl.minimum(L, e_first + BLOCKS * BLOCK), BLOCK):
+            c3 = (STREAM << 16) | g
+            w0, w1, w2, w3 = sign_words_next(w0, w1, w2, w3, k0, k1, j, t, c3, e0, PJ, BLOCK // 4, FACTOR_SPANS)
+            span = sign_spans(e0, BLOCK // 4)
+            ee = e0 + tl.arange(0, BLOCK)
+            ok = j_ok[:, None] & (ee < L)[None, :]
+            for w in tl.static_range(4):
+                if 4 * g + w < RANK:
+                    z = quad_signs(pick_word(w0, w1, w2, w3, w), span, PJ, BLOCK // 4)
+                    if STREAM == 0:
+                        z = z * wj[:, None]
+                    row = (jj * RANK + 4 * g + w)[:, None]
+                    tl.store(out_ptr + row * L + ee[None, :], z.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit(do_not_specialize=["seed", "param_index", "t_eff"])
@@ -116,7 +152,7 @@ def vector_update_kernel(
         j_ok = jj < j_hi
         j = tl.load(ids_ptr + jj, mask=j_ok, other=0)
         wj = tl.load(w_ptr + jj, mask=j_ok, other=0.0).to(tl.float32)
-        eps = noise_block(k0, k1, j, t, 2 << 16, e0, PJ, BLOCK, NOISE, FAST_MATH)
+        eps = vector_block(k0, k1, j, t, e0, PJ, BLOCK, NOISE, FAST_MATH)
         acc += eps * wj[:, None]
     ee = e0 + tl.arange(0, BLOCK)
     tl.store(out_ptr + pid_s * NUMEL + ee, tl.sum(acc, axis=0), mask=ee < NUMEL)
@@ -157,11 +193,14 @@ def lowrank_update_triton(
     noise: str = "gaussian",
     factor_dtype: torch.dtype | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
+    factor_block: int | None = None,
 ) -> torch.Tensor:
     """Triton version of ``lowrank_update_reference``: ``sum_j w_j A_j B_j^T``, ``(m, n)`` float32.
 
     The regenerated factors enter the GEMM as bf16 for a bf16/fp16 ``factor_dtype`` (tensor cores at full rate,
-    fp32 accumulation, ~3e-3 relative error on ``G``), else as float32. ``chunk_elements`` bounds the factor buffer.
+    fp32 accumulation, ~3e-3 relative error on ``G``), else as float32. ``chunk_elements`` bounds the factor buffer;
+    ``factor_block``: features per block of the factor kernel (a power of two >= 4; None: ``FACTOR_BLOCK``, or
+    ``INTERPRET_FACTOR_BLOCK`` under the interpreter).
     """
     ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
     code = noise_code(noise)
@@ -171,27 +210,33 @@ def lowrank_update_triton(
     if J == 0:
         return torch.zeros(m, n, dtype=torch.float32, device=w.device)
     G = None
-    for at, bt in _factor_chunks(ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements):
+    chunks = _factor_chunks(
+        ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements, factor_block
+    )
+    for at, bt in chunks:
         G = _mm_f32(at.T, bt, G)
     return G
 
 
-def _factor_chunks(ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements):
+def _factor_chunks(ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements, block=None):
     """Yield ``(At, Bt)``: the stacked, weighted factors of consecutive chunks of noise indices (one buffer)."""
     J = ids.numel()
     chunk = max(1, min(J, chunk_elements // (rank * (m + n))))
     fdtype = torch.bfloat16 if factor_dtype in (torch.bfloat16, torch.float16) else torch.float32
     at_buf = torch.empty(chunk * rank, m, dtype=fdtype, device=w.device)
     bt_buf = torch.empty(chunk * rank, n, dtype=fdtype, device=w.device)
-    block = INTERPRET_FACTOR_BLOCK if INTERPRET else FACTOR_BLOCK
+    if block is None:
+        block = INTERPRET_FACTOR_BLOCK if INTERPRET else FACTOR_BLOCK
+    # Rademacher: a program takes a run of 8 spans of rows, so each call (a quad of 8 spans) is made once
+    blocks = max(1, SPANS_PER_CALL_FACTOR * SIGN_SPAN // block) if code == 1 else 1
     pj = 1
     for lo in range(0, J, chunk):
         hi = min(J, lo + chunk)
         at, bt = at_buf[: (hi - lo) * rank], bt_buf[: (hi - lo) * rank]
-        grid = (triton.cdiv(max(m, n), block), triton.cdiv(hi - lo, pj))
+        grid = (triton.cdiv(max(m, n), block * blocks), triton.cdiv(hi - lo, pj))
         factor_stack_kernel[grid](
             at, bt, ids[lo:hi], w[lo:hi], hi - lo, m, n, as_i32(seed), as_i32(param_index), as_i32(t_eff),
-            RANK=rank, NOISE=code, FAST_MATH=FAST_MATH, PJ=pj, BLOCK=block, num_warps=4,
+            RANK=rank, NOISE=code, FAST_MATH=FAST_MATH, PJ=pj, BLOCK=block, BLOCKS=blocks, num_warps=4,
         )  # fmt: skip
         yield at, bt
 
@@ -212,6 +257,7 @@ def lowrank_apply_triton(
     factor_dtype: torch.dtype | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
     gram_max: int = APPLY_GRAM_MAX,
+    factor_block: int | None = None,
 ) -> torch.Tensor:
     """``param += alpha * G`` with ``G = sum_j w_j A_j B_j^T`` never materialized; returns ``||G||_F^2`` (0-d fp32).
 
@@ -223,7 +269,8 @@ def lowrank_apply_triton(
     then comes from bf16 factors on tensor cores instead of a float32 GEMM into ``param``.
     """
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
-              rank=rank, noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements)  # fmt: skip
+              rank=rank, noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements,
+              factor_block=factor_block)  # fmt: skip
     J = noise_ids.numel()
     # The Gram matrices cost 2 (J r)^2 (m + n) FLOPs against the update's 2 J r m n: take them up to a quarter.
     fits = J * rank <= gram_max and 4 * J * rank * (m + n) <= m * n
@@ -235,7 +282,9 @@ def lowrank_apply_triton(
         return G.square().sum()
     ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
     code = noise_code(noise)
-    ((at, bt),) = _factor_chunks(ids, w, seed, param_index, t_eff, m, n, rank, code, param.dtype, chunk_elements)
+    ((at, bt),) = _factor_chunks(
+        ids, w, seed, param_index, t_eff, m, n, rank, code, param.dtype, chunk_elements, factor_block
+    )
     sq = (_mm_f32(at, at.T, None) * _mm_f32(bt, bt.T, None)).sum()
     param.addmm_(at.T.to(param.dtype), bt.to(param.dtype), alpha=alpha)  # no-op casts unless fp16
     return sq

@@ -66,6 +66,7 @@ def _fp32_reference(x, w, b, ids, **kw):
 VARIANTS = [  # noise, rank, antithetic, weight_index, bias_index
     ("gaussian", 4, True, 3, 4),
     ("rademacher", 1, True, 3, 4),
+    ("rademacher", 4, True, 3, 4),
     ("gaussian", 2, False, 3, None),
     ("gaussian", 1, True, None, 4),
 ]
@@ -122,6 +123,36 @@ def test_perturbed_linear_several_rows_per_member(inner, paired):
     y = linear.perturbed_linear_triton(x, w, b, ids, **kw)
     assert y.shape == (256, *inner, 130)
     assert _rel(y, linear.perturbed_linear_reference(x, w, b, ids, **kw)) < 1e-5
+
+
+@pytest.mark.parametrize("R,n,m,rank", [(64, 8192, 8192, 4), (64, 2048, 3000, 4), (130, 17, 256, 4), (64, 700, 6, 1)])
+def test_rademacher_forward_factors_bit_exact(R, n, m, rank):
+    """Default launch shapes (blocks of a span or more keep one call's words across blocks): one-hot rows through
+    ``W = 0``, ``sigma = 1`` give ``(s / sqrt r) B[k] A^T + s eps`` exactly, from the twin's factors."""
+    hot = torch.randint(0, n, (R,), device=DEV)
+    x = torch.zeros(R, n, device=DEV)
+    x[torch.arange(R, device=DEV), hot] = 1.0
+    ids = torch.arange(R, device=DEV)
+    kw = dict(seed=123, weight_index=1, bias_index=2, t_eff=5, sigma=1.0, rank=rank, antithetic=True,
+              noise="rademacher")  # fmt: skip
+    d = linear.lowrank_delta(x, m, None, ids, paired=True, **kw)
+    j, s = N.member_noise_and_sign(ids, True)
+    A = N.factor_noise(123, 1, 5, j, m, rank, N.STREAM_A, "rademacher").double()
+    B = N.factor_noise(123, 1, 5, j, n, rank, N.STREAM_B, "rademacher").double()
+    eps = N.vector_noise(123, 2, 5, j, m, "rademacher").double()
+    ref = torch.einsum("rc,rmc->rm", B[torch.arange(R, device=DEV), hot], A) / rank**0.5 + eps
+    assert torch.equal(d.double(), ref * s.double()[:, None])
+
+
+def test_rademacher_update_factors_bit_exact(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    ids = torch.tensor([0, 3, 2**31 + 9], device=DEV)
+    w = torch.tensor([1.0, -0.5, 2.0], device=DEV)
+    kw = dict(seed=4, param_index=1, t_eff=2, noise_ids=ids, weights=w, m=8192, n=4500, rank=4, noise="rademacher")
+    got = update.lowrank_update_triton(factor_dtype=torch.float32, **kw)
+    A = N.factor_noise(4, 1, 2, ids, 8192, 4, N.STREAM_A, "rademacher").double()
+    B = N.factor_noise(4, 1, 2, ids, 4500, 4, N.STREAM_B, "rademacher").double()
+    assert torch.equal(got.double(), torch.einsum("j,jmc,jnc->mn", w.double(), A, B))
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])

@@ -9,7 +9,15 @@ import torch
 import torch.nn as nn
 from es_helpers import make_strategy
 
-from eggroll_rl.noise import normal_stream, philox4x32, rademacher_stream, stream_words
+from eggroll_rl.noise import (
+    STREAM_A,
+    STREAM_VECTOR,
+    factor_noise,
+    normal_stream,
+    philox4x32,
+    rademacher_stream,
+    stream_words,
+)
 
 # Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors).
 KAT = [
@@ -43,10 +51,26 @@ def test_normals_follow_the_spec_from_the_raw_words():
 
 
 def test_rademacher_bits_follow_the_spec():
-    words = stream_words(1, 0, 0, torch.tensor([2]), 0, 1, 1)[0, 0]
-    r = rademacher_stream(1, 0, 0, torch.tensor([2]), 0, 1, 128)[0]
-    expected = [1.0 if (int(words[e // 32]) >> (e % 32)) & 1 else -1.0 for e in range(128)]
-    assert r.tolist() == expected
+    """Spans of 512 elements, quads of 4: factor entry ``[a, c]`` is bit ``4 (i % 8) + l`` of word ``x_{c % 4}`` of
+    call ``(i // 8) * 128 + q`` of column group ``c // 4``; vector element ``e`` is bit ``4 (i % 8) + l`` of word
+    ``x_{(i % 32) // 8}`` of call ``(i // 32) * 128 + q`` (span ``i``, quad ``q``, lane ``l``)."""
+    ids = torch.tensor([2])
+    rows, numel = 5000, 40000
+    a_noise = factor_noise(1, 0, 3, ids, rows, 6, STREAM_A, "rademacher")[0]
+    groups = [stream_words(1, 0, 3, ids, STREAM_A, g, 256)[0] for g in (0, 1)]  # (calls, 4) each
+    for a in [0, 1, 2, 3, 4, 511, 512, 513, 4095, 4096, 4999, *range(1000, 5000, 97)]:
+        i, q, lane = a // 512, (a % 512) // 4, a % 4
+        for c in range(6):
+            word = int(groups[c // 4][(i // 8) * 128 + q, c % 4])
+            assert a_noise[a, c].item() == (1.0 if (word >> (4 * (i % 8) + lane)) & 1 else -1.0), (a, c)
+    v = rademacher_stream(1, 0, 3, ids, STREAM_VECTOR, 0, numel)[0]
+    words = stream_words(1, 0, 3, ids, STREAM_VECTOR, 0, 384)[0]
+    for e in [0, 3, 4, 511, 512, 4096, 16383, 16384, 39999, *range(7, 40000, 1013)]:
+        i, q, lane = e // 512, (e % 512) // 4, e % 4
+        word = int(words[(i // 32) * 128 + q, (i % 32) // 8])
+        assert v[e].item() == (1.0 if (word >> (4 * (i % 8) + lane)) & 1 else -1.0), e
+    # a column of the stream API is the factor's column
+    assert torch.equal(rademacher_stream(1, 0, 3, ids, STREAM_A, 5, rows)[0], a_noise[:, 5])
 
 
 def _factors(device, seed=42, epoch=0, noise_reuse=0):
