@@ -35,9 +35,10 @@ Both return a ``RolloutResult`` (all tensors on the env's device):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +192,22 @@ class _Tally:
         torch.lt(self.finished, self.k, out=self.live)
 
 
+@contextlib.contextmanager
+def _syncs_refused() -> Iterator[None]:
+    """torch's sync debug mode set to ``"error"`` for the block (a host sync raises), then restored; without torch's
+    "prototype feature" UserWarning, which would otherwise reach the user's console on every GPU training run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Synchronization debug mode", category=UserWarning)
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Synchronization debug mode", category=UserWarning)
+            torch.cuda.set_sync_debug_mode(mode)
+
+
 class _GraphedStep:
     """The torch side of a rollout step as two CUDA graphs around ``env.step``.
 
@@ -216,13 +233,10 @@ class _GraphedStep:
         # One eager call first: lazy initialisation (kernel compilation, library handles) stays out of the capture,
         # and a host sync in ``act`` raises here, before capturing starts: a capture that fails midway leaves
         # torch's CUDA RNG in capture mode, and later random draws in the process fail.
-        mode = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("error")
         try:
-            with torch.cuda.stream(side):
+            with _syncs_refused(), torch.cuda.stream(side):
                 act(self.obs_in, ids)
         finally:
-            torch.cuda.set_sync_debug_mode(mode)
             torch.cuda.current_stream(dev).wait_stream(side)
         # Capture in thread-local mode: the env's backend may have threads of its own issuing CUDA calls
         # meanwhile (JAX's dispatch threads run Brax's step asynchronously). In the default global mode such a

@@ -265,3 +265,29 @@ def test_cuda_graph_capture_failure_falls_back_or_raises():
     # The failed attempts left the process usable: CUDA random draws (which a capture that fails midway breaks).
     torch.randn(4, device="cuda")
     torch.cuda.synchronize()
+
+
+def test_refusing_syncs_for_the_capture_warm_up_is_silent_and_restores_the_mode(monkeypatch):
+    """The warm-up before a CUDA-graph capture runs with torch's sync debug mode at "error"; torch warns that the
+    mode is a prototype each time one is set, which reached the console of every GPU training run."""
+    import warnings
+
+    from eggroll_rl.agents.rollout import _syncs_refused
+
+    modes = []
+
+    def set_mode(mode):
+        warnings.warn("Synchronization debug mode is a prototype feature and does not yet detect all synchronizing "
+                      "operations", UserWarning, stacklevel=2)  # fmt: skip
+        modes.append(mode)
+
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", set_mode)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _syncs_refused():
+            assert modes == ["error"]
+        with pytest.raises(RuntimeError), _syncs_refused():
+            raise RuntimeError("a sync in act")
+    assert modes == ["error", 1, "error", 1]  # restored, also after an error
+    assert not caught
