@@ -433,7 +433,10 @@ class _OffsetIds:
 
 
 def _end_group(dist: Any) -> None:
-    dist.barrier()
+    # NCCL's barrier is told its device (this rank's, current again once train()'s device context has exited);
+    # without it NCCL guesses from the current context and warns.
+    nccl = dist.get_backend() == "nccl"
+    dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
     dist.destroy_process_group()
 
 
