@@ -37,6 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _report import versions  # noqa: E402  (benchmarks/, the script's folder)
+
 # (name, env, TrainConfig overrides): the GPU cases of issue 15, and the CPU check.
 GPU_CASES = [
     ("halfcheetah_defaults", "HalfCheetah", {}),
@@ -50,12 +52,7 @@ COLLECTIVE_REPEATS = 50
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("triton", "jax", "brax"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # not installed or no version attribute
-            pass
+    out = versions("triton", "jax", "brax")
     if torch.cuda.is_available():
         out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     return out

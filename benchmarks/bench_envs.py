@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +33,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _report import versions  # noqa: E402  (benchmarks/, the script's folder)
+
 from eggroll_rl.envs import CartPole, make_env  # noqa: E402
 
 
@@ -248,16 +250,6 @@ def bench_brax(
         env.close()
 
 
-def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for mod in ("gymnasium", "envpool", "jax", "brax", "mujoco"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # not installed or broken: leave it out
-            pass
-    return out
-
-
 def _device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -407,7 +399,7 @@ def main() -> None:
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": _device_name(),
             "cpu_count": os.cpu_count(),
-            "versions": _versions(),
+            "versions": versions("numpy", "gymnasium", "envpool", "jax", "brax", "mujoco"),
             "quick": args.quick,
         },
         "summary": summary,

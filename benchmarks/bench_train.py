@@ -29,19 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _report import parse_value, versions  # noqa: E402  (benchmarks/, the script's folder)
+
 from eggroll_rl.agents.config import TrainConfig  # noqa: E402
 from eggroll_rl.agents.run_dir import plot_learning_curve  # noqa: E402
 from eggroll_rl.agents.trainer import TrainingInterrupted, train  # noqa: E402
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("triton", "jax", "brax", "gymnasium", "mujoco", "envpool"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # not installed or no version attribute
-            pass
-    return out
 
 
 def _device_name(device: str) -> str:
@@ -49,13 +41,6 @@ def _device_name(device: str) -> str:
         return torch.cuda.get_device_name(0)
     cpu = platform.processor() or platform.machine()
     return f"CPU ({cpu}, {torch.get_num_threads()} torch threads max, {__import__('os').cpu_count()} cores)"
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def _check_kernels(config: TrainConfig) -> str:
@@ -121,7 +106,7 @@ def main() -> None:
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key] = _parse_value(value)
+        overrides[key] = parse_value(value)
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="bench_train_")) / "run"
     config = TrainConfig.for_env(args.env, device=args.device, out_dir=str(run_dir), **overrides)
 
@@ -178,7 +163,7 @@ def main() -> None:
     summary = {
         "env": args.env,
         "device": _device_name(device_kind),
-        "versions": _versions(),
+        "versions": versions("triton", "jax", "brax", "gymnasium", "mujoco", "envpool"),
         "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
         "config": config.to_dict(),
         "env_info": env_info,

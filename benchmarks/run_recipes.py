@@ -40,6 +40,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report, also when a test loads this file
+
+from _report import parse_value  # noqa: E402  (benchmarks/, the script's folder)
 
 from eggroll_rl.choices import EnvBackend, options  # noqa: E402
 
@@ -80,13 +83,6 @@ class Job:
         return f"train_{self.env.replace(':', '_').lower()}_{device}{'_' + self.tag if self.tag else ''}"
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _slug(overrides: dict[str, Any]) -> str:
     # {"sigma": 0.05, "hidden_sizes": [32, 32]} -> "sigma0.05_hidden_sizes32-32"
     parts = [f"{k}{v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items()]
@@ -102,7 +98,7 @@ def parse_job(text: str, base_tag: str = "recipe", cpus: str | None = None) -> J
             key, eq, value = item.partition("=")
             if not eq or not key:
                 raise ValueError(f"job {text!r}: {item!r} is not KEY=VALUE")
-            overrides[key.strip()] = _value(value.strip())
+            overrides[key.strip()] = parse_value(value.strip())
     gpu = None
     if len(parts) > 1 and re.fullmatch(r"\d+", parts[-1]):
         gpu = parts.pop()
@@ -284,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--summary-only", action="store_true", help="summarize the result files, run nothing")
     args = p.parse_args(argv)
-    args.set = {k: _value(v) for k, _, v in (s.partition("=") for s in args.set)}
+    args.set = {k: parse_value(v) for k, _, v in (s.partition("=") for s in args.set)}
     jobs = [parse_job(text, args.tag, args.taskset) for text in (args.jobs or DEFAULT_JOBS)]
     if args.dry_run:
         for job in jobs:
