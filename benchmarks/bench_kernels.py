@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from eggroll_rl.kernels import linear, philox, update
+from eggroll_rl.kernels import linear, optim, philox, update
 from eggroll_rl.noise import member_noise_and_sign
 
 SEED = 1234
@@ -293,14 +293,19 @@ def gpu_and_wall_ms(fn, n: int = 10) -> tuple[float, float]:
     return gpu_us / n / 1e3, wall
 
 
+STEP_OPTIMIZERS = {"plain": None, "sgd": "sgd", "adam": "adam"}  # label -> EggrollStrategy(optimizer=...)
+
+
 def case_update(rows, features, rank, noise, dtype, device):
     """``step()`` at the paper shape vs one plain forward: the real ``EggrollStrategy.step`` on a bf16 Linear.
 
-    ``eggroll_ms`` is the GPU time of ``step()`` with ``optimizer=None`` (plain ascent, fused:
-    ``W += lr sum_j w_j A_j B_j^T`` is one GEMM into ``W``), fitness shaping and metrics included; ``step_wall_ms``
-    its synchronized wall time. Alongside: ``grad_ms`` (the gradient kernels alone, G in float32, as
-    ``estimate_gradient`` returns it) and ``step_adam_ms`` / ``step_adam_wall_ms`` (``step()`` with Adam: G
-    materialized, converted to the parameter dtype, Adam's state updated).
+    The Linear is bf16, so the strategy keeps float32 master weights (and float32 Adam state) and writes the rounded
+    bf16 weights back each step. Timed per optimizer (``STEP_OPTIMIZERS``: plain ascent ``optimizer=None``, a named
+    ``"sgd"``, ``"adam"``): ``step_<label>_ms`` the GPU time of one ``step()`` (torch.profiler: the sum of its
+    kernels; fitness shaping and metrics included), ``step_<label>_wall_ms`` its synchronized wall time,
+    ``<label>_over_forward`` the GPU time over one plain forward of the same run, ``kernels_<label>_us`` the per-kernel
+    breakdown. ``grad_ms``: the gradient kernels alone (``G`` float32, as ``estimate_gradient`` returns it).
+    ``eggroll_ms`` / ``ratio`` keep the plain-ascent step for the table.
     """
     from eggroll_rl import EggrollStrategy
 
@@ -319,11 +324,6 @@ def case_update(rows, features, rank, noise, dtype, device):
         kw["param_index"] = 1
         update.vector_update_triton(numel=features, **kw)
 
-    def stepper(optimizer):
-        es = EggrollStrategy(sigma=SIGMA, lr=1e-4, rank=rank, noise=noise, optimizer=optimizer, seed=SEED)
-        es.setup(lin)
-        return es
-
     def step(es):
         es.perturb(rows)  # step() consumes its perturb(); this one costs no GPU time
         return es.step(fit)
@@ -331,15 +331,108 @@ def case_update(rows, features, rank, noise, dtype, device):
     with torch.no_grad():
         rec["plain_ms"] = timed([lambda x=x: F.linear(x, lin.weight, lin.bias) for x in xs], graph=False)
         rec["grad_ms"] = timed([lambda: grad_only(fit[:J])], graph=False)
-        es = stepper(None)
-        rec["eggroll_ms"], rec["step_wall_ms"] = gpu_and_wall_ms(lambda: step(es))
-        es = stepper("adam")
-        rec["step_adam_ms"], rec["step_adam_wall_ms"] = gpu_and_wall_ms(lambda: step(es))
+        for label, optimizer in STEP_OPTIMIZERS.items():
+            es = EggrollStrategy(sigma=SIGMA, lr=1e-4, rank=rank, noise=noise, optimizer=optimizer, seed=SEED)
+            es.setup(lin)
+            rec[f"step_{label}_ms"], rec[f"step_{label}_wall_ms"] = gpu_and_wall_ms(lambda es=es: step(es))
+            rec[f"{label}_over_forward"] = rec[f"step_{label}_ms"] / rec["plain_ms"]
+            rec[f"kernels_{label}_us"] = kernel_breakdown(lambda es=es: step(es))
+            del es
+            torch.cuda.empty_cache()
+    rec["eggroll_ms"] = rec["step_plain_ms"]
     rec["eggroll_variant"] = "step() GPU time, optimizer=None (fused apply)"
     rec["ratio"] = rec["plain_ms"] / rec["eggroll_ms"]
-    rec["update_over_forward"] = rec["eggroll_ms"] / rec["plain_ms"]
-    rec["adam_over_forward"] = rec["step_adam_ms"] / rec["plain_ms"]
     return rec
+
+
+def sweep_shapes() -> list[update.GemmShape]:
+    """Launch shapes of the fused update GEMM to time (the default first); see update.GEMM_SHAPES."""
+    G = update.GemmShape
+    candidates = [
+        update.GEMM_SHAPES[0],
+        G(128, 128, 64, 8, 3),  # Triton's usual Hopper tile: ~230 registers a thread, one program per SM
+        G(128, 128, 64, 8, 3, maxnreg=128),  # two programs per SM, the epilogue spills
+        G(128, 64, 64, 4, 4),
+        G(64, 64, 64, 4, 3),
+        G(128, 256, 64, 8, 3),  # largest tile: the main loop's best, the epilogue spills
+    ]
+    return list(dict.fromkeys(candidates))
+
+
+def adam_sweep_shapes() -> list[update.GemmShape]:
+    """Launch shapes of the Adam-in-epilogue GEMM to time (the default first); see update.ADAM_GEMM_SHAPES."""
+    G = update.GemmShape
+    candidates = [update.ADAM_GEMM_SHAPES[0], G(64, 128, 64, 8, 4), G(64, 64, 64, 4, 4)]
+    return list(dict.fromkeys(candidates))
+
+
+def case_update_sweep(rows, features, dtype, device):
+    """The update's GEMM alone at the paper shape, r = 1 and 4, per launch shape, against cuBLAS.
+
+    ``fused_<shape>_ms``: one ``lowrank_addmm_kernel`` launch (float32 master += lr At^T Bt, bf16 copy, both norms:
+    what ``step()`` runs for a bf16 model with plain ascent / SGD); ``adam_fused_<shape>_ms``: one
+    ``lowrank_adam_kernel`` launch (Adam on the master and its moments in the epilogue, bf16 copy: ``step()`` with
+    Adam); ``store_g_ms``: the same GEMM writing G in float32 (the Adam path with ``grad_clip``). References:
+    ``cublas_f32_ms`` (``torch.addmm`` of the same factors into a
+    float32 output, no copy, no norm), ``cublas_bf16_ms`` (``W.addmm_`` into the bf16 weight: the fc485a4 path, no
+    master), ``copy_ms`` (the bf16 refresh pass ``W.copy_(master)``), ``factors_ms`` (regenerating the factors),
+    ``adam_ms`` / ``ascent_ms`` (the one-pass optimizer kernels over the weight, reading a stored G), ``forward_ms``
+    (the plain forward).
+    """
+    torch.manual_seed(0)
+    J = rows // 2
+    lin = nn.Linear(features, features, device=device, dtype=dtype)
+    xs = [torch.randn(rows, features, device=device, dtype=dtype) for _ in range(3)]
+    master = lin.weight.detach().float().contiguous()
+    copy = lin.weight.detach()
+
+    def attempt(rec: dict, key: str, fns) -> None:
+        """``rec[key]`` = the timing of ``fns``, or None and ``rec[key_error]`` (one variant must not lose the rest)."""
+        try:
+            rec[key] = timed(fns, graph=False)
+        except Exception as exc:  # noqa: BLE001
+            rec[key] = None
+            rec[key.removesuffix("_ms") + "_error"] = repr(exc)[:200]
+
+    def one_rank(rank: int, forward_ms: float) -> dict:
+        rec = {"case": "update_sweep", "rank": rank, "rows": rows, "dtype": str(dtype).removeprefix("torch."),
+               "noise": "gaussian", "forward_ms": forward_ms}  # fmt: skip
+        rec["shape"] = f"update GEMM: {features}x{features}, K = {J}x{rank}"
+        ids = torch.arange(J, device=device)
+        w = torch.randn(J, device=device)
+        args = (ids, w, SEED, 0, 0, features, features, rank, 0, dtype, update.CHUNK_ELEMENTS)
+        rec["factors_ms"] = timed([lambda: list(update._factor_chunks(*args))], graph=False)
+        ((at, bt),) = update._factor_chunks(*args)
+        at, bt = at.clone(), bt.clone()
+        for shape in sweep_shapes():
+            key = "fused_" + "x".join(str(x) for x in shape if x is not None) + "_ms"
+            kw = dict(alpha=1e-6, beta=1.0, read_c=True, copy=copy, shape=shape)
+            attempt(rec, key, [lambda kw=kw: update._addmm(at, bt, master, **kw)])
+        g_buf = torch.empty_like(master)
+        store = [lambda: update._addmm(at, bt, g_buf, alpha=1.0, beta=0.0, read_c=False, copy=None,
+                                       shape=update.GEMM_SHAPES[0])]  # fmt: skip
+        attempt(rec, "store_g_ms", store)
+        m_buf, v_buf = torch.zeros_like(master), torch.zeros_like(master)
+        hyper = optim.AdamStep(step=1, lr=1e-6)
+        for shape in adam_sweep_shapes():
+            key = "adam_fused_" + "x".join(str(x) for x in shape if x is not None) + "_ms"
+            kw = dict(copy=copy, shape=shape)
+            attempt(rec, key, [lambda kw=kw: update._adam_gemm(at, bt, master, m_buf, v_buf, hyper, **kw)])
+        attempt(rec, "cublas_f32_ms", [lambda: torch.addmm(master, at.T, bt, alpha=1e-6, out_dtype=torch.float32)])
+        attempt(rec, "cublas_bf16_ms", [lambda: lin.weight.addmm_(at.T, bt, alpha=1e-6)])
+        attempt(rec, "copy_ms", [lambda: copy.copy_(master)])
+        print(json.dumps(rec), flush=True)
+        return rec
+
+    with torch.no_grad():
+        forward_ms = timed([lambda x=x: F.linear(x, lin.weight, lin.bias) for x in xs], graph=False)
+        out = [one_rank(rank, forward_ms) for rank in (1, 4)]
+        g = torch.randn_like(master)
+        m, v = torch.zeros_like(master), torch.zeros_like(master)
+        adam = optim.AdamStep(step=1, lr=1e-6)
+        attempt(out[-1], "adam_ms", [lambda: optim.adam_step_triton(master, g, m, v, adam, copy=copy)])
+        attempt(out[-1], "ascent_ms", [lambda: optim.ascent_step_triton(master, g, alpha=1e-6, copy=copy)])
+    return out
 
 
 def case_noise(device, noise):
@@ -356,6 +449,15 @@ def case_noise(device, noise):
 
 REPEATS = 5  # interleaved plain/perturbed timings per single-layer case
 TARGETS = {"paper_r1": 0.90, "paper_r4": 0.85, "rl_4096": 0.60, "rl_65536": 0.50}
+# step() GPU time over one plain forward (issue 14 section 2): plain ascent / SGD by rank, Adam at any rank.
+STEP_TARGETS = {
+    ("plain", 1): 1.5,
+    ("plain", 4): 2.5,
+    ("sgd", 1): 1.5,
+    ("sgd", 4): 2.5,
+    ("adam", 1): 5.0,
+    ("adam", 4): 5.0,
+}
 
 
 def write_md(path: Path, meta: dict, records: list[dict]) -> None:
@@ -383,8 +485,11 @@ def write_md(path: Path, meta: dict, records: list[dict]) -> None:
     for r in records:
         if r["case"] == "noise_throughput":
             continue
+        if r["case"] == "update_sweep":
+            continue
         tgt = TARGETS.get(r["case"])
-        tgt_s = f"≥ {tgt}" if tgt else ("≤ 1.5× fwd" if r["case"] == "update" else "")
+        step_tgt = STEP_TARGETS.get(("plain", r["rank"]))
+        tgt_s = f"≥ {tgt}" if tgt else (f"≤ {step_tgt}× fwd" if r["case"] == "update" else "")
         lines.append(
             f"| {r['case']} | {r['shape']} | {r['noise']} | {r['dtype']} | {r['rank']} | {fmt(r['plain_ms'])} "
             f"| {fmt(r['eggroll_ms'])}{variant(r)} | **{r['ratio']:.3f}**{spread(r)} | {tgt_s} "
@@ -393,14 +498,31 @@ def write_md(path: Path, meta: dict, records: list[dict]) -> None:
         )
     upd = [r for r in records if r["case"] == "update"]
     if upd:
-        lines += ["", "Update (`step()` at the paper shape; ms, and × one plain forward of the same run):", ""]
+        lines += ["", "`step()` at the paper shape (bf16 Linear, float32 masters): GPU ms, × one plain forward of the "
+                  "same run (target), wall ms:", "",
+                  "| noise | r | forward ms | " + " | ".join(STEP_OPTIMIZERS) + " | gradient kernels ms |",
+                  "|---|---|---|" + "---|" * len(STEP_OPTIMIZERS) + "---|"]  # fmt: skip
         for r in upd:
-            lines.append(
-                f"- {r['noise']} r={r['rank']}: step() plain ascent (fused): GPU {fmt(r['eggroll_ms'])} ms = "
-                f"{r['update_over_forward']:.2f}× a forward, wall {fmt(r['step_wall_ms'])} ms; gradient kernels "
-                f"alone (G float32) {fmt(r['grad_ms'])} ms; step() with Adam: GPU {fmt(r['step_adam_ms'])} ms = "
-                f"{r['adam_over_forward']:.2f}×, wall {fmt(r['step_adam_wall_ms'])} ms"
-            )
+            cells = [
+                f"{fmt(r[f'step_{k}_ms'])} = **{r[f'{k}_over_forward']:.2f}×** "
+                f"(≤ {STEP_TARGETS.get((k, r['rank']), '—')}), wall {fmt(r[f'step_{k}_wall_ms'])}"
+                for k in STEP_OPTIMIZERS
+            ]
+            lines.append(f"| {r['noise']} | {r['rank']} | {fmt(r['plain_ms'])} | " + " | ".join(cells)
+                         + f" | {fmt(r['grad_ms'])} |")  # fmt: skip
+    sweep = [r for r in records if r["case"] == "update_sweep"]
+    if sweep:
+        keys = [k for k in sweep[0] if k.endswith("_ms") and k != "forward_ms"]
+        lines += ["", "Update GEMM alone (ms; float32 master += lr At^T Bt with bf16 copy and norms, vs cuBLAS):", "",
+                  "| r | forward | " + " | ".join(k.removesuffix("_ms") for k in keys) + " |",
+                  "|---|---|" + "---|" * len(keys)]  # fmt: skip
+        for r in sweep:
+            lines.append(f"| {r['rank']} | {fmt(r['forward_ms'])} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |")
+        tail = sweep[-1]
+        lines.append(
+            f"\nOne-pass optimizer kernels over the 8192² float32 master (+ bf16 copy): Adam "
+            f"{fmt(tail.get('adam_ms'))} ms, ascent {fmt(tail.get('ascent_ms'))} ms."
+        )
     lines += ["", "Generator throughput (values written to memory):", ""]
     for r in records:
         if r["case"] == "noise_throughput":
@@ -411,7 +533,11 @@ def write_md(path: Path, meta: dict, records: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--cases", default="paper_r1,paper_r4,rl_4096,rl_65536,update,noise")
+    ap.add_argument(
+        "--cases",
+        default="paper_r1,paper_r4,rl_4096,rl_65536,update,noise",
+        help="comma-separated; also update_sweep (the update GEMM's launch shapes against cuBLAS)",
+    )
     ap.add_argument("--noises", default="gaussian,rademacher")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -427,7 +553,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     records = []
-    for noise in args.noises.split(","):
+    noises = args.noises.split(",")
+    for noise in noises:
         table = {
             "paper_r1": [(case_linear, ("paper_r1", 1024, 8192, 1, noise, torch.bfloat16, device))],
             "paper_r4": [(case_linear, ("paper_r4", 1024, 8192, 4, noise, torch.bfloat16, device))],
@@ -438,6 +565,7 @@ def main() -> None:
                 (case_update, (1024, 8192, 4, noise, torch.bfloat16, device)),
             ],
             "noise": [(case_noise, (device, noise))],
+            "update_sweep": [(case_update_sweep, (1024, 8192, torch.bfloat16, device))] if noise == noises[0] else [],
         }
         jobs = [job for c in cases for job in table[c]]
         for job in jobs:
@@ -447,9 +575,10 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - one failed case must not lose the others
                 print(f"FAILED {job[1][:2]}: {exc!r}"[:2000], flush=True)
                 continue
-            rec.update({k: meta[k] for k in ("device", "torch", "triton", "cuda")})
-            records.append(rec)
-            print(json.dumps(rec), f"({time.time() - t0:.0f}s)", flush=True)
+            for r in rec if isinstance(rec, list) else [rec]:
+                r.update({k: meta[k] for k in ("device", "torch", "triton", "cuda")})
+                records.append(r)
+                print(json.dumps(r), f"({time.time() - t0:.0f}s)", flush=True)
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             (out / "kernels.json").write_text(json.dumps(records, indent=1) + "\n")

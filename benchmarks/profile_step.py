@@ -17,7 +17,7 @@ from eggroll_rl import EggrollStrategy
 def main() -> None:
     lin = nn.Linear(8192, 8192, device="cuda", dtype=torch.bfloat16)
     f = torch.randn(1024, device="cuda")
-    for optimizer in (None, "adam"):
+    for optimizer in (None, "sgd", "adam"):
         for rank in (1, 4):
             es = EggrollStrategy(sigma=0.01, lr=1e-4, rank=rank, optimizer=optimizer, seed=0)
             es.setup(lin)
@@ -32,7 +32,7 @@ def main() -> None:
             torch.cuda.synchronize()
             wall = (time.perf_counter() - t0) / 10 * 1e3
             print(f"optimizer={optimizer} rank={rank}: {wall:.3f} ms per step (wall, synced)", flush=True)
-            if rank == 1:
+            if rank in (1, 4):
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                     for _ in range(3):
                         es.perturb(1024)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -47,6 +47,30 @@ _STATE_VERSION = 1
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+class _OwnStep(NamedTuple):
+    """A step that ``step()`` runs itself: ``"ascent"`` (``p = beta p + alpha g``) or ``"adam"`` (the group's)."""
+
+    kind: str
+    alpha: float = 0.0
+    beta: float = 1.0
+    group: dict | None = None
+    decoupled: bool = False
+
+
+def _has_step_hooks(opt: torch.optim.Optimizer) -> bool:
+    """Whether ``opt.step()`` would run more than its math: hooks (its own or global) or a wrapper on the instance."""
+    from torch.optim import optimizer as _optimizer
+
+    global_hooks = [getattr(_optimizer, k, {}) for k in ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")]
+    own_hooks = [getattr(opt, k, {}) for k in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")]
+    return any(global_hooks) or any(own_hooks) or "step" in vars(opt)
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype of torch.optim.Adam's ``state["step"]`` (float64 under a float64 default dtype)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 def _check_bool(name: str, value) -> bool:
     if type(value).__name__ not in ("bool", "bool_") and not (isinstance(value, int) and value in (0, 1)):
         raise invalid(name, value, "True or False", TypeError)
@@ -66,7 +90,10 @@ class EggrollStrategy:
         lr: learning rate, >= 0.
         rank: rank ``r`` of each matrix perturbation, >= 1.
         optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"none"`` or ``None`` (plain ``p += lr * g``),
-            or a ``torch.optim.Optimizer`` instance over the model's parameters.
+            or a ``torch.optim.Optimizer`` instance over the model's parameters. Plain ascent, ``"sgd"`` without
+            momentum and ``"adam"``/``"adamw"`` without amsgrad are applied by ``step()`` itself in one pass per
+            parameter (fused into the update's GEMM on CUDA), with torch's math on the named optimizer's own state;
+            the rest goes through ``optimizer.step()`` (see ``_own_rule``).
         optimizer_kwargs: extra keyword arguments for the named optimizer.
         antithetic: mirrored sampling (members ``2j`` and ``2j+1`` share noise with opposite signs).
         noise_reuse: ``> 0`` reuses the noise for blocks of that many epochs (``t_eff = epoch // noise_reuse``).
@@ -374,11 +401,16 @@ class EggrollStrategy:
             self._synced[i] = self._param_key(spec)
 
     @torch.no_grad()
-    def _refresh_params(self) -> None:
-        """Write the master copies into the model's parameters (rounded to their dtype)."""
+    def _refresh_params(self, copied: set[int]) -> None:
+        """Write the master copies into the model's parameters (rounded to their dtype), except those ``copied``
+        by the update's kernels; every parameter's version counter moves, as after an in-place op (a Triton
+        kernel's write does not move it)."""
         for i, (spec, master) in enumerate(zip(self.specs, self._masters)):
-            if master is not None:
+            if master is not None and i not in copied:
                 spec.param.detach().copy_(master)
+            else:
+                torch.autograd.graph.increment_version(spec.param)
+            if master is not None:
                 self._synced[i] = self._param_key(spec)
 
     def _make_optimizer(self) -> torch.optim.Optimizer | None:
@@ -449,9 +481,10 @@ class EggrollStrategy:
             fitnesses: ``(N,)`` one finite value per member.
         Returns:
             metrics: fitness_mean/std/min/max, grad_norm, update_norm, epoch, t_eff, lr, sigma, num_steps.
-            ``update_norm`` is the measured change of the parameters; with ``optimizer=None``, no weight decay and
-            no ``grad_clip`` the step is added straight into the parameters (fused, no copy of the weights) and it
-            is ``lr * grad_norm``.
+            ``update_norm`` is the measured change of the parameters (of their float32 master copies where they
+            have one), summed in the same pass that writes them. One exception: a float32 matrix small enough
+            that the fused plain step takes ``||G||`` from Gram matrices (``update.lowrank_apply_triton``, path 2)
+            reports ``lr * ||G||`` for its change, which differs from the measured one by float rounding only.
         """
         if self._last is None:
             if self._stepped is not None:
@@ -474,21 +507,17 @@ class EggrollStrategy:
         f = check_fitness(fitnesses, num_members, device)
         z = shape_fitness(f, self.fitness_shaping, self.group_size)
         self._sync_masters()
-        if self.optimizer is None and not self.weight_decay and self.grad_clip is None:
-            # Plain ascent: add lr * g straight into each parameter (no gradient buffer, no copy of the weights).
-            grad_norm = self._apply_fused(z, num_members, epoch)
-            update_norm = self._lr * grad_norm
+        noise_ids, w_j = self._noise_weights(z, num_members)
+        t_eff = self.t_eff(epoch)
+        rule = self._own_rule()
+        if rule is None:
+            grad_sq, update_sq, copied = self._optimizer_step(noise_ids, w_j, t_eff)
+        elif rule.kind == "ascent" and self.grad_clip is None:
+            grad_sq, update_sq, copied = self._apply_fused(noise_ids, w_j, t_eff, rule)
         else:
-            grads = self.estimate_gradient(z, num_members, epoch)
-            grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-            if self.grad_clip is not None and grad_norm > self.grad_clip:
-                scale = self.grad_clip / (grad_norm + _CLIP_EPS)
-                grads = [g * scale for g in grads]
-            targets = [self._target(i) for i in range(len(self.specs))]
-            before = [p.detach().clone() for p in targets]
-            self._apply(grads)
-            update_norm = torch.sqrt(sum((p.detach() - b).float().pow(2).sum() for p, b in zip(targets, before)))
-        self._refresh_params()
+            grad_sq, update_sq, copied = self._own_step(noise_ids, w_j, t_eff, rule)
+        grad_norm, update_norm = grad_sq.sqrt(), update_sq.sqrt()
+        self._refresh_params(copied)
         self.num_steps += 1
         self._stepped, self._last = self._last, None  # one update per evaluated population
         f_var, f_mean = torch.var_mean(f, unbiased=False)
@@ -515,67 +544,211 @@ class EggrollStrategy:
         w_j = torch.zeros(num_noise, dtype=torch.float32, device=shaped.device).index_add_(0, j, w)
         return torch.arange(num_noise, device=shaped.device), w_j
 
+    def _own_rule(self) -> _OwnStep | None:
+        """How ``step()`` applies the gradient itself (one pass per parameter), or None: through
+        ``self.optimizer.step()``.
+
+        Plain ascent (``optimizer=None``), a named ``"sgd"`` without momentum, and a named ``"adam"``/``"adamw"``
+        without amsgrad are stepped here, with the hyperparameters read from the optimizer's param group at every
+        step (an LR schedule through ``strategy.lr`` or the group itself works as with torch's step). The optimizer
+        stays the state container: Adam's ``step``/``exp_avg``/``exp_avg_sq`` are kept in ``optimizer.state`` exactly
+        as ``torch.optim.Adam`` keeps them, so ``state_dict()`` and a later ``optimizer.step()`` carry on. A user's
+        optimizer instance, an optimizer with step hooks or a wrapped ``step`` (e.g. an LR scheduler attached to it),
+        and the options this path does not implement (momentum, nesterov, amsgrad, capturable, fused,
+        differentiable, tensor hyperparameters) go through ``optimizer.step()``.
+        """
+        if self.optimizer is None:
+            return _OwnStep("ascent", alpha=self._lr, beta=1.0 - self._lr * self.weight_decay)
+        opt = self.optimizer
+        if self._user_optimizer is not None or len(opt.param_groups) != 1 or _has_step_hooks(opt):
+            return None
+        group = opt.param_groups[0]
+        values = [group.get(k) for k in ("lr", "weight_decay", "eps", "momentum")] + list(group.get("betas", ()))
+        if any(isinstance(v, torch.Tensor) for v in values):
+            return None
+        if any(group.get(k) for k in ("capturable", "fused", "differentiable")):
+            return None
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        if type(opt) is torch.optim.SGD and group["momentum"] == 0 and not group["nesterov"]:
+            return _OwnStep("ascent", alpha=-lr if group["maximize"] else lr, beta=1.0 - lr * wd)
+        if type(opt) in (torch.optim.Adam, torch.optim.AdamW) and not group["amsgrad"]:
+            decoupled = bool(group.get("decoupled_weight_decay", False)) or type(opt) is torch.optim.AdamW
+            return _OwnStep("adam", group=group, decoupled=decoupled)
+        return None
+
+    def _copy_target(self, i: int) -> torch.Tensor | None:
+        """The low-precision parameter a kernel writes beside its float32 master (None: no master, or not
+        contiguous: ``_refresh_params`` copies it)."""
+        param = self.specs[i].param
+        if self._masters[i] is None or not param.is_contiguous():
+            return None
+        return param.detach()
+
+    def _gradient(self, spec: ParamSpec, noise_ids, w_j, t_eff, scale: float = 1.0, dtype=torch.float32):
+        """``(scale * g, ||g||^2)`` of one parameter: ``g`` in ``dtype`` and the parameter's shape; a matrix's
+        ``spec.fixed_rows`` of ``g`` are zero."""
+        common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
+        if spec.kind == "matrix" and spec.fixed_rows:
+            # Unperturbed in every member, so no gradient (nn.Embedding's padding row): built in float32, the rows
+            # zeroed, then the norm (the kernel's would count them), the scale and the dtype.
+            g, _ = kernels.lowrank_gradient(
+                weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
+                factor_dtype=spec.param.dtype, **common,
+            )  # fmt: skip
+            g[list(spec.fixed_rows)] = 0.0
+            sq = g.square().sum()
+            g = (g if scale == 1 else g * scale).to(dtype)
+        elif spec.kind == "matrix":
+            # factor_dtype is the model's: bf16 factors for a bf16 model on the GPU (see update.py), whose
+            # error is relative to the update, not to the weights.
+            g, sq = kernels.lowrank_gradient(
+                weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
+                factor_dtype=spec.param.dtype, scale=scale, dtype=dtype, **common,
+            )  # fmt: skip
+        else:
+            g = kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
+            sq = g.square().sum()
+            g = (g if scale == 1 else g * scale).to(dtype)
+        return g.view(spec.param.shape), sq
+
     @torch.no_grad()
-    def _apply_fused(self, shaped: torch.Tensor, num_members: int, epoch: int) -> torch.Tensor:
-        """``p += lr * g`` for every parameter, ``g`` never stored for matrices; returns ``||g||``."""
-        noise_ids, w_j = self._noise_weights(shaped, num_members)
-        t_eff = self.t_eff(epoch)
-        sq = torch.zeros((), dtype=torch.float32, device=shaped.device)
+    def _apply_fused(self, noise_ids, w_j, t_eff, rule: _OwnStep):
+        """``p = beta p + alpha g`` for every parameter, ``g`` never stored for matrices (the update, the master's
+        rounded copy and both norms ride in the GEMM's epilogue); returns ``(||g||^2, ||change||^2, copied)``."""
+        grad_sq = update_sq = torch.zeros((), dtype=torch.float32, device=noise_ids.device)
+        copied = set()
         for i, spec in enumerate(self.specs):
-            p = self._target(i)
+            p, copy = self._target(i), self._copy_target(i)
             common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
             if spec.kind == "matrix" and not spec.fixed_rows:
                 target = p.data.reshape(spec.m, spec.n)  # a view unless the parameter is not contiguous
-                # factor_dtype is the model's: bf16 factors for a bf16 model on the GPU (see update.py), whose
-                # error is relative to the update, not to the weights.
-                sq = sq + kernels.lowrank_apply(
-                    target, self._lr, weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
+                sq_g, sq_d = kernels.lowrank_apply(
+                    target, rule.alpha, beta=rule.beta, copy=None if copy is None else copy.view(spec.m, spec.n),
+                    weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
                     factor_dtype=spec.param.dtype, **common,
                 )  # fmt: skip
-                if not p.is_contiguous():
+                if target.data_ptr() != p.data_ptr():
                     p.data.copy_(target.view(p.shape))
             else:  # a vector, or a matrix with fixed rows (its gradient is built, then those rows zeroed)
-                g = self._gradient(spec, w_j, common)
-                sq = sq + g.square().sum()
-                p.data.add_(g.view(p.shape).to(p.dtype), alpha=self._lr)
-        return torch.sqrt(sq)
+                g, sq_g = self._gradient(spec, noise_ids, w_j, t_eff)
+                sq_d = kernels.ascent_step(p.data, g, alpha=rule.alpha, beta=rule.beta, copy=copy)
+            grad_sq, update_sq = grad_sq + sq_g, update_sq + sq_d
+            if copy is not None:
+                copied.add(i)
+        return grad_sq, update_sq, copied
 
-    def _gradient(self, spec: ParamSpec, w_j: torch.Tensor, common: dict[str, Any]) -> torch.Tensor:
-        """``sum_j w_j E_j`` of one parameter, float32: ``(m, n)`` for a matrix, ``(numel,)`` otherwise."""
-        if spec.kind != "matrix":
-            return kernels.vector_update(weights=w_j, numel=spec.param.numel(), **common)
-        g = kernels.lowrank_update(
-            weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank, factor_dtype=spec.param.dtype,
-            **common,
+    @torch.no_grad()
+    def _own_step(self, noise_ids, w_j, t_eff, rule: _OwnStep):
+        """Step each parameter in one pass: Adam without ``grad_clip`` on a matrix without fixed rows runs in the
+        update GEMM's epilogue (``kernels.lowrank_adam``, no gradient in memory); otherwise ``g`` is built
+        (float32, fixed rows zeroed) and ``kernels.ascent_step``/``adam_step`` apply it.
+
+        Without ``grad_clip`` each parameter's gradient is freed before the next is built; with it, all are built
+        first and the clip factor reaches the kernels as a device tensor (no host sync).
+        """
+        grad_sq = update_sq = torch.zeros((), dtype=torch.float32, device=noise_ids.device)
+        copied, pending = set(), []
+        for i, spec in enumerate(self.specs):
+            # a matrix with fixed rows takes the path below: its gradient's fixed rows are zeroed before the step
+            fused = rule.kind == "adam" and spec.kind == "matrix" and not spec.fixed_rows and self.grad_clip is None
+            if fused:
+                p, copy = self._target(i).data, self._copy_target(i)
+                state = self._adam_state(i)
+                # (m, n) views of the parameter and its moments; a strided layout takes the path below.
+                fused = all(t.is_contiguous() for t in (p, state["exp_avg"], state["exp_avg_sq"]))
+            if fused:
+                sq_g, sq_d = kernels.lowrank_adam(
+                    p.view(spec.m, spec.n), state["exp_avg"].view(spec.m, spec.n),
+                    state["exp_avg_sq"].view(spec.m, spec.n), self._adam_hyper(rule, state),
+                    copy=None if copy is None else copy.view(spec.m, spec.n), seed=self.seed, param_index=spec.index,
+                    t_eff=t_eff, noise_ids=noise_ids, weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n,
+                    rank=self.rank, noise=self.noise, factor_dtype=spec.param.dtype,
+                )  # fmt: skip
+                grad_sq, update_sq = grad_sq + sq_g, update_sq + sq_d
+                if copy is not None:
+                    copied.add(i)
+                continue
+            g, sq = self._gradient(spec, noise_ids, w_j, t_eff)
+            grad_sq = grad_sq + sq
+            if self.grad_clip is None:
+                update_sq = update_sq + self._step_param(i, g, rule, None, copied)
+            else:
+                pending.append((i, g))
+        if pending:
+            scale = self._clip_scale(grad_sq)
+            for i, g in pending:
+                update_sq = update_sq + self._step_param(i, g, rule, scale, copied)
+        return grad_sq, update_sq, copied
+
+    def _clip_scale(self, grad_sq: torch.Tensor) -> torch.Tensor:
+        """``grad_clip / ||g||`` where ``||g|| > grad_clip``, else 1 (0-d float32, on the device)."""
+        norm = grad_sq.sqrt()
+        return torch.where(norm > self.grad_clip, self.grad_clip / (norm + _CLIP_EPS), torch.ones_like(norm))
+
+    def _adam_state(self, i: int) -> dict:
+        """Parameter ``i``'s Adam state in ``self.optimizer``, initialized as torch does (step on the CPU:
+        capturable and fused are off)."""
+        p = self._target(i)
+        state = self.optimizer.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @staticmethod
+    def _adam_hyper(rule: _OwnStep, state: dict) -> kernels.AdamStep:
+        """Count this step in ``state`` and return its hyperparameters (the param group's, read now)."""
+        state["step"] += 1
+        group = rule.group
+        beta1, beta2 = group["betas"]
+        return kernels.AdamStep(
+            step=float(state["step"]), lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+            eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), decoupled=rule.decoupled,
+            grad_sign=1.0 if group["maximize"] else -1.0,
         )  # fmt: skip
-        if spec.fixed_rows:  # unperturbed in every member, so no gradient (nn.Embedding's padding row)
-            g[list(spec.fixed_rows)] = 0.0
-        return g
+
+    def _step_param(self, i: int, g: torch.Tensor, rule: _OwnStep, scale, copied: set) -> torch.Tensor:
+        """One parameter's step by ``rule`` from its gradient ``g``; returns its measured ``||change||^2``."""
+        p, copy = self._target(i).data, self._copy_target(i)
+        if copy is not None:
+            copied.add(i)
+        if rule.kind == "ascent":
+            return kernels.ascent_step(p, g, alpha=rule.alpha, beta=rule.beta, scale=scale, copy=copy)
+        state = self._adam_state(i)
+        hyper = self._adam_hyper(rule, state)
+        return kernels.adam_step(p, g, state["exp_avg"], state["exp_avg_sq"], hyper, scale=scale, copy=copy)
+
+    @torch.no_grad()
+    def _optimizer_step(self, noise_ids, w_j, t_eff):
+        """``p.grad = -g`` and ``self.optimizer.step()``; the change is measured against a copy of the weights."""
+        targets = [self._target(i) for i in range(len(self.specs))]
+        clip = self.grad_clip is not None
+        grad_sq = torch.zeros((), dtype=torch.float32, device=noise_ids.device)
+        grads = []
+        for spec, p in zip(self.specs, targets):
+            # -g straight in the parameter's dtype (float32 first when it is clipped: one rounding either way).
+            g, sq = self._gradient(spec, noise_ids, w_j, t_eff, scale=-1.0, dtype=torch.float32 if clip else p.dtype)
+            grads.append(g)
+            grad_sq = grad_sq + sq
+        if clip:
+            scale = self._clip_scale(grad_sq)
+            grads = [g.mul_(scale).to(p.dtype) for g, p in zip(grads, targets)]
+        before = [p.detach().clone() for p in targets]
+        for p, g in zip(targets, grads):
+            p.grad = g
+        self.optimizer.step()
+        for p in targets:
+            p.grad = None
+        changes = (torch.linalg.vector_norm(b.sub_(p), dtype=torch.float32) for p, b in zip(targets, before))
+        update_sq = sum(c.square() for c in changes)
+        return grad_sq, update_sq, set()
 
     def estimate_gradient(self, shaped: torch.Tensor, num_members: int, epoch: int) -> list[torch.Tensor]:
         """ES gradient (ascent direction) ``g = 1/(N sigma) sum_i z_i E_i`` of every parameter, float32."""
         noise_ids, w_j = self._noise_weights(shaped, num_members)
         t_eff = self.t_eff(epoch)
-        grads = []
-        for spec in self.specs:
-            common = dict(seed=self.seed, param_index=spec.index, t_eff=t_eff, noise_ids=noise_ids, noise=self.noise)
-            grads.append(self._gradient(spec, w_j, common).view(spec.param.shape))
-        return grads
-
-    @torch.no_grad()
-    def _apply(self, grads: list[torch.Tensor]) -> None:
-        targets = [self._target(i) for i in range(len(self.specs))]
-        if self.optimizer is None:
-            for p, g in zip(targets, grads):
-                if self.weight_decay:
-                    p.mul_(1.0 - self._lr * self.weight_decay)
-                p.add_(g.to(p.dtype), alpha=self._lr)
-            return
-        for p, g in zip(targets, grads):
-            p.grad = (-g).to(p.dtype)
-        self.optimizer.step()
-        for p in targets:
-            p.grad = None
+        return [self._gradient(spec, noise_ids, w_j, t_eff)[0] for spec in self.specs]
 
     # ----------------------------------------------------------------- checkpoints
     def config(self) -> dict[str, Any]:

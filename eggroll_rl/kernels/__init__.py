@@ -8,6 +8,7 @@ One file per op, each holding its Triton kernel, launcher (``*_triton``) and twi
 
 * ``linear.py``: the perturbed linear forward (row-wise delta kernel + cuBLAS ``addmm``);
 * ``update.py``: ``sum_j w_j A_j B_j^T`` (built, or added straight into a parameter) and ``sum_j w_j eps_j``;
+* ``optim.py``: one-pass optimizer steps (plain ascent, Adam/AdamW) for a parameter and its ES gradient;
 * ``philox.py``: the noise contract in registers (used by the other kernels) and whole streams for tests;
 * ``_launch.py``: what the launchers share (Triton import, interpreter flag, argument checks).
 """
@@ -20,11 +21,25 @@ import warnings
 import torch
 
 from . import linear as _linear
+from . import optim as _optim
 from . import update as _update
 from ._launch import TRITON_IMPORT_ERROR
 from .linear import NoiseSource
+from .optim import AdamStep
 
-__all__ = ["perturbed_linear", "lowrank_update", "lowrank_apply", "vector_update", "triton_available", "use_triton"]
+__all__ = [
+    "perturbed_linear",
+    "lowrank_update",
+    "lowrank_gradient",
+    "lowrank_apply",
+    "vector_update",
+    "lowrank_adam",
+    "ascent_step",
+    "adam_step",
+    "AdamStep",
+    "triton_available",
+    "use_triton",
+]
 
 _warned = False
 
@@ -102,9 +117,7 @@ def lowrank_update(
     return _update.lowrank_update_reference(**kw)
 
 
-def lowrank_apply(
-    param: torch.Tensor,
-    alpha: float,
+def lowrank_gradient(
     *,
     seed: int,
     param_index: int,
@@ -116,14 +129,46 @@ def lowrank_apply(
     rank: int,
     noise: str = "gaussian",
     factor_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """``param += alpha * sum_j w_j A_j B_j^T`` in place; returns ``||sum_j w_j A_j B_j^T||_F^2`` (0-d float32).
+    scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale * G in dtype, ||G||_F^2)`` for ``G = sum_j w_j A_j B_j^T``; see ``update.lowrank_gradient_reference``.
 
-    On CUDA the sum goes straight into ``param`` (one GEMM over the regenerated factors, no ``(m, n)`` float32
-    buffer); elsewhere the twin builds it. The other arguments are ``lowrank_update``'s.
+    On CUDA with bf16 factors the norm comes from the GEMM's float32 accumulators (no pass over ``G``).
     """
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
-              rank=rank, noise=noise, factor_dtype=factor_dtype)  # fmt: skip
+              rank=rank, noise=noise, factor_dtype=factor_dtype, scale=scale, dtype=dtype)  # fmt: skip
+    if use_triton(weights.device):
+        return _update.lowrank_gradient_triton(**kw)
+    return _update.lowrank_gradient_reference(**kw)
+
+
+def lowrank_apply(
+    param: torch.Tensor,
+    alpha: float,
+    *,
+    beta: float = 1.0,
+    copy: torch.Tensor | None = None,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``param = beta * param + alpha * sum_j w_j A_j B_j^T`` in place (and ``copy``, the result rounded to its
+    dtype); returns ``(||G||_F^2, ||param_new - param_old||_F^2)`` (0-d float32 each).
+
+    On CUDA the sum goes straight into ``param`` (one GEMM over the regenerated factors with the update, the copy
+    and both norms in its epilogue; no ``(m, n)`` float32 buffer); elsewhere the twin builds it. The other arguments
+    are ``lowrank_update``'s; see ``update.lowrank_apply_reference``.
+    """
+    kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
+              rank=rank, noise=noise, factor_dtype=factor_dtype, beta=beta, copy=copy)  # fmt: skip
     if use_triton(weights.device):
         return _update.lowrank_apply_triton(param, alpha, **kw)
     return _update.lowrank_apply_reference(param, alpha, **kw)
@@ -145,3 +190,68 @@ def vector_update(
     if use_triton(weights.device):
         return _update.vector_update_triton(**kw)
     return _update.vector_update_reference(**kw)
+
+
+def ascent_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float = 1.0,
+    scale: torch.Tensor | None = None,
+    copy: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``param = beta * param + alpha * scale * grad`` in one pass; returns the measured ``||param change||^2``.
+
+    See ``optim.ascent_step_reference``; the Triton kernel runs for contiguous CUDA tensors, the twin otherwise.
+    """
+    kw = dict(alpha=alpha, beta=beta, scale=scale, copy=copy)
+    if use_triton(param.device) and _optim.steppable(param, grad, copy):
+        return _optim.ascent_step_triton(param, grad, **kw)
+    return _optim.ascent_step_reference(param, grad, **kw)
+
+
+def adam_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    hyper: AdamStep,
+    *,
+    scale: torch.Tensor | None = None,
+    copy: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One ``torch.optim.Adam`` (``hyper.decoupled``: AdamW) step in one pass; returns the measured
+    ``||param change||^2``. See ``optim.adam_step_reference``; the Triton kernel runs for contiguous CUDA tensors,
+    the twin otherwise."""
+    if use_triton(param.device) and _optim.steppable(param, grad, exp_avg, exp_avg_sq, copy):
+        return _optim.adam_step_triton(param, grad, exp_avg, exp_avg_sq, hyper, scale=scale, copy=copy)
+    return _optim.adam_step_reference(param, grad, exp_avg, exp_avg_sq, hyper, scale=scale, copy=copy)
+
+
+def lowrank_adam(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    hyper: AdamStep,
+    *,
+    copy: torch.Tensor | None = None,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step of the ``(m, n)`` ``param`` on ``G = sum_j w_j A_j B_j^T``; returns ``(||G||_F^2,
+    ||param change||^2)``. On CUDA with bf16 factors Adam runs in the GEMM's epilogue (``G`` never stored); see
+    ``update.lowrank_adam_reference``."""
+    kw = dict(copy=copy, seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m,
+              n=n, rank=rank, noise=noise, factor_dtype=factor_dtype)  # fmt: skip
+    if use_triton(weights.device):
+        return _update.lowrank_adam_triton(param, exp_avg, exp_avg_sq, hyper, **kw)
+    return _update.lowrank_adam_reference(param, exp_avg, exp_avg_sq, hyper, **kw)

@@ -1,24 +1,38 @@
-"""Low-rank update: ``G = sum_j w_j A_j B_j^T`` (and ``param += alpha G``), and ``g = sum_j w_j eps_j`` for flat
-parameters, with the noise regenerated from the contract, never stored beyond a chunk of noise indices.
+"""Low-rank update: ``G = sum_j w_j A_j B_j^T`` (built, or added straight into a parameter: ``p = beta p + alpha G``),
+and ``g = sum_j w_j eps_j`` for flat parameters, with the noise regenerated from the contract, never stored beyond a
+chunk of noise indices.
 
 Each op has a Triton version (``*_triton``, CUDA) and a pure-torch twin (``*_reference``, any device) with the same
 arguments; ``eggroll_rl.kernels`` picks one.
 
 * ``factor_stack_kernel`` writes a chunk of scaled factors, stacked along one ``J_c * r`` axis and transposed
   (``At[jj r + c, a] = w_j A_j[a, c]``, ``Bt[jj r + c, b] = B_j[b, c]``) so the stores are coalesced along the
-  feature axis; ``G += At^T Bt`` is then one tensor-core GEMM (cuBLAS). Each factor entry is generated once: a fully
-  fused GEMM would regenerate ``A`` once per column tile and ``B`` once per row tile.
+  feature axis; ``At^T Bt`` is then one tensor-core GEMM. Each factor entry is generated once: a GEMM that
+  generated its operands would regenerate ``A`` once per column tile and ``B`` once per row tile.
+* ``lowrank_addmm_kernel`` is that GEMM for bf16 factors, with the update in its epilogue: ``C = beta C + alpha
+  At^T Bt`` in ``C``'s dtype (``C`` is the parameter, or its float32 master copy, or a fresh gradient buffer), the
+  result rounded once more into a second tensor (the bf16/fp16 parameter of a master copy), and per tile the sums
+  of ``acc^2`` (so ``||G||_F^2`` is exact, from the float32 accumulators, with no pass over ``G``) and of the
+  measured change ``(C_new - C_old)^2``. One pass over ``C`` instead of four (GEMM into a float32 ``G``, the add,
+  ``||G||``, the master's rounded copy). Float32 factors (float32 models) and matrices too small to fill the GPU
+  with tiles go through cuBLAS instead (``_mm_f32``; small layers get cuBLAS's split-K).
+* ``lowrank_adam_kernel`` is the same GEMM with one ``torch.optim.Adam`` step in its epilogue (``optim.adam_math``):
+  the parameter (float32 master), both moments and the rounded copy are read and written once, ``G`` never stored.
 * ``vector_update_kernel``: ``sum_j w_j eps_j`` for a flat parameter; each program sums a slice of the noise
   indices for a block of elements, partial sums are added on the host side (deterministic, no atomics).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..noise import SIGN_SPAN, SPANS_PER_CALL_FACTOR, STREAM_A, STREAM_B, factor_noise, vector_noise
 from ..validation import check_int
+from . import optim
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, num_sms, tl, triton
+from .optim import AdamStep, adam_math
 from .philox import FACTOR_SPANS, column_block, pick_word, quad_signs, sign_spans, sign_words_next, vector_block
 
 # Bound on the regenerated factor elements held at once: the kernels' buffer (bf16: 128 MiB) and the twin's (fp32
@@ -36,6 +50,32 @@ INTERPRET_FACTOR_BLOCK = 128
 VECTOR_BLOCK = 128
 VECTOR_PJ = 4
 VECTOR_PROGRAMS_PER_SM = 8
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class GemmShape(NamedTuple):
+    """Launch shape of ``lowrank_addmm_kernel``: tile sizes, warps, pipeline stages, row tiles per L2 group, and an
+    optional register cap per thread (``maxnreg``; None: the compiler's choice)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    group_m: int = 8
+    maxnreg: int | None = None
+
+
+# The first whose grid fills every SM once is taken. Two programs of 64 x 128 tiles (one warpgroup, 4 stages:
+# 96 KiB of shared memory, ~200 registers a thread in the offline sm_90 compile) fit an SM, so one's epilogue (read
+# C, write C and the copy: memory bound) can overlap the other's main loop (tensor cores); 128 x 128 with 8 warps
+# needs ~230 registers a thread, one program an SM. A guess from the compiler's resource report, not from timings:
+# ``benchmarks/bench_kernels.py --cases update_sweep`` times the candidates (NOTES_kernels.md, fourth pass).
+GEMM_SHAPES = (GemmShape(64, 128, 64, 4, 4), GemmShape(64, 64, 64, 4, 3))
+# Adam in the epilogue holds the parameter and both moments besides the accumulators: 64 x 64 tiles (~250
+# registers a thread, no spills, two programs an SM); 64 x 128 spills.
+ADAM_GEMM_SHAPES = (GemmShape(64, 64, 64, 4, 3),)
+INTERPRET_GEMM_SHAPE = GemmShape(32, 32, 16, 4, 1)  # several tiles on small test shapes, fast on the CPU
 
 
 @triton.jit(do_not_specialize=["seed", "param_index", "t_eff"])
@@ -118,6 +158,159 @@ def _store_signs(
                     tl.store(out_ptr + row * L + ee[None, :], z.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def lowrank_tile(
+    at_ptr,
+    bt_ptr,
+    M,
+    N,
+    K,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """This program's tile of ``At^T Bt``: ``(acc, rm, rn)``, float32 accumulators (0 outside the matrix) and the
+    tile's row and column indices. GROUP_M row tiles walk the column tiles together (their Bt slices stay in L2)."""
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_size = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_size
+    pid_n = (pid % width) // group_size
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    # (BLOCK_K, BLOCK_M) slices of At rows (contiguous along M) and (BLOCK_K, BLOCK_N) of Bt; the transposed At
+    # tile is the dot's M-major A operand (tensor cores take it from shared memory as is).
+    a_ptrs = at_ptr + rk[:, None] * M + rm[None, :]
+    b_ptrs = bt_ptr + rk[:, None] * N + rn[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = (k0 + rk < K)[:, None]
+        a = tl.load(a_ptrs, mask=k_ok & m_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok & n_ok[None, :], other=0.0)
+        if UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(tl.trans(a), b, acc)
+        a_ptrs += BLOCK_K * M
+        b_ptrs += BLOCK_K * N
+    return acc, rm, rn
+
+
+@triton.jit
+def lowrank_addmm_kernel(
+    # pointers
+    at_ptr,  # (K, M) stacked weighted factors A^T (bf16)
+    bt_ptr,  # (K, N) stacked factors B^T (bf16)
+    c_ptr,  # (M, N) row stride stride_cm: C = beta C + alpha At^T Bt (C read only with READ_C)
+    copy_ptr,  # (M, N) contiguous: the new C rounded to this tensor's dtype (HAS_COPY)
+    sq_ptr,  # (2, tiles) float32 out: per tile sum acc^2, and sum (C_new - C_old)^2 (0 without READ_C)
+    # dimensions
+    M,
+    N,
+    K,
+    stride_cm,
+    # scalars
+    alpha,
+    beta,
+    # meta-parameters
+    READ_C: tl.constexpr,
+    HAS_COPY: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,  # the interpreter's dot of bf16 operands is wrong (numpy has no bf16): float32 there
+):
+    pid = tl.program_id(0)
+    tiles = tl.num_programs(0)
+    acc, rm, rn = lowrank_tile(at_ptr, bt_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST)
+
+    # Epilogue: ||acc||^2 first, then the update, its rounded copy and the measured change (acc's registers are
+    # free once out is formed).
+    tl.store(sq_ptr + pid, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+    ok = (rm < M)[:, None] & (rn < N)[None, :]
+    rows = rm.to(tl.int64)[:, None]
+    c_ptrs = c_ptr + rows * stride_cm + rn[None, :]
+    out = alpha * acc
+    if READ_C:
+        c_old = tl.load(c_ptrs, mask=ok, other=0.0).to(tl.float32)
+        out = beta * c_old + out
+    stored = out.to(c_ptr.dtype.element_ty)
+    tl.store(c_ptrs, stored, mask=ok)
+    if HAS_COPY:
+        tl.store(copy_ptr + rows * N + rn[None, :], out.to(copy_ptr.dtype.element_ty), mask=ok)
+    if READ_C:
+        d = stored.to(tl.float32) - c_old  # 0 outside the matrix (both masked to 0)
+        tl.store(sq_ptr + tiles + pid, tl.sum(tl.sum(d * d, axis=1), axis=0))
+    else:
+        tl.store(sq_ptr + tiles + pid, 0.0)
+
+
+@triton.jit
+def lowrank_adam_kernel(
+    # pointers
+    at_ptr,  # (K, M) stacked weighted factors A^T (bf16): the tile of At^T Bt is the ES gradient G
+    bt_ptr,  # (K, N) stacked factors B^T (bf16)
+    p_ptr,  # (M, N) contiguous parameter (a float32 master), updated in place
+    m_ptr,  # (M, N) contiguous exp_avg, updated in place
+    v_ptr,  # (M, N) contiguous exp_avg_sq, updated in place
+    copy_ptr,  # (M, N) contiguous: the new parameter rounded to this tensor's dtype (HAS_COPY)
+    sq_ptr,  # (2, tiles) float32 out: per tile sum G^2, and sum (p_new - p_old)^2
+    # dimensions
+    M,
+    N,
+    K,
+    # scalars: optim.AdamStep.scalars()
+    grad_sign,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    eps,
+    weight_decay,
+    decay,
+    neg_step_size,
+    bias_correction2_sqrt,
+    # meta-parameters
+    WEIGHT_DECAY: tl.constexpr,
+    HAS_COPY: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tiles = tl.num_programs(0)
+    acc, rm, rn = lowrank_tile(at_ptr, bt_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST)
+
+    # Epilogue: optim.adam_step_kernel's pass, with the gradient from the accumulators instead of memory.
+    tl.store(sq_ptr + pid, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+    ok = (rm < M)[:, None] & (rn < N)[None, :]
+    offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
+    p0 = tl.load(p_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    p, m, v = adam_math(
+        p0, acc * grad_sign, m, v, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay,
+        neg_step_size, bias_correction2_sqrt, WEIGHT_DECAY,
+    )  # fmt: skip
+    stored = p.to(p_ptr.dtype.element_ty)
+    tl.store(p_ptr + offs, stored, mask=ok)
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=ok)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=ok)
+    if HAS_COPY:
+        tl.store(copy_ptr + offs, p.to(copy_ptr.dtype.element_ty), mask=ok)
+    d = tl.where(ok, stored.to(tl.float32) - p0, 0.0)
+    tl.store(sq_ptr + tiles + pid, tl.sum(tl.sum(d * d, axis=1), axis=0))
+
+
 @triton.jit(do_not_specialize=["seed", "param_index", "t_eff"])
 def vector_update_kernel(
     # pointers
@@ -180,6 +373,74 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch
     return torch.addmm(out, a, b, out_dtype=torch.float32)
 
 
+def gemm_launch_shape(
+    m: int, n: int, device: torch.device, shapes: tuple[GemmShape, ...] = GEMM_SHAPES
+) -> GemmShape | None:
+    """The first of ``shapes`` whose tiles fill every SM once for an ``(m, n)`` update; None: too small (the
+    update goes through cuBLAS, whose split-K keeps the SMs busy on small matrices with long ``K``)."""
+    if INTERPRET:
+        return INTERPRET_GEMM_SHAPE
+    sms = num_sms(device.index or 0)
+    for shape in shapes:
+        if triton.cdiv(m, shape.block_m) * triton.cdiv(n, shape.block_n) >= sms:
+            return shape
+    return None
+
+
+def _gemm_shape(gemm_shape, m, n, factor_dtype, device, shapes=GEMM_SHAPES) -> GemmShape | None:
+    """The launch shape of the fused GEMM for this call, or None for the cuBLAS path (float32 factors)."""
+    if factor_dtype not in LOW_PRECISION:
+        return None  # float32 factors: cuBLAS's float32 GEMM keeps full precision (the kernel's dot would be tf32)
+    if gemm_shape == "auto":
+        return gemm_launch_shape(m, n, device, shapes)
+    if gemm_shape is not None and not isinstance(gemm_shape, GemmShape):
+        raise ValueError(f"gemm_shape must be 'auto', None or a GemmShape, got {gemm_shape!r}")
+    return gemm_shape
+
+
+def _chunk_size(J: int, rank: int, m: int, n: int, chunk_elements: int) -> int:
+    """Noise indices whose stacked factors fit one buffer of ``chunk_elements``."""
+    return max(1, min(J, chunk_elements // (rank * (m + n))))
+
+
+def _addmm(at, bt, c, *, alpha, beta, read_c, copy, shape: GemmShape) -> torch.Tensor:
+    """``c = beta c + alpha at^T bt`` (and ``copy``) through ``lowrank_addmm_kernel``; returns ``(sum acc^2,
+    sum (c_new - c_old)^2)`` as a ``(2,)`` float32 tensor."""
+    K, M = at.shape
+    N = bt.shape[1]
+    if c.shape != (M, N) or c.stride(1) != 1:
+        raise ValueError(f"the target must be ({M}, {N}) with unit column stride, got {tuple(c.shape)} {c.stride()}")
+    if copy is not None and (copy.shape != (M, N) or not copy.is_contiguous()):
+        raise ValueError(f"copy must be a contiguous ({M}, {N}) tensor, got {tuple(copy.shape)}")
+    tiles = triton.cdiv(M, shape.block_m) * triton.cdiv(N, shape.block_n)
+    sq = torch.empty(2, tiles, dtype=torch.float32, device=c.device)
+    extra = {} if shape.maxnreg is None else {"maxnreg": shape.maxnreg}
+    lowrank_addmm_kernel[(tiles,)](
+        at, bt, c, copy if copy is not None else c, sq, M, N, K, c.stride(0), float(alpha), float(beta),
+        READ_C=read_c, HAS_COPY=copy is not None, BLOCK_M=shape.block_m, BLOCK_N=shape.block_n,
+        BLOCK_K=shape.block_k, GROUP_M=shape.group_m, UPCAST=INTERPRET, num_warps=shape.num_warps,
+        num_stages=shape.num_stages, **extra,
+    )  # fmt: skip
+    return sq.sum(1)
+
+
+def _adam_gemm(at, bt, param, exp_avg, exp_avg_sq, hyper: AdamStep, *, copy, shape: GemmShape) -> torch.Tensor:
+    """One Adam step of ``param`` on ``G = at^T bt`` through ``lowrank_adam_kernel`` (contiguous ``(M, N)``
+    tensors); returns ``(sum G^2, sum (p_new - p_old)^2)`` as a ``(2,)`` float32 tensor."""
+    K, M = at.shape
+    N = bt.shape[1]
+    tiles = triton.cdiv(M, shape.block_m) * triton.cdiv(N, shape.block_n)
+    sq = torch.empty(2, tiles, dtype=torch.float32, device=param.device)
+    extra = {} if shape.maxnreg is None else {"maxnreg": shape.maxnreg}
+    lowrank_adam_kernel[(tiles,)](
+        at, bt, param, exp_avg, exp_avg_sq, copy if copy is not None else param, sq, M, N, K, *hyper.scalars(),
+        WEIGHT_DECAY=hyper.weight_decay_mode, HAS_COPY=copy is not None, BLOCK_M=shape.block_m,
+        BLOCK_N=shape.block_n, BLOCK_K=shape.block_k, GROUP_M=shape.group_m, UPCAST=INTERPRET,
+        num_warps=shape.num_warps, num_stages=shape.num_stages, **extra,
+    )  # fmt: skip
+    return sq.sum(1)
+
+
 def lowrank_update_triton(
     *,
     seed: int,
@@ -193,36 +454,81 @@ def lowrank_update_triton(
     noise: str = "gaussian",
     factor_dtype: torch.dtype | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
+    gemm_shape: GemmShape | str | None = "auto",
     factor_block: int | None = None,
 ) -> torch.Tensor:
     """Triton version of ``lowrank_update_reference``: ``sum_j w_j A_j B_j^T``, ``(m, n)`` float32.
 
     The regenerated factors enter the GEMM as bf16 for a bf16/fp16 ``factor_dtype`` (tensor cores at full rate,
     fp32 accumulation, ~3e-3 relative error on ``G``), else as float32. ``chunk_elements`` bounds the factor buffer;
+    ``gemm_shape`` is the fused GEMM's launch shape (``"auto"``: ``gemm_launch_shape``; None: cuBLAS);
     ``factor_block``: features per block of the factor kernel (a power of two >= 4; None: ``FACTOR_BLOCK``, or
     ``INTERPRET_FACTOR_BLOCK`` under the interpreter).
+    """
+    G, _ = lowrank_gradient_triton(
+        seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
+        rank=rank, noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements, gemm_shape=gemm_shape,
+        factor_block=factor_block,
+    )  # fmt: skip
+    return G
+
+
+def lowrank_gradient_triton(
+    *,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
+    scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    gemm_shape: GemmShape | str | None = "auto",
+    factor_block: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of ``lowrank_gradient_reference``: ``(scale * G in dtype, ||G||_F^2)``.
+
+    With bf16 factors and all noise indices in one chunk, one launch of ``lowrank_addmm_kernel`` writes
+    ``scale * G`` and the squared norm of its float32 accumulators; otherwise cuBLAS builds ``G`` in float32 and
+    one more pass takes the norm.
     """
     ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
     code = noise_code(noise)
     for name, v in (("m", m), ("n", n), ("rank", rank)):
         check_int(name, v, 1)
     J = ids.numel()
-    if J == 0:
-        return torch.zeros(m, n, dtype=torch.float32, device=w.device)
-    G = None
+    shape = _gemm_shape(gemm_shape, m, n, factor_dtype, w.device)
+    if J and shape is not None and J <= _chunk_size(J, rank, m, n, chunk_elements):
+        ((at, bt),) = _factor_chunks(
+            ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements, factor_block
+        )
+        out = torch.empty(m, n, dtype=dtype, device=w.device)
+        sq = _addmm(at, bt, out, alpha=scale, beta=0.0, read_c=False, copy=None, shape=shape)
+        return out, sq[0]
+    G = torch.zeros(m, n, dtype=torch.float32, device=w.device) if J == 0 else None
     chunks = _factor_chunks(
         ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements, factor_block
     )
     for at, bt in chunks:
         G = _mm_f32(at.T, bt, G)
-    return G
+    sq = torch.linalg.vector_norm(G).square()
+    if scale != 1:
+        G.mul_(scale)
+    return G.to(dtype), sq
 
 
 def _factor_chunks(ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements, block=None):
     """Yield ``(At, Bt)``: the stacked, weighted factors of consecutive chunks of noise indices (one buffer)."""
     J = ids.numel()
-    chunk = max(1, min(J, chunk_elements // (rank * (m + n))))
-    fdtype = torch.bfloat16 if factor_dtype in (torch.bfloat16, torch.float16) else torch.float32
+    if J == 0:
+        return
+    chunk = _chunk_size(J, rank, m, n, chunk_elements)
+    fdtype = torch.bfloat16 if factor_dtype in LOW_PRECISION else torch.float32
     at_buf = torch.empty(chunk * rank, m, dtype=fdtype, device=w.device)
     bt_buf = torch.empty(chunk * rank, n, dtype=fdtype, device=w.device)
     if block is None:
@@ -245,6 +551,8 @@ def lowrank_apply_triton(
     param: torch.Tensor,
     alpha: float,
     *,
+    beta: float = 1.0,
+    copy: torch.Tensor | None = None,
     seed: int,
     param_index: int,
     t_eff: int,
@@ -257,37 +565,107 @@ def lowrank_apply_triton(
     factor_dtype: torch.dtype | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
     gram_max: int = APPLY_GRAM_MAX,
+    gemm_shape: GemmShape | str | None = "auto",
     factor_block: int | None = None,
-) -> torch.Tensor:
-    """``param += alpha * G`` with ``G = sum_j w_j A_j B_j^T`` never materialized; returns ``||G||_F^2`` (0-d fp32).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of ``lowrank_apply_reference``: ``param = beta param + alpha G`` (and ``copy``), ``G`` never
+    stored in memory where it can be helped; returns ``(||G||_F^2, ||param_new - param_old||_F^2)``.
 
-    When all factors fit one chunk, ``J r <= gram_max`` and the norm's Gram GEMMs cost at most a quarter
-    of the update's (``4 J r (m + n) <= m n``), one GEMM adds ``alpha At^T Bt`` into ``param``
-    in place (cuBLAS, beta = 1, float32 accumulation, one rounding to the parameter's dtype) and the norm comes
-    from ``||At^T Bt||^2 = sum((At At^T) * (Bt Bt^T))``. Otherwise ``G`` is built in float32 and added; also for
-    a float32 ``param`` with a bf16/fp16 ``factor_dtype`` (a low-precision model's float32 master copy): ``G``
-    then comes from bf16 factors on tensor cores instead of a float32 GEMM into ``param``.
+    Three paths, first that applies:
+
+    1. bf16/fp16 ``factor_dtype`` (a low-precision model, its ``param`` the float32 master or the weight itself),
+       one chunk of factors, a matrix that fills the GPU with tiles: one ``lowrank_addmm_kernel`` launch reads and
+       writes ``param`` once, writes ``copy``, and sums ``acc^2`` and the change (both exact, float32).
+    2. ``beta == 1``, no ``copy``, one chunk, ``J r <= gram_max`` and the norm's Gram GEMMs cost at most a quarter of
+       the update's (``4 J r (m + n) <= m n``): cuBLAS adds ``alpha At^T Bt`` into ``param`` (beta = 1, float32
+       accumulation, one rounding) and the norm is ``||At^T Bt||^2 = sum((At At^T) * (Bt Bt^T))``; the change is
+       reported as ``alpha^2 ||G||^2`` (it differs from the measured one by rounding only).
+    3. Otherwise ``G`` is built in float32 (``lowrank_gradient_triton``) and one ``optim.ascent_step`` pass applies it.
     """
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
               rank=rank, noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements,
               factor_block=factor_block)  # fmt: skip
-    J = noise_ids.numel()
-    # The Gram matrices cost 2 (J r)^2 (m + n) FLOPs against the update's 2 J r m n: take them up to a quarter.
-    fits = J * rank <= gram_max and 4 * J * rank * (m + n) <= m * n
-    fits = fits and J <= chunk_elements // (rank * (m + n))
-    fits = fits and not (param.dtype == torch.float32 and factor_dtype in (torch.bfloat16, torch.float16))
-    if not fits or J == 0 or param.dtype not in FLOAT_DTYPES or (INTERPRET and param.dtype != torch.float32):
-        G = lowrank_update_triton(**kw)
-        param.add_(G.to(param.dtype), alpha=alpha)
-        return G.square().sum()
     ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
     code = noise_code(noise)
-    ((at, bt),) = _factor_chunks(
-        ids, w, seed, param_index, t_eff, m, n, rank, code, param.dtype, chunk_elements, factor_block
-    )
-    sq = (_mm_f32(at, at.T, None) * _mm_f32(bt, bt.T, None)).sum()
-    param.addmm_(at.T.to(param.dtype), bt.to(param.dtype), alpha=alpha)  # no-op casts unless fp16
-    return sq
+    for name, v in (("m", m), ("n", n), ("rank", rank)):
+        check_int(name, v, 1)
+    if param.shape != (m, n):
+        raise ValueError(f"param has shape {tuple(param.shape)}; expected ({m}, {n})")
+    J = ids.numel()
+    one_chunk = 0 < J <= _chunk_size(J, rank, m, n, chunk_elements)
+    shape = _gemm_shape(gemm_shape, m, n, factor_dtype, w.device)
+    if one_chunk and shape is not None and param.dtype in FLOAT_DTYPES and param.stride(1) == 1:
+        ((at, bt),) = _factor_chunks(
+            ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements, factor_block
+        )
+        sq = _addmm(at, bt, param, alpha=alpha, beta=beta, read_c=True, copy=copy, shape=shape)
+        return sq[0], sq[1]
+    # The Gram matrices cost 2 (J r)^2 (m + n) FLOPs against the update's 2 J r m n: take them up to a quarter.
+    gram = one_chunk and J * rank <= gram_max and 4 * J * rank * (m + n) <= m * n and beta == 1 and copy is None
+    gram = gram and not (param.dtype == torch.float32 and factor_dtype in LOW_PRECISION)
+    if gram and param.dtype in FLOAT_DTYPES and not (INTERPRET and param.dtype != torch.float32):
+        ((at, bt),) = _factor_chunks(
+            ids, w, seed, param_index, t_eff, m, n, rank, code, param.dtype, chunk_elements, factor_block
+        )
+        sq = (_mm_f32(at, at.T, None) * _mm_f32(bt, bt.T, None)).sum()
+        param.addmm_(at.T.to(param.dtype), bt.to(param.dtype), alpha=alpha)  # no-op casts unless fp16
+        return sq, sq * float(alpha) ** 2
+    G, sq = lowrank_gradient_triton(gemm_shape=gemm_shape, **kw)
+    step = optim.ascent_step_triton if optim.steppable(param, copy) else optim.ascent_step_reference
+    return sq, step(param, G, alpha=alpha, beta=beta, copy=copy)
+
+
+def lowrank_adam_triton(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    hyper: AdamStep,
+    *,
+    copy: torch.Tensor | None = None,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    gemm_shape: GemmShape | str | None = "auto",
+    factor_block: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of ``lowrank_adam_reference``: one Adam step of ``param`` on ``G = sum_j w_j A_j B_j^T``.
+
+    With bf16 factors, one chunk of them, contiguous tensors and a matrix that fills the GPU with tiles, Adam runs in
+    the GEMM's epilogue (``lowrank_adam_kernel``): ``G`` never reaches memory, and the parameter, its moments and
+    the copy are read and written once. Otherwise ``G`` is built (``lowrank_gradient_triton``) and
+    ``optim.adam_step`` applies it.
+    """
+    kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
+              rank=rank, noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements,
+              factor_block=factor_block)  # fmt: skip
+    ids, w = _check_update_args(seed, param_index, t_eff, noise_ids, weights)
+    code = noise_code(noise)
+    for name, v in (("m", m), ("n", n), ("rank", rank)):
+        check_int(name, v, 1)
+    if param.shape != (m, n):
+        raise ValueError(f"param has shape {tuple(param.shape)}; expected ({m}, {n})")
+    optim.check_step_args(param, None, copy, None, exp_avg, exp_avg_sq)
+    J = ids.numel()
+    one_chunk = 0 < J <= _chunk_size(J, rank, m, n, chunk_elements)
+    shape = _gemm_shape(gemm_shape, m, n, factor_dtype, w.device, ADAM_GEMM_SHAPES)
+    if one_chunk and shape is not None and optim.steppable(param, exp_avg, exp_avg_sq, copy):
+        ((at, bt),) = _factor_chunks(
+            ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements, factor_block
+        )
+        sq = _adam_gemm(at, bt, param, exp_avg, exp_avg_sq, hyper, copy=copy, shape=shape)
+        return sq[0], sq[1]
+    G, sq = lowrank_gradient_triton(gemm_shape=gemm_shape, **kw)
+    fits = optim.steppable(param, exp_avg, exp_avg_sq, copy)
+    step = optim.adam_step_triton if fits else optim.adam_step_reference
+    return sq, step(param, G, exp_avg, exp_avg_sq, hyper, copy=copy)
 
 
 def vector_update_triton(
@@ -368,10 +746,39 @@ def lowrank_update_reference(
     return G
 
 
+def lowrank_gradient_reference(
+    *,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
+    scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    chunk_elements: int = REFERENCE_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale * G, ||G||_F^2)``: ``G`` of ``lowrank_update_reference`` scaled and cast to ``dtype`` (e.g.
+    ``scale=-1`` and the parameter's dtype: the ``p.grad`` of a loss), and its squared norm before both (0-d
+    float32)."""
+    G = lowrank_update_reference(
+        seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n, rank=rank,
+        noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements,
+    )  # fmt: skip
+    sq = G.square().sum()
+    return (G if scale == 1 else G * scale).to(dtype), sq
+
+
 def lowrank_apply_reference(
     param: torch.Tensor,
     alpha: float,
     *,
+    beta: float = 1.0,
+    copy: torch.Tensor | None = None,
     seed: int,
     param_index: int,
     t_eff: int,
@@ -384,15 +791,56 @@ def lowrank_apply_reference(
     factor_dtype: torch.dtype | None = None,
     chunk_elements: int = REFERENCE_CHUNK_ELEMENTS,
     gram_max: int = APPLY_GRAM_MAX,
-) -> torch.Tensor:
-    """``param += alpha * G`` in place (``G`` of ``lowrank_update_reference``, built in float32); returns
-    ``||G||_F^2`` (0-d float32). ``gram_max`` only matters to the kernels."""
+    gemm_shape: GemmShape | str | None = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``param = beta * param + alpha * G`` in place (``G`` of ``lowrank_update_reference``, built in float32; one
+    rounding to ``param``'s dtype), and ``copy`` = the result rounded to ``copy``'s dtype when given.
+
+    Args:
+        param: ``(m, n)``; beta: ``1 - lr * weight_decay`` for decayed plain ascent (1: none).
+        copy: e.g. the bf16 parameter whose float32 master copy ``param`` is.
+        gram_max, gemm_shape: only matter to the kernels.
+    Returns:
+        ``(||G||_F^2, ||param_new - param_old||_F^2)``, 0-d float32 each.
+    """
     G = lowrank_update_reference(
         seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n, rank=rank,
         noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements,
     )  # fmt: skip
-    param.add_(G.to(param.dtype), alpha=alpha)
-    return G.square().sum()
+    return G.square().sum(), optim.ascent_step_reference(param, G, alpha=alpha, beta=beta, copy=copy)
+
+
+def lowrank_adam_reference(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    hyper: AdamStep,
+    *,
+    copy: torch.Tensor | None = None,
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    weights: torch.Tensor,
+    m: int,
+    n: int,
+    rank: int,
+    noise: str = "gaussian",
+    factor_dtype: torch.dtype | None = None,
+    chunk_elements: int = REFERENCE_CHUNK_ELEMENTS,
+    gemm_shape: GemmShape | str | None = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``torch.optim.Adam`` step of ``param`` (``(m, n)``) on the ES gradient ``G`` of
+    ``lowrank_update_reference``: ``optim.adam_step_reference(param, G, exp_avg, exp_avg_sq, hyper, copy=copy)``.
+
+    Returns:
+        ``(||G||_F^2, ||param_new - param_old||_F^2)``, 0-d float32 each. ``gemm_shape`` only matters to the kernels.
+    """
+    G = lowrank_update_reference(
+        seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n, rank=rank,
+        noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements,
+    )  # fmt: skip
+    return G.square().sum(), optim.adam_step_reference(param, G, exp_avg, exp_avg_sq, hyper, copy=copy)
 
 
 def vector_update_reference(

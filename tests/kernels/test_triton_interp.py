@@ -123,10 +123,11 @@ def test_lowrank_apply_vs_twin(gram_max):
     kw = dict(seed=5, param_index=1, t_eff=2, noise_ids=ids, weights=w, m=80, n=70, rank=2)
     p0 = torch.randn(80, 70)
     p = p0.clone()
-    sq = update.lowrank_apply_triton(p, 0.3, factor_dtype=torch.float32, gram_max=gram_max, **kw)
+    sq, sq_change = update.lowrank_apply_triton(p, 0.3, factor_dtype=torch.float32, gram_max=gram_max, **kw)
     G = update.lowrank_update_reference(**kw)
     assert ((p - p0 - 0.3 * G).norm() / (0.3 * G.norm())).item() <= 1e-5
     assert abs(sq.item() / G.square().sum().item() - 1) <= 1e-5
+    assert abs(sq_change.item() / (p - p0).square().sum().item() - 1) <= 1e-5
 
 
 def test_lowrank_apply_into_a_float32_master_of_a_bf16_model():
@@ -135,7 +136,7 @@ def test_lowrank_apply_into_a_float32_master_of_a_bf16_model():
               weights=torch.tensor([0.5, -1.0, 2.0, 0.25]), m=80, n=70, rank=2)  # fmt: skip
     p0 = torch.randn(80, 70)
     p = p0.clone()
-    sq = update.lowrank_apply_triton(p, 1e-3, factor_dtype=torch.bfloat16, **kw)
+    sq, _ = update.lowrank_apply_triton(p, 1e-3, factor_dtype=torch.bfloat16, **kw)
     G = update.lowrank_update_reference(**kw)
     assert p.dtype == torch.float32
     assert ((p - p0 - 1e-3 * G).norm() / (1e-3 * G.norm())).item() <= 1e-2

@@ -49,7 +49,13 @@ def _train(model, device, optimizer, lr, fitness, steps, **kw):
 
 @pytest.mark.parametrize(
     "dtype,optimizer,lr",
-    [(torch.bfloat16, None, 6e-5), (torch.bfloat16, "adam", 4e-4), (torch.float16, None, 6e-6)],
+    [
+        (torch.bfloat16, None, 6e-5),
+        (torch.bfloat16, "sgd", 6e-5),
+        (torch.bfloat16, "adam", 4e-4),
+        (torch.float16, None, 6e-6),
+        (torch.float16, "adamw", 6e-5),
+    ],  # fmt: skip
 )
 def test_low_precision_model_moves_like_its_float32_twin(device, dtype, optimizer, lr):
     model32, model_lp = _twins(device, dtype)

@@ -159,3 +159,81 @@ def test_state_dict_round_trip_continues_identically(device, tmp_path):
     for a, b in zip(model_a.parameters(), model_b.parameters()):
         assert torch.equal(a, b)
     assert copy.deepcopy(s_b.state_dict())["num_steps"] == 6
+
+
+# --- the steps step() runs itself (one pass per parameter) against torch.optim on the explicit gradient ----------
+
+OWN_STEPS = {  # optimizer, optimizer_kwargs, strategy kwargs
+    "adam": ("adam", {}, {}),
+    "adam_l2_clip": ("adam", {"weight_decay": 0.05}, {"grad_clip": 0.02}),
+    "adamw": ("adamw", {"weight_decay": 0.05, "betas": (0.8, 0.99)}, {}),
+    "sgd_wd": ("sgd", {"weight_decay": 0.1}, {}),
+    "sgd_clip": ("sgd", {}, {"grad_clip": 0.02}),
+}
+TORCH_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+@pytest.mark.parametrize("case", OWN_STEPS)
+def test_own_step_equals_torch_optim_on_the_explicit_gradient(device, case):
+    """Three steps: the strategy's one-pass step against torch.optim given p.grad = -clip(g) of the explicit formula."""
+    name, opt_kw, kw = OWN_STEPS[case]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(device)
+    twin = copy.deepcopy(model)
+    lr, n = 0.03, 8
+    s = make_strategy(device, optimizer=name, optimizer_kwargs=opt_kw, lr=lr, sigma=0.2, rank=2, **kw)
+    s.setup(model)
+    assert s._own_rule() is not None  # the one-pass path, not optimizer.step()
+    ref_opt = TORCH_OPTIMIZERS[name](twin.parameters(), lr=lr, **{"weight_decay": 0.0, **opt_kw})
+    for epoch in range(3):
+        f = torch.randn(n, device=device)
+        grads = _explicit_gradient(model, s, f, n, epoch, "zscore")
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+        clip = kw.get("grad_clip")
+        scale = clip / (norm + 1e-12) if clip is not None and norm > clip else 1.0
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        with s.perturb(n, epoch=epoch):
+            pass
+        metrics = s.step(f)
+        for pname, p in twin.named_parameters():
+            p.grad = -grads[pname] * scale
+        ref_opt.step()
+        for (pname, p), q in zip(model.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6, msg=f"{pname} epoch {epoch}")
+        change = torch.sqrt(sum((p.detach() - before[k]).pow(2).sum() for k, p in model.named_parameters()))
+        assert metrics["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
+        assert metrics["update_norm"] == pytest.approx(float(change), rel=1e-4)
+    if name != "sgd":  # torch's own state layout, so state_dict() and a later optimizer.step() carry on
+        for p in model.parameters():
+            state = s.optimizer.state[p]
+            assert set(state) == {"step", "exp_avg", "exp_avg_sq"} and float(state["step"]) == 3
+            assert state["step"].device.type == "cpu"
+
+
+def test_optimizer_with_a_step_hook_goes_through_torch_and_agrees(device):
+    """A hook on the optimizer makes step() call optimizer.step() (the hook runs); both paths give the same result."""
+
+    def run(hook: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(device)
+        s = make_strategy(device, optimizer="adam", lr=0.02, sigma=0.2, rank=2, grad_clip=0.05)
+        s.setup(model)
+        calls = []
+        if hook:
+            s.optimizer.register_step_post_hook(lambda *a: calls.append(1))
+            assert s._own_rule() is None
+        metrics = []
+        for epoch in range(3):
+            with s.perturb(8, epoch=epoch):
+                pass
+            metrics.append(s.step(torch.randn(8, generator=torch.Generator().manual_seed(epoch)).to(device)))
+        assert len(calls) == (3 if hook else 0)
+        return model, metrics
+
+    own, own_metrics = run(False)
+    hooked, hooked_metrics = run(True)
+    for p, q in zip(own.parameters(), hooked.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    for a, b in zip(own_metrics, hooked_metrics):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["update_norm"] == pytest.approx(b["update_norm"], rel=1e-4)
