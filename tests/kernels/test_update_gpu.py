@@ -114,7 +114,9 @@ def test_adam_step_equals_torch_adam(cls, kwargs):
         ref.grad = -g
         opt.step()
         optim.adam_step_triton(p, g, m, v, _hyper(opt, t), copy=copy)
-        assert (p - ref.detach()).abs().max().item() <= 1e-6
+        # A few float32 ulps of |p| apart at most: AdamW's decoupled decay is one fused multiply-add here and a
+        # separate mul_ in torch (seen on the H200: 1.4e-6 at |p| ~ 4, 3 ulps).
+        torch.testing.assert_close(p, ref.detach(), rtol=1e-6, atol=1e-6)
         assert (m - opt.state[ref]["exp_avg"]).abs().max().item() <= 1e-6
         assert torch.equal(copy, p.to(torch.bfloat16))
 
