@@ -3,10 +3,13 @@
 Every cell (one env, one agent, one seed) runs in its own subprocess with the same wall-clock budget, env, physics
 backend and episode length; its clock starts before the peer's package is imported, so imports, env construction
 and compilation all count. Cells are resumable (a finished cell is never rerun unless ``--rerun``), a failing peer
-records its error and the board goes on, and with ``--gpus N`` N cells run at once, one per GPU.
+records its error and the board goes on, and with ``--gpus N`` N cells run at once, one per GPU (the first N of
+``CUDA_VISIBLE_DEVICES``). A board built in parts (several invocations, GPUs or machines, each with its own
+``--out``) is folded into one folder with ``--merge``.
 
     python benchmarks/leaderboard.py --quick                      # CPU tier: CartPole, Pendulum; eggroll, openes
     python benchmarks/leaderboard.py --tier gpu --gpus 8          # Brax locomotion suite, every agent, 600 s cells
+    python benchmarks/leaderboard.py --tier gpu --merge A B --out C   # fold boards built in parts into one
 
 Outputs (``--out``, default ``benchmarks/results/leaderboard/``): ``runs.jsonl`` (one line per evaluation),
 ``cells.jsonl`` (one line per finished or failed cell), ``board.json`` (machine and versions), ``compare.md`` /
@@ -25,6 +28,7 @@ import math
 import os
 import queue
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -115,9 +119,12 @@ def make_cells(
     """The grid, env-major, seeds innermost; each env's physics backend is eggroll_rl's default for it unless
     ``brax_backend`` is given."""
     from eggroll_rl.agents.config import ENV_DEFAULTS, TrainConfig, _canonical_env_key
+    from eggroll_rl.envs.registry import resolve_env
 
     cells = []
-    for env in envs:
+    for name in envs:
+        spec = resolve_env(name)
+        env = spec.name if spec is not None else name  # "halfcheetah" -> "HalfCheetah": one cell id, one threshold
         phys = None
         if backend == "brax":
             phys = brax_backend or ENV_DEFAULTS.get(_canonical_env_key(env), {}).get(
@@ -174,6 +181,24 @@ def _peak_memory_mb() -> dict[str, float | None]:
     return peak
 
 
+def _matmul_precision() -> dict[str, Any]:
+    """How float32 matmuls ran in the frameworks the cell imported. jax's ``None`` is XLA's default, which computes
+    float32 dots in TF32 on Ampere-or-later GPUs; torch's default is full float32 (``allow_tf32`` False)."""
+    out: dict[str, Any] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        out["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        out["jax_default_matmul_precision"] = getattr(jax.config, "jax_default_matmul_precision", None)
+        try:
+            out["jax_backend"] = jax.default_backend()
+        except RuntimeError:
+            out["jax_backend"] = None
+    return out
+
+
 def _package_versions() -> dict[str, str | None]:
     from importlib import metadata
 
@@ -206,6 +231,7 @@ def worker_main(cell_dir: Path) -> int:
     result["compile_s"] = la.compile_estimate(chunks)
     result["steps_per_s"] = la.steady_steps_per_s(chunks)
     result.update(_peak_memory_mb())
+    result["precision"] = _matmul_precision()
     result["versions"] = _package_versions()
     result["git_sha"] = git_sha()
     torch = sys.modules.get("torch")
@@ -242,13 +268,18 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def git_sha() -> str:
+    """HEAD's SHA (``+dirty`` when the package or the leaderboard scripts differ from it); in a copy of the tree
+    without ``.git`` (a lent GPU machine), ``$LEADERBOARD_GIT_SHA`` as the launcher recorded it, else "unknown"."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "eggroll_rl", "benchmarks/leaderboard*.py"],
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return sha + ("+dirty" if dirty else "")
+        if head.returncode == 0 and head.stdout.strip():
+            return head.stdout.strip() + ("+dirty" if dirty else "")
     except OSError:
-        return "unknown"
+        pass
+    recorded = os.environ.get("LEADERBOARD_GIT_SHA", "").strip()
+    return f"{recorded} (LEADERBOARD_GIT_SHA, no .git here)" if recorded else "unknown (no .git here)"
 
 
 def board_info(gpus: int) -> dict[str, Any]:
@@ -278,7 +309,11 @@ def _cell_record(cell: Cell, cell_dir: Path, code: int | None, log_tail: str, ti
     result = json.loads(path.read_text()) if path.exists() else None
     if result is None:
         why = f"timed out after {timeout_s:.0f} s" if code is None else f"worker exited with code {code}"
-        result = {"status": "error", "error": f"{why}; log tail:\n{log_tail}", "config": None}
+        # A killed cell's streamed evaluations are real measurements: it counts (marked) until it is rerun.
+        status = "timeout" if code is None and evals else "error"
+        result = {"status": status, "error": f"{why}; log tail:\n{log_tail}", "config": None}
+        if code is None:
+            result["wall_s"] = timeout_s
     returns = [e["eval_return"] for e in evals]
     return {
         "cell_id": cell.cell_id, "env": cell.env, "agent": cell.agent, "seed": cell.seed, "spec": cell.spec(),
@@ -289,31 +324,47 @@ def _cell_record(cell: Cell, cell_dir: Path, code: int | None, log_tail: str, ti
     }, evals  # fmt: skip
 
 
+# Statuses of a cell that resume keeps (the rest are retried); "timeout" cells count on the board until rerun.
+DONE = ("ok", "skipped")
+USABLE = ("ok", "timeout")
+
+
+def _gpu_slots(gpus: int) -> list[str]:
+    """The GPU ids the cells run on: the first ``gpus`` of this process's ``CUDA_VISIBLE_DEVICES`` when it is set
+    (so two invocations can share a machine, e.g. ``CUDA_VISIBLE_DEVICES=1 ... --gpus 1``), else 0..gpus-1."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if not visible:
+        return [str(i) for i in range(gpus)]
+    if gpus > len(visible):
+        raise ValueError(f"--gpus {gpus}: only {len(visible)} GPUs in CUDA_VISIBLE_DEVICES={','.join(visible)}")
+    return visible[:gpus]
+
+
 def run_board(
     cells: list[Cell], out: Path, gpus: int = 0, workers: int = 1, rerun: bool = False,
     timeout_s: float | None = None, log: Any = print, max_cells: int | None = None,
 ) -> dict[str, int]:  # fmt: skip
     """Run every cell not already finished (all with ``rerun``; the first ``max_cells`` of them when given);
-    returns counts of ok/error/skipped/kept cells."""
+    returns counts of ok/error/skipped/timeout/kept cells."""
     out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     finished = {r["cell_id"]: r for r in _read_jsonl(out / "cells.jsonl")}
     todo = []
     for c in cells:
         old = finished.get(c.cell_id)
-        if rerun or old is None or old["status"] == "error" or old["spec"] != c.spec():
+        if rerun or old is None or old["status"] not in DONE or old["spec"] != c.spec():
             todo.append(c)
-    counts = {"ok": 0, "error": 0, "skipped": 0, "kept": len(cells) - len(todo)}
+    counts = {"ok": 0, "error": 0, "skipped": 0, "timeout": 0, "kept": len(cells) - len(todo)}
     if max_cells is not None:
         todo = todo[:max_cells]  # the rest waits for the next invocation
     log(f"board: {len(cells)} cells, {counts['kept']} already finished, {len(todo)} to run -> {out}")
     jobs: queue.Queue[Cell] = queue.Queue()
     for c in todo:
         jobs.put(c)
-    slots = list(range(gpus)) if gpus else [None] * max(workers, 1)
+    slots = _gpu_slots(gpus) if gpus else [None] * max(workers, 1)
     done_count = [0]
 
-    def worker(slot: int | None) -> None:
+    def worker(slot: str | None) -> None:
         while True:
             try:
                 cell = jobs.get_nowait()
@@ -325,7 +376,9 @@ def run_board(
                 (cell_dir / name).unlink(missing_ok=True)
             (cell_dir / "spec.json").write_text(json.dumps(cell.spec()))
             env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]))
-            env["CUDA_VISIBLE_DEVICES"] = "" if cell.device == "cpu" else str(slot if slot is not None else 0)
+            env["CUDA_VISIBLE_DEVICES"] = (
+                "" if cell.device == "cpu" else (slot if slot is not None else _gpu_slots(1)[0])
+            )
             env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch and jax share a GPU in some cells
             if cell.device == "cpu":
                 env["JAX_PLATFORMS"] = "cpu"
@@ -353,6 +406,45 @@ def run_board(
     for t in threads:
         t.join()
     return counts
+
+
+def merge_boards(out: Path, sources: list[Path], log: Any = print) -> dict[str, int]:
+    """Fold the cells of the board folders ``sources`` into ``out`` (which may hold cells already): per cell id the
+    best record wins (ok > timeout > skipped > error, then the later one), with its evaluations and its
+    ``cells/<id>/`` folder; board.json's parts are concatenated. Returns counts of cells taken from the sources and
+    of cells in ``out`` after the merge."""
+    out.mkdir(parents=True, exist_ok=True)
+    rank = {"ok": 3, "timeout": 2, "skipped": 1}
+
+    def key(rec: dict[str, Any]) -> tuple[int, str]:
+        return rank.get(rec["status"], 0), rec.get("finished_at") or ""
+
+    best = {r["cell_id"]: (r, out) for r in _read_jsonl(out / "cells.jsonl")}
+    parts = _board_parts(out)
+    for src in sources:
+        if src.resolve() == out.resolve():
+            continue
+        if not (src / "cells.jsonl").exists():
+            raise FileNotFoundError(f"--merge {src}: no cells.jsonl there; expected a board folder written by --out")
+        for rec in _read_jsonl(src / "cells.jsonl"):
+            held = best.get(rec["cell_id"])
+            if held is None or key(rec) > key(held[0]):
+                best[rec["cell_id"]] = (rec, src)
+        parts += _board_parts(src)
+    runs_of = {folder: _read_jsonl(folder / "runs.jsonl") for folder in {src for _, src in best.values()}}
+    taken = 0
+    for cell_id, (_, src) in best.items():
+        if src == out:
+            continue
+        taken += 1
+        if (src / "cells" / cell_id).is_dir():
+            shutil.rmtree(out / "cells" / cell_id, ignore_errors=True)
+            shutil.copytree(src / "cells" / cell_id, out / "cells" / cell_id)
+    _write_jsonl(out / "runs.jsonl", [r for cid, (_, src) in best.items() for r in runs_of[src] if r["cell_id"] == cid])
+    _write_jsonl(out / "cells.jsonl", [rec for rec, _ in best.values()])
+    _write_board_parts(out, parts)
+    log(f"merge: {taken} cells taken from {len(sources)} folders; {len(best)} cells in {out}")
+    return {"taken": taken, "cells": len(best)}
 
 
 # ================================================================================================ aggregation
@@ -400,10 +492,25 @@ def curves(runs: list[dict[str, Any]], key: str = "wall_s") -> dict[tuple[str, s
     return out
 
 
+def _equal_wall(mine: dict[int, list], eggroll: dict[int, list]) -> dict[str, float]:
+    """This agent's and eggroll's mean return at the same wall clock: the latest time both have evaluated on every
+    seed (the earliest last evaluation among both agents' seeds), so a cell killed early or overrunning its budget is
+    compared with eggroll where both were measured. NaN when there is no such time."""
+    nan = {"equal_wall_s": math.nan, "at_equal_wall": math.nan, "eggroll_at_equal_wall": math.nan}
+    if not mine or not eggroll:
+        return nan
+    t = min(c[-1][0] for c in [*mine.values(), *eggroll.values()])
+    at = mean_std([value_at(c, t) for c in mine.values()])[0]
+    egg = mean_std([value_at(c, t) for c in eggroll.values()])[0]
+    return nan if math.isnan(at) or math.isnan(egg) else {"equal_wall_s": t, "at_equal_wall": at,
+                                                          "eggroll_at_equal_wall": egg}  # fmt: skip
+
+
 def summarize(runs: list[dict], cells: list[dict], planned: dict[tuple[str, str], int] | None = None) -> list[dict]:
-    """One row per env x agent from the ok cells: seeds, final return mean/std/IQM, return at half the budget,
-    time to the env's threshold and to Brax PPO's best, compile time, steps/s, peak memory, minutes."""
-    ok = [c for c in cells if c["status"] == "ok"]
+    """One row per env x agent from the ok cells (and timed-out ones, marked): seeds, final return mean/std/IQM,
+    return at half the budget, time to the env's threshold and to Brax PPO's best, compile time, steps/s, peak
+    memory, minutes; ``status`` says what failed, timed out or has not run (``planned`` minus recorded cells)."""
+    ok = [c for c in cells if c["status"] in USABLE]
     by_wall = curves([r for r in runs if any(c["cell_id"] == r["cell_id"] for c in ok)])
     ppo_best: dict[str, float] = {}
     for (env, agent), seeds in by_wall.items():
@@ -420,24 +527,39 @@ def summarize(runs: list[dict], cells: list[dict], planned: dict[tuple[str, str]
         reach = [time_to_threshold(seeds[s], thr) for s in seeds] if thr is not None else []
         reach_ppo = [time_to_threshold(seeds[s], ppo_best[env]) for s in seeds] if env in ppo_best else []
         m, sd = mean_std(finals)
-        failed = [c for c in cells if (c["env"], c["agent"]) == (env, agent) and c["status"] != "ok"]
+        failed = [c for c in cells if (c["env"], c["agent"]) == (env, agent) and c["status"] not in USABLE]
+        killed = [c for c in group if c["status"] == "timeout"]
+        cut = {c["seed"] for c in killed}
+        planned_n = (planned or {}).get((env, agent), len(finals))
+        budgets = {c["spec"]["budget_s"] for c in ok if c["env"] == env}
+        notes = sorted({f"{c['status']}: {(c['error'] or '').splitlines()[0][:80]}" for c in failed})
+        if killed:
+            notes.append(f"{len(killed)} killed at the cell time limit (evaluations up to then kept)")
+        if planned_n > len(group) + len(failed):
+            notes.append(f"not run: {planned_n - len(group) - len(failed)}")
+        if len(budgets) > 1:
+            notes.append(f"budgets differ across this env's cells: {sorted(budgets)}")
 
         def avg(name: str, group: list[dict] = group) -> float:
             xs = [c[name] for c in group if c.get(name) is not None]
             return sum(xs) / len(xs) if xs else math.nan
 
         rows.append({
-            "env": env, "agent": agent, "seeds": len(finals), "planned": (planned or {}).get((env, agent), len(finals)),
+            "env": env, "agent": agent, "seeds": len(finals), "planned": planned_n,
+            "missing": max(planned_n - len(group) - sum(c["status"] == "skipped" for c in failed), 0),
             "final_mean": m, "final_std": sd, "iqm": iqm(finals) if len(finals) >= 5 else math.nan,
-            "at_half_budget": mean_std([value_at(c, budget / 2) for c in seeds.values()])[0],
+            # a killed seed's return is unknown after its last evaluation: it is not held there
+            "at_half_budget": mean_std([value_at(c, budget / 2) for s, c in seeds.items()
+                                        if s not in cut or c[-1][0] >= budget / 2])[0],
             "threshold": thr, "reached": sum(t is not None for t in reach),
             "time_to_threshold_s": mean_std([t for t in reach if t is not None])[0],
             "ppo_best": ppo_best.get(env), "reached_ppo_best": sum(t is not None for t in reach_ppo),
             "time_to_ppo_best_s": mean_std([t for t in reach_ppo if t is not None])[0],
             "compile_s": avg("compile_s"), "first_eval_s": avg("first_eval_s"), "steps_per_s": avg("steps_per_s"),
             "peak_mem_torch_mb": avg("peak_mem_torch_mb"), "peak_mem_jax_mb": avg("peak_mem_jax_mb"),
-            "minutes": avg("wall_s") / 60, "budget_s": budget,
-            "status": "; ".join(sorted({f"{c['status']}: {(c['error'] or '').splitlines()[0][:80]}" for c in failed})),
+            "last_eval_s": mean_std([c[-1][0] for c in seeds.values()])[0],
+            **_equal_wall(seeds, by_wall.get((env, "eggroll"), {})),
+            "minutes": avg("wall_s") / 60, "budget_s": budget, "status": "; ".join(notes),
         })  # fmt: skip
     return rows
 
@@ -450,8 +572,9 @@ def _fmt(x: Any, digits: int = 1) -> str:
 
 
 def losses(rows: list[dict]) -> list[str]:
-    """Plain sentences: every env where a peer beats eggroll on final return, or reaches the threshold with more
-    seeds, or with as many seeds sooner."""
+    """Plain sentences: every env where a peer is ahead of eggroll at equal wall clock (``_equal_wall``), or reaches
+    the threshold with more seeds, or with as many seeds sooner; and where eggroll does not reach Brax PPO's best on
+    every seed."""
     out = []
     for env in sorted({r["env"] for r in rows}):
         mine = next((r for r in rows if r["env"] == env and r["agent"] == "eggroll" and r["seeds"]), None)
@@ -460,58 +583,135 @@ def losses(rows: list[dict]) -> list[str]:
         for r in rows:
             if r["env"] != env or r["agent"] == "eggroll" or not r["seeds"]:
                 continue
-            if r["final_mean"] > mine["final_mean"]:
-                out.append(f"{env}: {r['agent']} ends higher ({_fmt(r['final_mean'])} vs eggroll "
-                           f"{_fmt(mine['final_mean'])} at {r['budget_s']:.0f} s).")  # fmt: skip
+            if r["at_equal_wall"] > r["eggroll_at_equal_wall"]:  # NaN compares False: no common time, no claim
+                out.append(f"{env}: {r['agent']} is ahead at equal wall clock ({_fmt(r['at_equal_wall'])} vs eggroll "
+                           f"{_fmt(r['eggroll_at_equal_wall'])} at {r['equal_wall_s']:.0f} s).")  # fmt: skip
             more = r["reached"] > mine["reached"]
             sooner = r["reached"] == mine["reached"] > 0 and r["time_to_threshold_s"] < mine["time_to_threshold_s"]
             if more or sooner:
                 out.append(f"{env}: {r['agent']} reaches {_fmt(r['threshold'], 0)} sooner "
                            f"({_fmt(r['time_to_threshold_s'])} s vs eggroll {_fmt(mine['time_to_threshold_s'])} s, "
                            f"{r['reached']}/{r['seeds']} vs {mine['reached']}/{mine['seeds']} seeds).")  # fmt: skip
+        if mine["ppo_best"] is not None and mine["reached_ppo_best"] < mine["seeds"]:
+            out.append(f"{env}: eggroll reaches Brax PPO's best ({_fmt(mine['ppo_best'])}) on only "
+                       f"{mine['reached_ppo_best']}/{mine['seeds']} seeds in {mine['budget_s']:.0f} s.")  # fmt: skip
     return out
 
 
 COLUMNS = [
-    "env", "agent", "seeds", "planned", "final_mean", "final_std", "iqm", "at_half_budget", "threshold", "reached",
-    "time_to_threshold_s", "ppo_best", "reached_ppo_best", "time_to_ppo_best_s", "compile_s", "first_eval_s",
-    "steps_per_s", "peak_mem_torch_mb", "peak_mem_jax_mb", "minutes", "budget_s", "status",
+    "env", "agent", "seeds", "planned", "missing", "final_mean", "final_std", "iqm", "at_half_budget", "threshold",
+    "reached", "time_to_threshold_s", "ppo_best", "reached_ppo_best", "time_to_ppo_best_s", "compile_s", "first_eval_s",
+    "steps_per_s", "peak_mem_torch_mb", "peak_mem_jax_mb", "last_eval_s", "equal_wall_s",
+    "at_equal_wall", "eggroll_at_equal_wall", "minutes", "budget_s", "status",
 ]  # fmt: skip
 
 
-def write_report(out: Path, planned: dict[tuple[str, str], int] | None = None, command: str = "", plot: bool = True):
-    """compare.csv, compare.md and one PNG per env from runs.jsonl and cells.jsonl; returns the rows."""
+def _board_parts(out: Path) -> list[dict[str, Any]]:
+    """Every invocation (or merged folder) that ran cells into ``out``, oldest first (``board.json``'s ``parts``)."""
+    path = out / "board.json"
+    board = json.loads(path.read_text()) if path.exists() else {}
+    return board.get("parts") or ([board] if board else [])
+
+
+def _write_board_parts(out: Path, parts: list[dict[str, Any]]) -> None:
+    unique: dict[str, dict[str, Any]] = {}
+    for p in parts:
+        unique.setdefault(json.dumps({k: v for k, v in p.items() if k != "parts"}, sort_keys=True, default=str), p)
+    parts = [{k: v for k, v in p.items() if k != "parts"} for p in unique.values()]
+    # the top level is the latest part, as older readers of board.json expect
+    (out / "board.json").write_text(json.dumps({**(parts[-1] if parts else {}), "parts": parts}, indent=1))
+
+
+def _machine_line(part: dict[str, Any]) -> str:
+    v = part.get("versions", {})
+    return (
+        f"GPUs {part.get('gpu_models') or 'none (CPU)'} × {part.get('gpus_used', 0)} used, driver "
+        f"{part.get('driver')}, CUDA {part.get('cuda')}, {part.get('cpu_count')} CPU cores. torch {v.get('torch')}, "
+        f"triton {v.get('triton')}, jax {v.get('jax')}, brax {v.get('brax')}, evosax {v.get('evosax')}. "
+        f"Git {part.get('git_sha')}."
+    )  # fmt: skip
+
+
+def _precision_line(cells: list[dict[str, Any]], parts: list[dict[str, Any]]) -> str:
+    """Per agent, how its float32 matmuls ran (from its cells' ``precision``), in one sentence."""
+    per_agent: dict[str, set[str]] = {}
+    for c in cells:
+        prec = c.get("precision")
+        if c["status"] not in USABLE or not prec:
+            continue
+        bits = []
+        if "torch_tf32_matmul" in prec:
+            bits.append(f"torch TF32 {'on' if prec['torch_tf32_matmul'] else 'off'}")
+        if "jax_default_matmul_precision" in prec:
+            jp = prec["jax_default_matmul_precision"]
+            bits.append(f"jax on {prec.get('jax_backend')} precision {jp or 'XLA default'}")
+        per_agent.setdefault(c["agent"], set()).add(", ".join(bits) or "neither torch nor jax")
+    said = "; ".join(f"{a}: {' | '.join(sorted(v))}" for a, v in sorted(per_agent.items()))
+    if not said and parts:  # cells from before the harness recorded it: the launcher's own torch setting
+        said = f"not recorded by the cells; the launcher's torch TF32 matmul was {parts[-1].get('tf32_matmul')}"
+    return (
+        f"Float32 matmuls as the cells ran them — {said or 'not recorded'}. (XLA's default computes float32 dots "
+        "in TF32 on Ampere-or-later GPUs; torch's default is full float32.)"
+    )
+
+
+def _ppo_cell(r: dict[str, Any]) -> str:
+    return "—" if r["ppo_best"] is None else f"{_fmt(r['time_to_ppo_best_s'])} ({r['reached_ppo_best']}/{r['seeds']})"
+
+
+def _vs_eggroll(r: dict[str, Any]) -> str:
+    if r["agent"] == "eggroll" or math.isnan(r["equal_wall_s"]):
+        return "—"
+    return f"{_fmt(r['at_equal_wall'])} vs {_fmt(r['eggroll_at_equal_wall'])} @ {r['equal_wall_s']:.0f} s"
+
+
+def write_report(out: Path, planned: dict[tuple[str, str], int] | None = None, plot: bool = True) -> list[dict]:
+    """compare.csv, compare.md and one PNG per env from runs.jsonl, cells.jsonl and board.json (whose parts carry
+    each invocation's command and machine); returns the rows."""
     runs, cells = _read_jsonl(out / "runs.jsonl"), _read_jsonl(out / "cells.jsonl")
     rows = summarize(runs, cells, planned)
     with (out / "compare.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    board = json.loads((out / "board.json").read_text()) if (out / "board.json").exists() else {}
-    v = board.get("versions", {})
-    lines = [
-        "# Leaderboard", "",
-        f"Command: `{command or board.get('command', '?')}`", "",
-        f"Machine: GPUs {board.get('gpu_models') or 'none (CPU)'} × {board.get('gpus_used', 0)} used, driver "
-        f"{board.get('driver')}, CUDA {board.get('cuda')}, {board.get('cpu_count')} CPU cores. torch {v.get('torch')}, "
-        f"triton {v.get('triton')}, jax {v.get('jax')}, brax {v.get('brax')}, evosax {v.get('evosax')}. TF32 matmul "
-        f"{board.get('tf32_matmul')} (float32 matmul precision {board.get('float32_matmul_precision')!r}). "
-        f"Git {board.get('git_sha')}.", "",
-        "Final return: the last evaluation of each seed (mean ± sample std over seeds; IQM with ≥ 5 seeds). "
+    parts = _board_parts(out)
+    lines = ["# Leaderboard", ""]
+    if len(parts) <= 1:
+        part = parts[0] if parts else {}
+        lines += [f"Command: `{part.get('command', '?')}`", "", f"Machine: {_machine_line(part)}", ""]
+    else:
+        lines += [f"Built in {len(parts)} parts (invocations, or folders merged with `--merge`):", ""]
+        lines += [f"{i}. `{p.get('command', '?')}` ({p.get('started_at', '?')}): {_machine_line(p)}"
+                  for i, p in enumerate(parts, 1)] + [""]  # fmt: skip
+    shas = sorted({c.get("git_sha") or "?" for c in cells if c["status"] in USABLE})
+    if len(shas) > 1:
+        lines += [f"Cells ran at {len(shas)} git revisions: {', '.join(shas)}.", ""]
+    lines += [_precision_line(cells, parts), ""]
+    if any(r["missing"] for r in rows):
+        missing = [f"{r['env']}/{r['agent']} ×{r['missing']}" for r in rows if r["missing"]]
+        lines += [f"**Partial board**: {sum(r['missing'] for r in rows)} of {sum(r['planned'] for r in rows)} "
+                  f"planned cells have no result yet (not run, failed or killed before an evaluation): "
+                  f"{', '.join(missing)}. Rows with seeds k/n < n are incomplete.", ""]  # fmt: skip
+    lines += [
+        "Final return: the last evaluation of each seed (mean ± sample std over seeds; IQM with ≥ 5 seeds); "
+        "'last eval s' is when it happened (past the budget: the peer's evaluation interval overran it). "
         "Times are the cell's wall clock from process start (imports, env build and compilation included). "
         "See docs/leaderboard.md for every column.", "",
         "| env | agent | seeds | final return | IQM | @ ½ budget | time to threshold (s, seeds) | "
-        "time to PPO best (s, seeds) | compile s | first eval s | steps/s | peak MB torch/jax | min | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "time to PPO best (s, seeds) | vs eggroll @ equal wall clock | compile s | first eval s | last eval s | "
+        "steps/s | peak MB torch/jax | min | failed / missing |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['env']} | {r['agent']} | {r['seeds']}/{r['planned']} | {_fmt(r['final_mean'])} ± "
             f"{_fmt(r['final_std'])} | {_fmt(r['iqm'])} | {_fmt(r['at_half_budget'])} | "
             f"{_fmt(r['time_to_threshold_s'])} ({r['reached']}/{r['seeds']} ≥ {_fmt(r['threshold'], 0)}) | "
-            f"{_fmt(r['time_to_ppo_best_s'])} ({r['reached_ppo_best']}/{r['seeds']}) | {_fmt(r['compile_s'])} | "
-            f"{_fmt(r['first_eval_s'])} | {_fmt(r['steps_per_s'], 0)} | {_fmt(r['peak_mem_torch_mb'], 0)}/"
-            f"{_fmt(r['peak_mem_jax_mb'], 0)} | {_fmt(r['minutes'], 2)} | {r['status'] or ''} |"
+            f"{_ppo_cell(r)} | {_vs_eggroll(r)} | "
+            f"{_fmt(r['compile_s'])} | "
+            f"{_fmt(r['first_eval_s'])} | {_fmt(r['last_eval_s'])} | {_fmt(r['steps_per_s'], 0)} | "
+            f"{_fmt(r['peak_mem_torch_mb'], 0)}/{_fmt(r['peak_mem_jax_mb'], 0)} | {_fmt(r['minutes'], 2)} | "
+            f"{r['status'] or ''} |"
         )
     lost = losses(rows)
     lines += ["", "## Where eggroll loses", ""] + ([f"- {s}" for s in lost] or ["- nowhere on this board."])
@@ -601,6 +801,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-cells", type=int, help="run at most this many cells now (a machine's time limit)")
     p.add_argument("--rerun", action="store_true", help="rerun finished cells too")
     p.add_argument("--report-only", action="store_true", help="only rebuild compare.md/.csv and the plots")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="fold the cells of these board folders (e.g. one per GPU or per machine) into --out, then "
+        "rebuild the report; runs no cell",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     return p.parse_args(argv)  # fmt: skip
@@ -630,14 +838,20 @@ def main(argv: list[str] | None = None) -> int:
         planned[(c.env, c.agent)] = planned.get((c.env, c.agent), 0) + 1
     command = "python benchmarks/leaderboard.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
-        board = dict(board_info(args.gpus), command=command, started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        (args.out / "board.json").write_text(json.dumps(board, indent=1))
+    if args.merge:
+        counts = merge_boards(args.out, args.merge)
+        print(f"merged into {args.out}: {counts}")
+    elif not args.report_only:
+        before = _board_parts(args.out)
+        part = dict(board_info(args.gpus), command=command, started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        _write_board_parts(args.out, before + [part])  # before the cells: a killed invocation still says what ran
         counts = run_board(
             cells, args.out, args.gpus, args.workers, args.rerun, args.timeout_s, max_cells=args.max_cells
         )
+        if counts["kept"] == len(cells):  # nothing ran: this invocation is no part of the board
+            _write_board_parts(args.out, before)
         print(f"cells: {counts}")
-    write_report(args.out, planned, "" if args.report_only else command, plot=not args.no_plot)  # "": board's
+    write_report(args.out, planned, plot=not args.no_plot)
     print((args.out / "compare.md").read_text())
     return 0
 

@@ -291,7 +291,7 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
     try:
         import evosax  # noqa: F401
     except ImportError as exc:
-        raise AgentNotInstalled("evosax not installed (pip install evosax)") from exc
+        raise AgentNotInstalled(f"evosax is not importable here ({exc}); pip install evosax") from exc
     raise NotImplementedError("the evosax adapter is not written yet: evosax was not installed where this was built")
 
 

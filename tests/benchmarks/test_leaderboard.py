@@ -3,6 +3,7 @@ tiny budgets (a peer that fails, resume skipping finished cells). Timings are ne
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -174,3 +175,109 @@ def test_resume_skips_finished_cells_and_retries_failed_ones(board):
     runs = lb._read_jsonl(out / "runs.jsonl")
     fake = [r for r in runs if r["cell_id"] == "CartPole__fake_peer.run_failing__s0"]
     assert len(fake) == 1  # the retried cell's old evaluations were replaced, not duplicated
+
+
+# ------------------------------------------------------------------------------- boards built in parts, merged
+def _part(folder, cells, runs, command):
+    folder.mkdir(parents=True)
+    lb._write_jsonl(folder / "cells.jsonl", cells)
+    lb._write_jsonl(folder / "runs.jsonl", runs)
+    (folder / "board.json").write_text(json.dumps({"command": command, "git_sha": "abc", "versions": {}}))
+    for c in cells:
+        (folder / "cells" / c["cell_id"]).mkdir(parents=True)
+        (folder / "cells" / c["cell_id"] / "spec.json").write_text(json.dumps({"from": folder.name}))
+
+
+def test_merge_folds_two_partial_boards_into_one(tmp_path):
+    # GPU 0 ran eggroll's two seeds; GPU 1 ran PPO's seed 0 and a PPO seed 1 that failed there but finished in a
+    # third folder (a retry): the ok record wins, with its evaluations only.
+    egg = _runs("Hopper", "eggroll", 0, [(10, 1000), (40, 3500)])
+    egg += _runs("Hopper", "eggroll", 1, [(10, 500), (40, 3100)])
+    prec = {"torch_tf32_matmul": False, "jax_default_matmul_precision": None, "jax_backend": "gpu"}
+    egg_cells = [_cell("Hopper", "eggroll", 0, precision=prec), _cell("Hopper", "eggroll", 1)]
+    _part(tmp_path / "gpu0", egg_cells, egg, "gpu0")
+    ppo = _runs("Hopper", "brax_ppo", 0, [(5, 2000), (40, 3000)]) + _runs("Hopper", "brax_ppo", 1, [(5, -1)])
+    failed = _cell("Hopper", "brax_ppo", 1, status="error", error="x")
+    _part(tmp_path / "gpu1", [_cell("Hopper", "brax_ppo", 0), failed], ppo, "gpu1")
+    _part(tmp_path / "retry", [_cell("Hopper", "brax_ppo", 1)], _runs("Hopper", "brax_ppo", 1, [(5, 1000), (40, 2900)]),
+          "retry")  # fmt: skip
+    board = tmp_path / "board"
+    planned = {("Hopper", a): 3 for a in ("eggroll", "brax_ppo", "openes")}
+    counts = lb.merge_boards(board, [tmp_path / "gpu0", tmp_path / "gpu1", tmp_path / "retry"], log=lambda *_: None)
+    assert counts == {"taken": 4, "cells": 4}
+    cells = {c["cell_id"]: c for c in lb._read_jsonl(board / "cells.jsonl")}
+    assert sorted(cells) == ["Hopper__brax_ppo__s0", "Hopper__brax_ppo__s1", "Hopper__eggroll__s0",
+                             "Hopper__eggroll__s1"]  # fmt: skip
+    assert cells["Hopper__brax_ppo__s1"]["status"] == "ok"
+    runs = lb._read_jsonl(board / "runs.jsonl")
+    assert [r["eval_return"] for r in runs if r["cell_id"] == "Hopper__brax_ppo__s1"] == [1000, 2900]
+    assert json.loads((board / "cells" / "Hopper__brax_ppo__s1" / "spec.json").read_text()) == {"from": "retry"}
+    parts = json.loads((board / "board.json").read_text())["parts"]
+    assert [p["command"] for p in parts] == ["gpu0", "gpu1", "retry"]
+    # merging again changes nothing (the same records, parts deduplicated)
+    assert lb.merge_boards(board, [tmp_path / "gpu0", tmp_path / "gpu1"], log=lambda *_: None)["cells"] == 4
+    assert len(json.loads((board / "board.json").read_text())["parts"]) == 3
+    rows = {r["agent"]: r for r in lb.write_report(board, planned, plot=False)}
+    assert (rows["eggroll"]["seeds"], rows["eggroll"]["missing"], rows["openes"]["missing"]) == (2, 1, 3)
+    assert rows["brax_ppo"]["ppo_best"] == (3000 + 2900) / 2 and "not run: 3" in rows["openes"]["status"]
+    md = (board / "compare.md").read_text()
+    assert "Built in 3 parts" in md and "**Partial board**: 5 of 9" in md and "openes ×3" in md
+    assert "eggroll: torch TF32 off, jax on gpu precision XLA default" in md
+    with pytest.raises(FileNotFoundError, match="no cells.jsonl"):
+        lb.merge_boards(board, [tmp_path / "nowhere"])
+
+
+def test_merge_from_the_command_line(tmp_path):
+    _part(tmp_path / "a", [_cell("CartPole", "eggroll", 0)], _runs("CartPole", "eggroll", 0, [(1, 10), (2, 500)]), "a")
+    _part(tmp_path / "b", [_cell("CartPole", "openes", 0)], _runs("CartPole", "openes", 0, [(1, 20), (3, 480)]), "b")
+    out = tmp_path / "board"
+    assert lb.main(["--quick", "--seeds", "1", "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
+                    "--no-plot"]) == 0  # fmt: skip
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert {(r["env"], r["agent"], r["seeds"]) for r in rows} == {
+        ("CartPole", "eggroll", "1"), ("CartPole", "openes", "1"), ("Pendulum", "eggroll", "0"),
+        ("Pendulum", "openes", "0"),
+    }  # fmt: skip
+    assert not (out / "cells" / "Pendulum__eggroll__s0").exists()
+
+
+def test_a_killed_cell_keeps_its_evaluations_and_is_retried(tmp_path):
+    cell = lb.Cell("CartPole", "eggroll", 0, 10.0, "torch", None, 500, "cpu")
+    (tmp_path / "evals.jsonl").write_text('{"wall_s": 3.0, "env_steps": 100, "eval_return": 42.0}\n')
+    record, _ = lb._cell_record(cell, tmp_path, None, "log", 20.0)
+    assert record["status"] == "timeout" and record["final_return"] == 42.0 and "timed out" in record["error"]
+    assert record["wall_s"] == 20.0  # it ran until the limit
+    assert "timeout" in lb.USABLE and "timeout" not in lb.DONE  # counts on the board, rerun on resume
+    (tmp_path / "evals.jsonl").write_text("")
+    assert lb._cell_record(cell, tmp_path, None, "log", 20.0)[0]["status"] == "error"  # nothing measured
+    runs = _runs("CartPole", "eggroll", 0, [(3.0, 42.0)])
+    row = lb.summarize(runs, [_cell("CartPole", "eggroll", 0, status="timeout", error="timed out")])[0]
+    assert row["seeds"] == 1 and row["final_mean"] == 42.0 and "1 killed" in row["status"]
+    assert math.isnan(row["at_half_budget"])  # killed at 3 s of a 40 s budget: nothing known at 20 s
+
+
+def test_env_names_are_canonical_and_gpu_slots_follow_cuda_visible_devices(monkeypatch):
+    cells = lb.make_cells(["halfcheetah"], ["eggroll"], [0], 10.0, "brax", "cuda")
+    assert cells[0].cell_id == "HalfCheetah__eggroll__s0" and cells[0].brax_backend == "spring"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert lb._gpu_slots(2) == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert lb._gpu_slots(1) == ["1"]  # a second invocation pinned to GPU 1 stays there
+    with pytest.raises(ValueError, match="--gpus 2"):
+        lb._gpu_slots(2)
+
+
+def test_losses_compare_at_equal_wall_clock():
+    # openes was killed at 20 s, eggroll ran to 60 s and ends higher; at 20 s (the latest time both were measured)
+    # eggroll interpolates 0 -> 200 over 10..30 s: 100, openes evaluated 250 there.
+    runs = _runs("Ant", "eggroll", 0, [(10, 0), (30, 200), (60, 300)])
+    runs += _runs("Ant", "openes", 0, [(10, 100), (20, 250)])
+    cells = [_cell("Ant", "eggroll", 0), _cell("Ant", "openes", 0, status="timeout", error="timed out")]
+    rows = {r["agent"]: r for r in lb.summarize(runs, cells)}
+    es = rows["openes"]
+    assert (es["equal_wall_s"], es["at_equal_wall"], es["eggroll_at_equal_wall"]) == (20, 250, 100)
+    assert (es["final_mean"], es["last_eval_s"]) == (250, 20)
+    assert lb.losses(list(rows.values())) == [
+        "Ant: openes is ahead at equal wall clock (250.0 vs eggroll 100.0 at 20 s)."
+    ]
+    assert lb._vs_eggroll(es) == "250.0 vs 100.0 @ 20 s" and lb._vs_eggroll(rows["eggroll"]) == "—"
