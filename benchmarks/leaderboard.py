@@ -268,8 +268,11 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def git_sha() -> str:
-    """HEAD's SHA (``+dirty`` when the package or the leaderboard scripts differ from it); in a copy of the tree
-    without ``.git`` (a lent GPU machine), ``$LEADERBOARD_GIT_SHA`` as the launcher recorded it, else "unknown"."""
+    """``$LEADERBOARD_GIT_SHA`` when the launcher set it (a lent GPU machine's copy of the tree); else HEAD's SHA
+    (``+dirty`` when the package or the leaderboard scripts differ from it), else "unknown"."""
+    recorded = os.environ.get("LEADERBOARD_GIT_SHA", "").strip()
+    if recorded:  # the launcher knows best: a lent machine's copy may carry a stale .git of its own
+        return f"{recorded} (LEADERBOARD_GIT_SHA)"
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "eggroll_rl", "benchmarks/leaderboard*.py"],
@@ -278,8 +281,7 @@ def git_sha() -> str:
             return head.stdout.strip() + ("+dirty" if dirty else "")
     except OSError:
         pass
-    recorded = os.environ.get("LEADERBOARD_GIT_SHA", "").strip()
-    return f"{recorded} (LEADERBOARD_GIT_SHA, no .git here)" if recorded else "unknown (no .git here)"
+    return "unknown (no .git here)"
 
 
 def board_info(gpus: int) -> dict[str, Any]:

@@ -88,33 +88,45 @@ def shared_config(cell: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------------- eggroll
 def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
-    """eggroll_rl's ``train`` with its defaults for the env; its time limit is what is left of the budget."""
+    """eggroll_rl's ``train`` with its defaults for the env, stopped by the cell's clock.
+
+    ``time_limit_s`` counts the training loop only (env build and compilation come before it), so alone it would let
+    the cell run past its budget by the setup time: the progress callback stops the run at the first evaluation
+    that ends past the budget, the rule the Brax peers follow (their progress callbacks run at evaluations only).
+    The time limit stays as a backstop."""
     from eggroll_rl.agents import train
 
     config = shared_config(cell).replace(time_limit_s=max(budget_s - emit.elapsed(), 1.0))
     chunks: list[tuple[float, int]] = []
-    last = {"wall": 0.0, "steps": 0}
+    last = {"wall": 0.0, "steps": 0, "generations": 0}
 
     def progress(record: dict[str, Any]) -> None:
         chunks.append((record["wall_time_s"] - last["wall"], record["env_steps"] - last["steps"]))
-        last.update(wall=record["wall_time_s"], steps=record["env_steps"])
+        last.update(wall=record["wall_time_s"], steps=record["env_steps"], generations=last["generations"] + 1)
         if record.get("eval_return") is not None:
             emit(record["env_steps"], record["eval_return"])
+            if emit.elapsed() >= budget_s:
+                raise BudgetReached
 
-    result = train(config, progress_fn=progress)
-    stopped = "generations" if len(result.metrics) >= config.generations else "budget"
+    try:
+        train(config, progress_fn=progress)
+    except BudgetReached:
+        return {"config": config.to_dict(), "chunks": chunks, "stopped": "budget"}
+    stopped = "generations" if last["generations"] >= config.generations else "budget"
     return {"config": config.to_dict(), "chunks": chunks, "stopped": stopped}
 
 
 # ---------------------------------------------------------------------------------------------------- openes
 def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
-    """Full-rank OpenES: eggroll's population, optimizer, shaping, sigma, policy, rollout and evaluation, but each
-    member's weights are ``W + sigma * s * E_j`` with a dense Gaussian ``E_j`` drawn and stored per generation."""
+    """Full-rank OpenES: eggroll's population, optimizer, shaping, sigma, reward shift, policy, rollout and
+    evaluation, but each member's weights are ``W + sigma * s * E_j`` with a dense Gaussian ``E_j`` drawn and stored
+    per generation."""
     import torch
     from torch.func import functional_call
 
     from eggroll_rl.agents import evaluate, rollout
     from eggroll_rl.agents.builders import build_env, build_policy, episode_limit, generation_seed
+    from eggroll_rl.agents.trainer import training_fitness
     from eggroll_rl.envs import resolve_device
     from eggroll_rl.fitness import shape_fitness
 
@@ -163,7 +175,7 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
             )  # fmt: skip
             if policy.obs_norm is not None and episodes.obs_count > 0:
                 policy.obs_norm.update_moments(episodes.obs_count, episodes.obs_mean, episodes.obs_var)
-            z = shape_fitness(episodes.returns, config.fitness_shaping)
+            z = shape_fitness(training_fitness(episodes, config.reward_shift), config.fitness_shaping)
             w = torch.zeros(num_noise, device=device).index_add_(0, noise_of, z * sign) / (n * config.sigma)
             for k, p in params.items():
                 p.grad = -torch.tensordot(w, eps[k], dims=1)  # ascent direction g = sum_j w_j E_j

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -281,3 +282,73 @@ def test_losses_compare_at_equal_wall_clock():
         "Ant: openes is ahead at equal wall clock (250.0 vs eggroll 100.0 at 20 s)."
     ]
     assert lb._vs_eggroll(es) == "250.0 vs 100.0 @ 20 s" and lb._vs_eggroll(rows["eggroll"]) == "—"
+
+
+class _FakeClock:
+    """An ``emit`` whose clock is the number of generations reported so far (one 'second' per progress call)."""
+
+    def __init__(self) -> None:
+        self.evals: list[tuple[int, float]] = []
+        self.ticks = 0
+
+    def elapsed(self) -> float:
+        return float(self.ticks)
+
+    def __call__(self, env_steps: int, eval_return: float) -> None:
+        self.evals.append((env_steps, eval_return))
+
+
+def test_eggroll_stops_on_the_cells_clock_not_its_training_loops(monkeypatch):
+    # train()'s time limit starts after env build and compilation; the cell's budget counts them, so the adapter
+    # stops the run from its progress callback at the first evaluation past the budget (as the Brax peers stop).
+    import eggroll_rl.agents as agents
+
+    clock = _FakeClock()
+    real_train = agents.train
+
+    def train(config, progress_fn):
+        def tick(record):
+            clock.ticks += 1
+            progress_fn(record)
+
+        return real_train(config, progress_fn=tick)
+
+    monkeypatch.setattr(agents, "train", train)
+    cell = lb.Cell(env="CartPole", agent="eggroll", seed=0, budget_s=3.0, backend="torch", brax_backend=None,
+                   episode_length=0, device="cpu",
+                   overrides={"population": 8, "eval_every": 2, "eval_episodes": 2, "generations": 50})  # fmt: skip
+    out = la.run_eggroll(cell, cell.budget_s, clock)
+    assert out["stopped"] == "budget"
+    # generation 3 ends at 'second' 3 = the budget without an evaluation; generation 4's evaluation is the stop
+    assert clock.ticks == 4 and len(out["chunks"]) == 4
+    assert [steps for steps, _ in clock.evals] == [
+        out["chunks"][0][1] + out["chunks"][1][1],
+        sum(c[1] for c in out["chunks"]),
+    ]
+
+
+def test_openes_trains_on_the_same_shifted_fitness_as_eggroll(monkeypatch):
+    import eggroll_rl.agents as agents
+    import eggroll_rl.fitness as fitness
+
+    seen = {}
+    real_rollout, real_shape = agents.rollout, fitness.shape_fitness
+
+    def rollout(*args, **kwargs):
+        seen["episodes"] = real_rollout(*args, **kwargs)
+        return seen["episodes"]
+
+    def shape_fitness(values, method):
+        seen["fitness"] = values.clone()
+        return real_shape(values, method)
+
+    monkeypatch.setattr(agents, "rollout", rollout)
+    monkeypatch.setattr(fitness, "shape_fitness", shape_fitness)
+    cell = lb.Cell(env="CartPole", agent="openes", seed=0, budget_s=60.0, backend="torch", brax_backend=None,
+                   episode_length=0, device="cpu",
+                   overrides={"population": 8, "eval_episodes": 2, "generations": 1, "reward_shift": 0.5})  # fmt: skip
+    la.run_openes(cell, cell.budget_s, _FakeClock())
+    episodes = seen["episodes"]
+    expected = episodes.returns.double() - 0.5 * episodes.lengths.double()
+    assert episodes.lengths.min() > 0
+    assert torch.allclose(seen["fitness"].double(), expected)
