@@ -212,6 +212,17 @@ def main() -> None:
     md += [f"| {k} | {v} |" for k, v in rows]
     md += ["", "Evaluations (generation, env steps, training wall s, eval return):", ""]
     md += [f"- {g}, {s:,}, {w:.1f}, {e:.2f}" for g, s, w, e in evals]
+    if config.reward_shift:
+        # The env's reward includes an alive bonus that training removed (reward_shift per live step): the same
+        # evaluations with it removed too, i.e. what a policy earns by moving rather than by staying up.
+        md += ["", f"Eval return less reward_shift x episode length ({config.reward_shift} per step; generation, "
+               "return, mean episode length):", ""]  # fmt: skip
+        md += [
+            f"- {r['generation']}, {r['eval_return'] - config.reward_shift * r['eval_length_mean']:.2f}, "
+            f"{r['eval_length_mean']:.1f}"
+            for r in metrics
+            if r.get("eval_return") is not None and r.get("eval_length_mean") is not None
+        ]
     (results / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(f"{k:>50}: {v}" for k, v in rows))
     if not args.run_dir:

@@ -317,7 +317,7 @@ def train(
                 done = ranks.agree(done)  # rank 0's clock decides a time limit for every rank
                 improved = False
                 if done or (config.eval_every and state.generation % config.eval_every == 0):
-                    ev = {"return_mean": math.nan, "return_std": math.nan}
+                    ev = {"return_mean": math.nan, "return_std": math.nan, "length_mean": math.nan}
                     if ranks.rank == 0:
                         if eval_env is None:
                             eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
@@ -331,6 +331,7 @@ def train(
                     ev = ranks.share_evaluation(ev)
                     record["eval_return"] = ev["return_mean"]
                     record["eval_return_std"] = ev["return_std"]
+                    record["eval_length_mean"] = ev["length_mean"]
                     if ev["return_mean"] > state.best_eval_return:
                         state.best_eval_return, improved = ev["return_mean"], True
                         best_policy = _clone_policy(policy)
@@ -568,15 +569,15 @@ class _Ranks:
         return bool(value.item())
 
     def share_evaluation(self, ev: dict[str, float]) -> dict[str, float]:
-        """Rank 0's evaluation (``return_mean``, ``return_std``) on every rank."""
+        """Rank 0's evaluation (``return_mean``, ``return_std``, ``length_mean``) on every rank."""
         if self.world_size == 1:
             return ev
         import torch.distributed as dist
 
-        value = torch.tensor([ev["return_mean"], ev["return_std"]], dtype=torch.float64, device=self.device)
+        keys = ("return_mean", "return_std", "length_mean")
+        value = torch.tensor([ev[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.broadcast(value, src=0)
-        mean, std = value.tolist()
-        return {"return_mean": mean, "return_std": std}
+        return dict(zip(keys, value.tolist(), strict=True))
 
     def check_in_sync(self, policy: MLPPolicy, generation: int) -> None:
         """Raise ``RuntimeError`` on every rank when the replicas' weights or observation statistics differ."""

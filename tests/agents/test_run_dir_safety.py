@@ -25,7 +25,7 @@ from eggroll_rl.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = ("wall_time_s", "steps_per_s")
-EVAL = ("eval_return", "eval_return_std")
+EVAL = ("eval_return", "eval_return_std", "eval_length_mean")
 # The same tiny CartPole run as flags (for the CLI) and as a config (for train()).
 TINY_FLAGS = [
     "--device", "cpu", "--population", "8", "--hidden-sizes", "8", "--eval-every", "1000", "--eval-episodes", "2",

@@ -41,6 +41,7 @@ def curve(records, eval_generations=None):
         if eval_generations is not None and r["generation"] not in eval_generations:
             r.pop("eval_return", None)
             r.pop("eval_return_std", None)
+            r.pop("eval_length_mean", None)
         out.append(r)
     return out
 
@@ -257,3 +258,14 @@ def test_a_ranks_global_member_ids_are_checked_once_per_rollout(monkeypatch):
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
     ids.add_(0)  # changed in place: shifted again
     assert shift(ids) is not outs[0] and torch.equal(shift(ids), ids + 4)
+
+
+def test_evaluations_record_their_mean_episode_length():
+    # CartPole pays 1 per step, so an evaluation's mean return is its mean episode length: the reference.
+    result = train(tiny(population=16, hidden_sizes=(8,), generations=2, eval_every=1, eval_episodes=4,
+                        max_episode_steps=100))  # fmt: skip
+    evaluated = [r for r in result.metrics if r.get("eval_return") is not None]
+    assert len(evaluated) == 2
+    for r in evaluated:
+        assert r["eval_length_mean"] == r["eval_return"]
+        assert 1 <= r["eval_length_mean"] <= 100
