@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._launch import tl, triton
+from ._launch import FLOAT_DTYPES, tl, triton
 
 # Elements per program and warps: a streaming kernel (4 to 5 tensors in, 3 to 4 out), 8 elements per thread.
 STEP_BLOCK = 1024
@@ -196,8 +196,14 @@ def check_step_args(param: torch.Tensor, grad: torch.Tensor | None, copy: torch.
 
 
 def steppable(*tensors: torch.Tensor | None) -> bool:
-    """Whether the Triton steps can take these tensors: contiguous (the kernels walk memory in order)."""
-    return all(t is None or t.is_contiguous() for t in tensors)
+    """Whether the Triton steps can take these tensors: contiguous (the kernels walk memory in order) and of a dtype
+    they compute in float32 (a float64 parameter takes the twin, which steps it in float64 as torch.optim does)."""
+    return all(t is None or (t.is_contiguous() and t.dtype in FLOAT_DTYPES) for t in tensors)
+
+
+def _compute_dtype(param: torch.Tensor) -> torch.dtype:
+    """The twins' arithmetic dtype: float32, or float64 for a float64 parameter (torch.optim's, never narrower)."""
+    return torch.promote_types(param.dtype, torch.float32)
 
 
 def _launch_step(kernel, param, tensors, scale, copy, scalars, **meta) -> torch.Tensor:
@@ -226,7 +232,7 @@ def ascent_step_triton(
     """Triton version of ``ascent_step_reference`` (contiguous tensors)."""
     check_step_args(param, grad, copy, scale)
     if not steppable(param, grad, copy):
-        raise ValueError("ascent_step_triton needs contiguous tensors; use ascent_step_reference")
+        raise ValueError("ascent_step_triton needs contiguous float32/bf16/fp16 tensors; use ascent_step_reference")
     return _launch_step(ascent_step_kernel, param, (grad,), scale, copy, (float(alpha), float(beta)))
 
 
@@ -243,7 +249,7 @@ def adam_step_triton(
     """Triton version of ``adam_step_reference`` (contiguous tensors)."""
     check_step_args(param, grad, copy, scale, exp_avg, exp_avg_sq)
     if not steppable(param, grad, exp_avg, exp_avg_sq, copy):
-        raise ValueError("adam_step_triton needs contiguous tensors; use adam_step_reference")
+        raise ValueError("adam_step_triton needs contiguous float32/bf16/fp16 tensors; use adam_step_reference")
     return _launch_step(
         adam_step_kernel, param, (grad, exp_avg, exp_avg_sq), scale, copy, hyper.scalars(),
         WEIGHT_DECAY=hyper.weight_decay_mode,
@@ -254,12 +260,14 @@ def adam_step_triton(
 
 
 def _finish(param: torch.Tensor, new: torch.Tensor, copy: torch.Tensor | None) -> torch.Tensor:
-    """Write ``new`` (float32) into ``param`` and ``copy``; return the measured ``sum (p_new - p_old)^2``."""
-    old = param.detach().to(torch.float32, copy=True)
+    """Write ``new`` (``_compute_dtype``) into ``param`` and ``copy``; return the measured ``sum (p_new - p_old)^2``
+    (float32)."""
+    dtype = _compute_dtype(param)
+    old = param.detach().to(dtype, copy=True)
     param.copy_(new)
     if copy is not None:
         copy.copy_(new)
-    return (param.float() - old).square().sum()
+    return (param.to(dtype) - old).square().sum().float()
 
 
 def ascent_step_reference(
@@ -271,7 +279,8 @@ def ascent_step_reference(
     scale: torch.Tensor | None = None,
     copy: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``param = beta * param + alpha * scale * grad`` in place (float32 arithmetic, one rounding to ``param``'s dtype).
+    """``param = beta * param + alpha * scale * grad`` in place (float32 arithmetic, float64 for a float64
+    ``param``; one rounding to ``param``'s dtype).
 
     Args:
         param: any float tensor; grad: its shape (float32 in practice).
@@ -282,8 +291,9 @@ def ascent_step_reference(
         ``sum((param_new - param_old)^2)``, 0-d float32 (the measured change).
     """
     check_step_args(param, grad, copy, scale)
-    g = grad.float() if scale is None else grad.float() * scale.reshape(()).float()
-    new = param.float() * beta + g * alpha if beta != 1 else param.float() + g * alpha
+    dtype = _compute_dtype(param)
+    g = grad.to(dtype) if scale is None else grad.to(dtype) * scale.reshape(()).to(dtype)
+    new = param.to(dtype) * beta + g * alpha if beta != 1 else param.to(dtype) + g * alpha
     return _finish(param, new, copy)
 
 
@@ -301,8 +311,8 @@ def adam_step_reference(
     with ``p.grad = hyper.grad_sign * scale * grad``.
 
     Args:
-        param: the float32 tensor Adam updates (a master copy, or the parameter); ``exp_avg``, ``exp_avg_sq``: its
-            state, updated in place.
+        param: the float32 (or float64) tensor Adam updates (a master copy, or the parameter); ``exp_avg``,
+            ``exp_avg_sq``: its state, updated in place.
         grad: the ES gradient (ascent direction).
         hyper: the step count and the param group's values.
         scale, copy: as in ``ascent_step_reference``.
@@ -310,10 +320,11 @@ def adam_step_reference(
         ``sum((param_new - param_old)^2)``, 0-d float32.
     """
     check_step_args(param, grad, copy, scale, exp_avg, exp_avg_sq)
-    g = grad.float() * hyper.grad_sign
+    dtype = _compute_dtype(param)
+    g = grad.to(dtype) * hyper.grad_sign
     if scale is not None:
-        g = g * scale.reshape(()).float()
-    p = param.detach().float().clone()
+        g = g * scale.reshape(()).to(dtype)
+    p = param.detach().to(dtype).clone()
     if hyper.weight_decay != 0:
         if hyper.decoupled:
             p.mul_(1 - hyper.lr * hyper.weight_decay)

@@ -297,3 +297,33 @@ def test_strategy_step_through_the_kernels_keeps_an_embedding_padding_row(monkey
     assert torch.equal(grads[0][pad], torch.zeros(24))
     norm = torch.sqrt(sum(g.square().sum() for g in grads))
     assert metrics["grad_norm"] == pytest.approx(norm.item(), rel=2e-2 if dtype == torch.bfloat16 else 1e-4)
+
+
+@pytest.mark.parametrize("optimizer", [None, "adam"])
+def test_strategy_step_through_the_kernels_keeps_a_float64_model_in_float64(monkeypatch, optimizer):
+    """On the kernels' path a float64 model is stepped in float64 (the one-pass kernels compute in float32, so its
+    steps take the twins), as torch.optim steps it given ``p.grad = -g`` from the same dispatch's gradient."""
+    import copy
+
+    from eggroll_rl import EggrollStrategy, kernels
+    from eggroll_rl.fitness import shape_fitness
+
+    monkeypatch.setattr(kernels, "use_triton", lambda device: True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.Tanh(), torch.nn.Linear(10, 6)).double()
+    twin = copy.deepcopy(model)
+    lr = 1e-3
+    es = EggrollStrategy(sigma=0.1, lr=lr, rank=2, optimizer=optimizer, seed=3, allow_cpu=True)
+    es.setup(model)
+    ref_opt = (torch.optim.SGD if optimizer is None else torch.optim.Adam)(twin.parameters(), lr=lr)
+    for epoch in range(2):
+        f = torch.randn(8, generator=torch.Generator().manual_seed(epoch))
+        es.perturb(8, epoch=epoch)
+        grads = es.estimate_gradient(shape_fitness(f, es.fitness_shaping, es.group_size), 8, epoch)
+        es.step(f)
+        for p, g in zip(twin.parameters(), grads):
+            p.grad = -g.double()
+        ref_opt.step()
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-9, msg=name)
+            assert p.dtype == torch.float64 and not torch.equal(p, p.float().double()), name

@@ -237,3 +237,47 @@ def test_optimizer_with_a_step_hook_goes_through_torch_and_agrees(device):
     for a, b in zip(own_metrics, hooked_metrics):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
         assert a["update_norm"] == pytest.approx(b["update_norm"], rel=1e-4)
+
+
+FLOAT64_STEPS = {  # optimizer, optimizer_kwargs, strategy kwargs
+    "plain": (None, {}, {}),
+    "sgd_wd": ("sgd", {"weight_decay": 0.1}, {}),
+    "sgd_clip": ("sgd", {}, {"grad_clip": 0.02}),
+    "adam": ("adam", {}, {}),
+    "adamw_clip": ("adamw", {"weight_decay": 0.05}, {"grad_clip": 0.02}),
+}
+
+
+@pytest.mark.parametrize("case", FLOAT64_STEPS)
+def test_float64_model_is_stepped_in_float64_like_torch_optim(device, case):
+    """A float64 model is stepped in float64, as torch.optim steps it given p.grad = -g (g: the strategy's own
+    float32 gradient, so only the step's arithmetic is compared), not rounded to float32 by the one-pass steps."""
+    name, opt_kw, kw = FLOAT64_STEPS[case]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(device, torch.float64)
+    twin = copy.deepcopy(model)
+    lr, n = 1e-3, 8
+    s = make_strategy(device, optimizer=name, optimizer_kwargs=opt_kw, lr=lr, sigma=0.2, rank=2, **kw)
+    s.setup(model)
+    ref_cls = torch.optim.SGD if name in (None, "sgd") else TORCH_OPTIMIZERS[name]
+    ref_opt = ref_cls(twin.parameters(), lr=lr, **{"weight_decay": 0.0, **opt_kw})
+    for epoch in range(3):
+        f = torch.randn(n, device=device)
+        with s.perturb(n, epoch=epoch):
+            pass
+        grads = s.estimate_gradient(shape_fitness(f, s.fitness_shaping, s.group_size), n, epoch)
+        norm = torch.sqrt(sum(g.double().square().sum() for g in grads))
+        clip = kw.get("grad_clip")
+        scale = clip / (norm + 1e-12) if clip is not None and norm > clip else 1.0
+        before = [p.detach().clone() for p in model.parameters()]
+        metrics = s.step(f)
+        for p, g in zip(twin.parameters(), grads):
+            p.grad = -g.double() * scale
+        ref_opt.step()
+        for (pname, p), q in zip(model.named_parameters(), twin.parameters()):
+            # 1e-9: the clip factor's and the gradient's float32 roundings move Adam by ~lr * 1e-7; a parameter
+            # rounded to float32 is off by up to |p| * 6e-8, and is caught exactly by the second check.
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-9, msg=f"{pname} epoch {epoch}")
+            assert p.dtype == torch.float64 and not torch.equal(p, p.float().double()), pname
+        change = torch.sqrt(sum((p.detach() - b).square().sum() for p, b in zip(model.parameters(), before)))
+        assert metrics["update_norm"] == pytest.approx(float(change), rel=1e-5)
