@@ -105,7 +105,7 @@ class TrainConfig:
 
     # --- policy -------------------------------------------------------------------------------------------------
     hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the MLP policy."""
+    """Hidden layer widths of the MLP policy; [] is a linear policy (normalized observations to actions, as ARS)."""
     activation: Activation = "pqn"
     """Hidden activation: pqn (relu(layernorm(x))), tanh, relu or silu."""
     action_mode: ActionMode = "tanh"
@@ -118,6 +118,11 @@ class TrainConfig:
     # --- rollout and evaluation ---------------------------------------------------------------------------------
     episodes_per_member: int = 1
     """Episodes each population member plays per generation; its fitness is their mean return."""
+    members_per_start: int = 1
+    """Training only: consecutive members that play from the same initial states each generation (common random
+    numbers): 1, every member its own; 2, each antithetic pair, so the pair's difference in fitness comes from its
+    noise, not from its luck with the start (e.g. Reacher's random target); population, every member. A divisor of
+    population. Needs a backend that can share starts: brax, gym or torch (not envpool)."""
     max_episode_steps: int = 0
     """Cap on episode length (0: the environment's own limit)."""
     eval_every: int = 10
@@ -193,7 +198,14 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if typing.get_origin(hints[f.name]) is typing.Literal:  # a closed set from eggroll_rl.choices
                 check_choice(f.name, getattr(self, f.name), options(hints[f.name]))
-        for name in ("population", "rank", "episodes_per_member", "eval_episodes", "checkpoint_every"):
+        for name in (
+            "population",
+            "rank",
+            "episodes_per_member",
+            "members_per_start",
+            "eval_episodes",
+            "checkpoint_every",
+        ):
             check_int(name, getattr(self, name), lo=1)
         for name in (
             "generations",
@@ -220,10 +232,12 @@ class TrainConfig:
             raise invalid(
                 "population", self.population, "an even number when antithetic=True (members come in +/- pairs)"
             )
+        if self.population % self.members_per_start:
+            raise invalid("members_per_start", self.members_per_start, f"a divisor of population={self.population}")
         if self.group_size and self.population % self.group_size:
             raise invalid("group_size", self.group_size, f"a divisor of population={self.population}")
-        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-            raise invalid("hidden_sizes", self.hidden_sizes, "one or more positive layer widths")
+        if any(h < 1 for h in self.hidden_sizes):
+            raise invalid("hidden_sizes", self.hidden_sizes, "positive layer widths ([] : a linear policy)")
         if not isinstance(self.env_kwargs, dict):
             raise invalid("env_kwargs", self.env_kwargs, "a dict")
         cores = os.cpu_count() or 1

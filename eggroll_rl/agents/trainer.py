@@ -259,6 +259,8 @@ def train(
         env = build_env(config, num_local * config.episodes_per_member, device, seed=config.seed)
         env = cleanup.enter_context(contextlib.closing(env))
         ranks.window_env(env, first * config.episodes_per_member, config.num_envs)
+        if config.members_per_start > 1:
+            _share_starts(env, first, num_local, config)
         env_info = {k: getattr(env, k) for k in ("backend", "env_id", "brax_backend") if hasattr(env, k)}
         eval_env = None
         torch.manual_seed(config.seed)  # the policy's initial weights
@@ -399,6 +401,22 @@ def _clone_policy(policy: MLPPolicy) -> MLPPolicy:
     clone = MLPPolicy(**policy.spec).to(next(policy.parameters()).device)
     clone.load_state_dict(policy.state_dict())
     return clone
+
+
+def _share_starts(env: Any, first: int, num_local: int, config: TrainConfig) -> None:
+    """``config.members_per_start``: episode ``e`` of member ``m`` starts where episode ``e`` of the first member
+    of ``m``'s group does (row ``group_first * episodes_per_member + e`` of the whole population's batch)."""
+    set_rows = getattr(env, "set_start_rows", None)
+    if set_rows is None:
+        raise ValueError(
+            f"members_per_start={config.members_per_start} is invalid with backend "
+            f"{getattr(env, 'backend', type(env).__name__)!r}: it cannot give several envs the same initial state; "
+            "expected backend 'brax', 'gym' or 'torch', or members_per_start=1"
+        )
+    e, g = config.episodes_per_member, config.members_per_start
+    members = torch.arange(first, first + num_local).repeat_interleave(e)
+    episode = torch.arange(num_local * e) % e
+    set_rows((members // g) * g * e + episode, config.num_envs)
 
 
 # --------------------------------------------------------------------------------------------- torch.distributed

@@ -231,6 +231,26 @@ def check_actions(space: Space, actions: Any, num_rows: int, device: torch.devic
             raise ValueError(f"actions contain NaN/inf in rows {rows}; expected finite values")
 
 
+def check_start_rows(rows: Any, num_envs: int, total: int) -> torch.Tensor:
+    """``rows`` as a CPU ``(num_envs,)`` int64 tensor with values in ``[0, total)``, else ``ValueError`` naming it.
+
+    The argument of a backend's ``set_start_rows(rows, total)``: env ``b`` starts where row ``rows[b]`` of a batch
+    of ``total`` envs starts (the same seed or key as that row), so envs given the same row share their initial state.
+    """
+    if not isinstance(total, int) or isinstance(total, bool) or total < 1:
+        raise ValueError(f"total={total!r} is invalid: expected a positive int")
+    t = torch.as_tensor(rows).to("cpu")
+    if t.dtype.is_floating_point or t.dtype == torch.bool or tuple(t.shape) != (num_envs,):
+        raise ValueError(
+            f"rows is invalid: expected an integer tensor of shape ({num_envs},), got dtype {t.dtype}, "
+            f"shape {tuple(t.shape)}"
+        )
+    t = t.long()
+    if num_envs and (int(t.min()) < 0 or int(t.max()) >= total):
+        raise ValueError(f"rows has values in [{int(t.min())}, {int(t.max())}]: expected values in [0, {total})")
+    return t
+
+
 def check_finite_outputs(obs: torch.Tensor, reward: torch.Tensor | None, where: str) -> None:
     """Raise ``NonFiniteError`` if ``obs`` ``(B, ...)`` or ``reward`` ``(B,)`` has NaN/inf (one host sync)."""
     bad = ~torch.isfinite(obs.reshape(obs.shape[0], -1)).all(1)

@@ -33,7 +33,7 @@ import torch
 from eggroll_rl.choices import BraxBackend, options
 from eggroll_rl.validation import check_choice, check_int
 
-from .base import Box, NonFiniteError, StepResult, VecEnv, resolve_device
+from .base import Box, NonFiniteError, StepResult, VecEnv, check_start_rows, resolve_device
 
 __all__ = ["BraxVecEnv", "import_brax", "BRAX_BACKENDS"]
 
@@ -301,6 +301,7 @@ class BraxVecEnv(VecEnv):
         self._first_state = None
         self._steps = None
         self._window: tuple[int, int] | None = None
+        self._start_rows: Any = None  # (num_envs,) jax int32, the batch row whose start each env takes; or None
         # The JAX arrays behind the last tensors handed over (tests compare data pointers).
         self.last_jax_obs: Any = None
         self.last_jax_actions: Any = None
@@ -336,6 +337,15 @@ class BraxVecEnv(VecEnv):
         check_int("total", total, lo=self.num_envs)
         check_int("offset", offset, lo=0, hi=total - self.num_envs)
         self._window = (offset, total)
+        self._start_rows = None
+
+    def set_start_rows(self, rows: Any, total: int) -> None:
+        """Make env ``b`` start, at every ``reset``, where row ``rows[b]`` of a batch of ``total`` envs starts
+        (``reset`` splits the key into ``total`` keys and picks ``rows``): envs given the same row share their initial
+        state. Used by ``TrainConfig.members_per_start``; replaces a reset window."""
+        rows = check_start_rows(rows, self.num_envs, total)
+        self._window = None
+        self._start_rows = (self._jax.numpy.asarray(rows.numpy()), total)
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Draw new initial states (from ``seed`` if given); returns ``obs`` ``(num_envs, obs_dim)`` float32."""
@@ -347,7 +357,10 @@ class BraxVecEnv(VecEnv):
         if seed is not None:
             self._key = jax.device_put(jax.random.PRNGKey(int(seed)), self._jax_device)
         self._key, sub = jax.random.split(self._key)
-        if self._window is None:
+        if self._start_rows is not None:
+            rows, total = self._start_rows
+            keys = jax.random.split(sub, total)[rows]
+        elif self._window is None:
             keys = jax.random.split(sub, self.num_envs)
         else:
             offset, total = self._window
