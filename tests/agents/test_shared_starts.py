@@ -72,9 +72,21 @@ def test_antithetic_pairs_sharing_starts_see_the_same_first_observation(monkeypa
         return real(env, act_spy, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "rollout", spy)
-    config = TrainConfig(env="Pendulum", backend="torch", device="cpu", population=8, members_per_start=2,
-                         generations=1, eval_every=0, eval_episodes=2, hidden_sizes=[], rank=1, cpu_threads=1)  # fmt: skip
+    config = TrainConfig(
+        env="Pendulum", backend="torch", device="cpu", population=8, members_per_start=2, generations=1,
+        eval_every=0, eval_episodes=2, hidden_sizes=[], rank=1, cpu_threads=1,
+    )  # fmt: skip
     result = train(config)
     obs = firsts[0]
     assert torch.equal(obs[0::2], obs[1::2]) and not torch.equal(obs[0], obs[2])
     assert [name for name, _ in result.policy.named_parameters()] == ["head.weight", "head.bias"]  # linear
+
+
+@pytest.mark.slow
+def test_brax_start_rows_pick_those_rows_of_the_whole_batch():
+    pytest.importorskip("brax")
+    whole = make_env("Reacher", backend="brax", num_envs=6, device="cpu", seed=0)
+    shared = make_env("Reacher", backend="brax", num_envs=4, device="cpu", seed=0)
+    shared.set_start_rows([2, 2, 5, 5], total=6)
+    for seed in (3, 17):
+        assert torch.equal(shared.reset(seed=seed), whole.reset(seed=seed)[[2, 2, 5, 5]])
