@@ -329,11 +329,14 @@ def _locomotion(**changes: Any) -> dict[str, Any]:
 
 
 # Starting recipes, not yet measured one by one (benchmarks/run_recipes.py measures them). Spring physics wherever
-# Brax 0.14 builds the env with it (every env here but Swimmer, which Brax builds with generalized physics only):
-# it is Brax's fastest pipeline. reward_shift = the env's alive bonus (Brax's default healthy_reward) where an
-# episode ends when the body falls, so that standing still is not the first optimum found (docs/training.md).
+# Brax 0.14 builds the env with it (every env here but Swimmer, which Brax builds with generalized physics only) and
+# it learns (not Reacher, below): it is Brax's fastest pipeline. reward_shift = the env's alive bonus (Brax's default
+# healthy_reward) where an episode ends when the body falls, so that standing still is not the first optimum found
+# (docs/training.md).
 ENV_DEFAULTS |= {
-    "hopper": _locomotion(reward_shift=1.0),
+    # A linear policy (ARS's): on Brax's Hopper at 64 members it passed 1000 in about 1.5M env steps where the
+    # [64, 64] MLP stood near 370 (benchmarks/results/recipes_2026-11-30.md, CPU; the GPU run is to confirm).
+    "hopper": _locomotion(reward_shift=1.0, hidden_sizes=()),
     # Walker2d and Humanoid: their longest measured runs (train_walker2d_cuda.md, train_humanoid_cuda.md) used
     # Rademacher noise (no learning difference from Gaussian seen on HalfCheetah: noise_seeds_halfcheetah_cuda.md).
     "walker2d": _locomotion(reward_shift=1.0, noise="rademacher"),
@@ -341,7 +344,13 @@ ENV_DEFAULTS |= {
     # No termination (every episode lasts the time limit): a shift would change no ranking.
     "humanoidstandup": _locomotion(),
     "pusher": _locomotion(time_limit_s=300.0),
-    "reacher": _locomotion(time_limit_s=180.0),
+    # Gymnasium's 50-step episodes (Brax's run 1000 steps): returns comparable with its -3.75 threshold. The target is
+    # random, and its draw moved a member's return more than its noise did: each antithetic pair shares its start,
+    # and a smaller step lets the return climb instead of drifting down. Generalized physics: with spring physics the
+    # return stayed flat on the CPU (benchmarks/results/recipes_2026-11-30.md).
+    "reacher": _locomotion(
+        brax_backend="generalized", time_limit_s=180.0, max_episode_steps=50, members_per_start=2, sigma=0.01, lr=0.005
+    ),
     "swimmer": _locomotion(brax_backend="generalized", time_limit_s=240.0),
     # The reward is the alive bonus itself (1 per step; 10 less a distance penalty): no shift.
     "invertedpendulum": _locomotion(time_limit_s=120.0),
@@ -357,6 +366,9 @@ ENV_DEFAULTS |= {
     for env in ("halfcheetah", "ant", "hopper", "walker2d", "humanoid", "humanoidstandup", "pusher", "reacher",
                 "swimmer", "invertedpendulum", "inverteddoublependulum")
 }  # fmt: skip
+# Reacher on a CPU: gymnasium's Reacher-v5, which seeds each sub-env as asked, so a pair can share its target
+# (EnvPool cannot), and the GPU recipe's step (recipes_2026-11-30.md: -8.1 to -5.4 in 230 s on one core).
+ENV_DEFAULTS["reacher@cpu"] |= dict(backend="gym", lr=ENV_DEFAULTS["reacher"]["lr"])
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,13 @@ BRAX_ENVS = sorted(name for name, spec in ENV_SPECS.items() if spec.brax is not 
 # Brax's alive bonus per step (healthy_reward's default in brax/envs/<env>.py), removed from the training fitness.
 ALIVE_BONUS = {"hopper": 1.0, "walker2d": 1.0, "humanoid": 5.0}
 
+# Where an env's recipe departs from HalfCheetah's, as measured (benchmarks/results/recipes_2026-11-30.md).
+TUNED = {
+    "hopper": dict(hidden_sizes=()),
+    "reacher": dict(brax_backend="generalized", max_episode_steps=50, members_per_start=2, sigma=0.01, lr=0.005),
+}
+TUNED_CPU = {"reacher": dict(backend="gym", lr=0.005)}
+
 # HalfCheetah's GPU recipe as measured (benchmarks/results/train_halfcheetah_cuda.md): must not drift.
 HALFCHEETAH_GPU = dict(
     population=2048, rank=4, sigma=0.02, lr=0.01, hidden_sizes=(64, 64), activation="pqn", brax_backend="spring",
@@ -55,15 +62,21 @@ def test_print_config_shows_the_env_recipe(capsys, env, device):
 
 @pytest.mark.parametrize("env", BRAX_ENVS)
 def test_locomotion_recipes_start_from_halfcheetah(env):
+    key = _canonical_env_key(env)
     gpu = TrainConfig.for_env(env, device="cuda")
-    assert (gpu.population, gpu.sigma, gpu.lr, gpu.hidden_sizes) == (2048, 0.02, 0.01, (64, 64))
+    halfcheetah = dict(population=2048, sigma=0.02, lr=0.01, hidden_sizes=(64, 64), max_episode_steps=0,
+                       members_per_start=1)  # fmt: skip
+    expected = halfcheetah | TUNED.get(key, {})
+    assert {k: getattr(gpu, k) for k in expected} == expected
     assert (gpu.activation, gpu.obs_norm, gpu.action_mode) == ("pqn", True, "tanh")
     assert 0 < gpu.time_limit_s <= 540.0
     assert gpu.reward_shift == ALIVE_BONUS.get(_canonical_env_key(env), 0.0)
-    assert gpu.brax_backend == ("generalized" if env == "Swimmer" else "spring")
+    assert gpu.brax_backend == ("generalized" if env in ("Swimmer", "Reacher") else "spring")
     cpu = TrainConfig.for_env(env, device="cpu")
     assert cpu.population <= 256 and cpu.cpu_threads >= 1
     assert cpu.reward_shift == gpu.reward_shift and cpu.sigma == gpu.sigma
+    assert cpu.hidden_sizes == gpu.hidden_sizes and cpu.max_episode_steps == gpu.max_episode_steps
+    assert {k: getattr(cpu, k) for k in TUNED_CPU.get(key, {})} == TUNED_CPU.get(key, {})
 
 
 def test_halfcheetah_gpu_recipe_is_unchanged():
