@@ -530,10 +530,17 @@ class EggrollStrategy:
             **dict(zip(names, stats)),
             "epoch": epoch,
             "t_eff": self.t_eff(epoch),
-            "lr": self._lr,
+            "lr": self._step_lr(),
             "sigma": self.sigma,
             "num_steps": self.num_steps,
         }
+
+    def _step_lr(self) -> float:
+        """The learning rate of the step just taken: the optimizer's first param group's (a user's LR scheduler
+        changes it there), or ``lr`` for plain ascent."""
+        if self.optimizer is None:
+            return self._lr
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def _noise_weights(self, shaped: torch.Tensor, num_members: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(noise_ids, w_j)``: each noise index once, with ``w_j = sum_{i: j(i)=j} s_i z_i / (N sigma)``."""

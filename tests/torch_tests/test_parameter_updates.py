@@ -239,6 +239,23 @@ def test_optimizer_with_a_step_hook_goes_through_torch_and_agrees(device):
         assert a["update_norm"] == pytest.approx(b["update_norm"], rel=1e-4)
 
 
+def test_lr_metric_follows_a_users_lr_scheduler(device):
+    """``step()``'s ``lr`` metric is the rate the step used: a StepLR on ``strategy.optimizer`` halves it each time."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(device)
+    s = make_strategy(device, optimizer="sgd", lr=0.02, sigma=0.2, rank=2)
+    s.setup(model)
+    scheduler = torch.optim.lr_scheduler.StepLR(s.optimizer, step_size=1, gamma=0.5)
+    seen = []
+    for epoch in range(3):
+        with s.perturb(8, epoch=epoch):
+            pass
+        seen.append(s.step(torch.randn(8, generator=torch.Generator().manual_seed(epoch)).to(device))["lr"])
+        scheduler.step()
+    assert seen == pytest.approx([0.02, 0.01, 0.005], rel=1e-12)
+    assert s.lr == 0.02  # the strategy's own setting is untouched; the scheduler owns the param group
+
+
 FLOAT64_STEPS = {  # optimizer, optimizer_kwargs, strategy kwargs
     "plain": (None, {}, {}),
     "sgd_wd": ("sgd", {"weight_decay": 0.1}, {}),
