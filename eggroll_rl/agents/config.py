@@ -369,6 +369,10 @@ ENV_DEFAULTS |= {
 # Reacher on a CPU: gymnasium's Reacher-v5, which seeds each sub-env as asked, so a pair can share its target
 # (EnvPool cannot), and the GPU recipe's step (recipes_2026-11-30.md: -8.1 to -5.4 in 230 s on one core).
 ENV_DEFAULTS["reacher@cpu"] |= dict(backend="gym", lr=ENV_DEFAULTS["reacher"]["lr"])
+# Walker2d on a CPU: the [64, 64] MLP with the alive bonus removed collapsed at 128 members (its first policies fell
+# within ~15 steps, and dying sooner saved control cost: eval -2.5 to -0.9 for 1000 generations); the linear policy
+# learned (563 at 725 s; train_walker2d_cpu_2core.md). The GPU recipe keeps its measured MLP.
+ENV_DEFAULTS["walker2d@cpu"] |= dict(hidden_sizes=())
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
