@@ -111,7 +111,7 @@ def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
     try:
         train(config, progress_fn=progress)
     except BudgetReached:
-        return {"config": config.to_dict(), "chunks": chunks, "stopped": "budget"}
+        pass
     stopped = "generations" if last["generations"] >= config.generations else "budget"
     return {"config": config.to_dict(), "chunks": chunks, "stopped": stopped}
 
