@@ -300,8 +300,7 @@ class BraxVecEnv(VecEnv):
         self._state = None
         self._first_state = None
         self._steps = None
-        self._window: tuple[int, int] | None = None
-        self._start_rows: Any = None  # (num_envs,) jax int32, the batch row whose start each env takes; or None
+        self._start_rows: Any = None  # ((num_envs,) jax int array, total): the batch row whose start each env takes
         # The JAX arrays behind the last tensors handed over (tests compare data pointers).
         self.last_jax_obs: Any = None
         self.last_jax_actions: Any = None
@@ -336,15 +335,13 @@ class BraxVecEnv(VecEnv):
         does (``torch.distributed`` training)."""
         check_int("total", total, lo=self.num_envs)
         check_int("offset", offset, lo=0, hi=total - self.num_envs)
-        self._window = (offset, total)
-        self._start_rows = None
+        self.set_start_rows(torch.arange(offset, offset + self.num_envs), total)
 
     def set_start_rows(self, rows: Any, total: int) -> None:
         """Make env ``b`` start, at every ``reset``, where row ``rows[b]`` of a batch of ``total`` envs starts
         (``reset`` splits the key into ``total`` keys and picks ``rows``): envs given the same row share their initial
-        state. Used by ``TrainConfig.members_per_start``; replaces a reset window."""
+        state. Used by ``TrainConfig.members_per_start``; replaces a reset window (which is consecutive rows)."""
         rows = check_start_rows(rows, self.num_envs, total)
-        self._window = None
         self._start_rows = (self._jax.numpy.asarray(rows.numpy()), total)
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
@@ -357,14 +354,11 @@ class BraxVecEnv(VecEnv):
         if seed is not None:
             self._key = jax.device_put(jax.random.PRNGKey(int(seed)), self._jax_device)
         self._key, sub = jax.random.split(self._key)
-        if self._start_rows is not None:
-            rows, total = self._start_rows
-            keys = jax.random.split(sub, total)[rows]
-        elif self._window is None:
+        if self._start_rows is None:
             keys = jax.random.split(sub, self.num_envs)
         else:
-            offset, total = self._window
-            keys = jax.random.split(sub, total)[offset : offset + self.num_envs]
+            rows, total = self._start_rows
+            keys = jax.random.split(sub, total)[rows]
         with jax.default_device(self._jax_device):
             self._state, obs = self._reset_fn(keys)
             self._steps = jax.numpy.zeros(self.num_envs, dtype=jax.numpy.int32)

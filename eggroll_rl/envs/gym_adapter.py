@@ -157,22 +157,20 @@ class GymVecEnv(VecEnv):
         self.single_observation_space = space_from_gymnasium(self._env.single_observation_space)
         self.single_action_space = space_from_gymnasium(self._env.single_action_space)
         self._seed: int | None = int(seed)
-        self._offset = 0
         self._start_rows: list[int] | None = None
 
     def set_reset_window(self, offset: int, total: int) -> None:
         """Make these envs rows ``offset .. offset+num_envs-1`` of a batch of ``total``: ``reset(seed)`` seeds
         sub-env ``i`` with ``seed + offset + i``, as the single-process batch seeds that row."""
         check_int("total", total, lo=self.num_envs)
-        self._offset = check_int("offset", offset, lo=0, hi=total - self.num_envs)
-        self._start_rows = None
+        check_int("offset", offset, lo=0, hi=total - self.num_envs)
+        self.set_start_rows(torch.arange(offset, offset + self.num_envs), total)
 
     def set_start_rows(self, rows: Any, total: int) -> None:
         """Make sub-env ``b`` start, at every ``reset(seed)``, as row ``rows[b]`` of a batch of ``total`` does: it
         is seeded with ``seed + rows[b]``, so sub-envs given the same row share their initial state. Used by
-        ``TrainConfig.members_per_start``; replaces a reset window."""
+        ``TrainConfig.members_per_start``; replaces a reset window (which is consecutive rows)."""
         self._start_rows = check_start_rows(rows, self.num_envs, total).tolist()
-        self._offset = 0
 
     def _to_torch(self, x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.from_numpy(np.asarray(x)).to(device=self.device, dtype=dtype)
@@ -182,9 +180,8 @@ class GymVecEnv(VecEnv):
         if seed is None:
             seed, self._seed = self._seed, None
         if seed is not None and self._start_rows is not None:
-            obs, _ = self._env.reset(seed=[seed + r for r in self._start_rows])
-        else:
-            obs, _ = self._env.reset(seed=None if seed is None else seed + self._offset)
+            seed = [seed + r for r in self._start_rows]
+        obs, _ = self._env.reset(seed=seed)
         obs_t = self._to_torch(obs)
         self._check_outputs(obs_t, None, "reset")
         return obs_t

@@ -83,7 +83,6 @@ class TorchNativeEnv(VecEnv):
         self._seed = int(seed)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(self._seed)
-        self._window: tuple[int, int] | None = None
         self._start_rows: tuple[torch.Tensor, int] | None = None
         self.state = torch.zeros(num_envs, self.state_dim, device=self.device, dtype=dtype)
         self.elapsed_steps = torch.zeros(num_envs, device=self.device, dtype=torch.int64)
@@ -109,29 +108,24 @@ class TorchNativeEnv(VecEnv):
         starts each env where the single-process run does (``torch.distributed`` training)."""
         check_int("total", total, lo=self.num_envs)
         check_int("offset", offset, lo=0, hi=total - self.num_envs)
-        self._window = (offset, total)
-        self._start_rows = None
+        self.set_start_rows(torch.arange(offset, offset + self.num_envs), total)
 
     def set_start_rows(self, rows: torch.Tensor, total: int) -> None:
         """Make env ``b`` start, at every ``reset``, where row ``rows[b]`` of a batch of ``total`` envs starts
         (``reset`` draws ``total`` initial states and picks ``rows``): envs given the same row share their initial
-        state. Used by ``TrainConfig.members_per_start``; replaces a reset window."""
+        state. Used by ``TrainConfig.members_per_start``; replaces a reset window (which is consecutive rows)."""
         self._start_rows = (check_start_rows(rows, self.num_envs, total).to(self.device), total)
-        self._window = None
 
     # ---- protocol ------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Reset all envs; ``seed`` reseeds the generator. Returns ``obs`` ``(num_envs, obs_dim)`` float32."""
         if seed is not None:
             self._generator.manual_seed(int(seed))
-        if self._start_rows is not None:
-            rows, total = self._start_rows
-            self.state = self._initial_state(total)[rows].contiguous()
-        elif self._window is None:
+        if self._start_rows is None:
             self.state = self._initial_state(self.num_envs)
         else:
-            offset, total = self._window
-            self.state = self._initial_state(total)[offset : offset + self.num_envs].contiguous()
+            rows, total = self._start_rows
+            self.state = self._initial_state(total)[rows].contiguous()
         self.elapsed_steps.zero_()
         self._pending.clear()
         self._since_check = 0
