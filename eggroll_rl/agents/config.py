@@ -334,9 +334,9 @@ def _locomotion(**changes: Any) -> dict[str, Any]:
 # healthy_reward) where an episode ends when the body falls, so that standing still is not the first optimum found
 # (docs/training.md).
 ENV_DEFAULTS |= {
-    # A linear policy (ARS's): on Brax's Hopper at 64 members it passed 1000 in about 1.5M env steps where the
-    # [64, 64] MLP stood near 370 (benchmarks/results/recipes_2026-11-30.md, CPU; the GPU run is to confirm).
-    "hopper": _locomotion(reward_shift=1.0, hidden_sizes=()),
+    # The [64, 64] MLP: best 1217 on the H200 (train_hopper_cuda.md). The linear policy that learns on the CPU (below)
+    # stuck at 644 with 2048 members: the population converged to a lunge (recipes_2026-11-30_gpu.md).
+    "hopper": _locomotion(reward_shift=1.0),
     # Walker2d and Humanoid: their longest measured runs (train_walker2d_cuda.md, train_humanoid_cuda.md) used
     # Rademacher noise (no learning difference from Gaussian seen on HalfCheetah: noise_seeds_halfcheetah_cuda.md).
     "walker2d": _locomotion(reward_shift=1.0, noise="rademacher"),
@@ -373,6 +373,10 @@ ENV_DEFAULTS["reacher@cpu"] |= dict(backend="gym", lr=ENV_DEFAULTS["reacher"]["l
 # within ~15 steps, and dying sooner saved control cost: eval -2.5 to -0.9 for 1000 generations); the linear policy
 # learned (563 at 725 s; train_walker2d_cpu_2core.md). The GPU recipe keeps its measured MLP.
 ENV_DEFAULTS["walker2d@cpu"] |= dict(hidden_sizes=())
+# Hopper on a CPU: a linear policy (ARS's). At 64 members on Brax's Hopper it passed 1000 in about 1.5M env steps where
+# the [64, 64] MLP stood near 370 (recipes_2026-11-30.md); at 128 members on EnvPool's Hopper-v5 it reached 2858 in
+# 658 s on two cores (train_hopper_cpu_2core.md).
+ENV_DEFAULTS["hopper@cpu"] |= dict(hidden_sizes=())
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -17,10 +17,13 @@ ALIVE_BONUS = {"hopper": 1.0, "walker2d": 1.0, "humanoid": 5.0}
 
 # Where an env's recipe departs from HalfCheetah's, as measured (benchmarks/results/recipes_2026-11-30.md).
 TUNED = {
-    "hopper": dict(hidden_sizes=()),
     "reacher": dict(brax_backend="generalized", max_episode_steps=50, members_per_start=2, sigma=0.01, lr=0.005),
 }
-TUNED_CPU = {"reacher": dict(backend="gym", lr=0.005), "walker2d": dict(hidden_sizes=())}
+TUNED_CPU = {
+    "reacher": dict(backend="gym", lr=0.005),
+    "walker2d": dict(hidden_sizes=()),
+    "hopper": dict(hidden_sizes=()),
+}
 
 # HalfCheetah's GPU recipe as measured (benchmarks/results/train_halfcheetah_cuda.md): must not drift.
 HALFCHEETAH_GPU = dict(
