@@ -41,6 +41,11 @@ _TORCH_OPTIMIZERS: dict[Optimizer, type[torch.optim.Optimizer]] = {
 _SIGMA_LARGE = 1e3
 _SEED_BOUND = 1 << 32  # the seed is the generator's uint32 key
 _CLIP_EPS = 1e-12  # keeps the clip scale finite when the gradient is 0
+# Adam on a matrix: True runs the step in the update GEMM's epilogue (kernels.lowrank_adam: G never stored); False
+# stores G (float32) and runs the one-pass kernels.adam_step, the grad_clip path. Same math; the H200 sweep timed
+# the parts of the second route faster (benchmarks/NOTES_kernels.md), and bench_kernels.py's "adam_g" row times
+# step() with it, so the default follows that measurement.
+ADAM_IN_EPILOGUE = True
 _STATE_VERSION = 1
 # Parameters of these dtypes get a float32 master copy: an in-place add into a bf16 weight drops every update below
 # half a bf16 step (about |w| * 2**-9), and Adam's second moment in bf16 cannot follow beta2 = 0.999.
@@ -151,6 +156,7 @@ class EggrollStrategy:
         self.weight_decay = weight_decay
         self.seed = seed
         self.grad_clip = grad_clip
+        self._adam_in_epilogue = ADAM_IN_EPILOGUE
         if isinstance(optimizer, str) and optimizer == "none":
             optimizer = None
         named = isinstance(optimizer, str) and optimizer in _TORCH_OPTIMIZERS
@@ -658,6 +664,7 @@ class EggrollStrategy:
         for i, spec in enumerate(self.specs):
             # a matrix with fixed rows takes the path below: its gradient's fixed rows are zeroed before the step
             fused = rule.kind == "adam" and spec.kind == "matrix" and not spec.fixed_rows and self.grad_clip is None
+            fused = fused and self._adam_in_epilogue
             if fused:
                 p, copy = self._target(i).data, self._copy_target(i)
                 state = self._adam_state(i)

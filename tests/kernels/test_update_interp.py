@@ -327,3 +327,51 @@ def test_strategy_step_through_the_kernels_keeps_a_float64_model_in_float64(monk
         for (name, p), q in zip(model.named_parameters(), twin.parameters()):
             torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-9, msg=name)
             assert p.dtype == torch.float64 and not torch.equal(p, p.float().double()), name
+
+
+@pytest.mark.parametrize("triton", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_both_adam_routes_give_the_same_step(monkeypatch, triton, dtype):
+    """Adam on a matrix runs either in the update GEMM's epilogue (``strategy.ADAM_IN_EPILOGUE``) or as stored ``G``
+    + the one-pass ``adam_step``: the same Adam math on the same float32 ``G``, so the weights, the moments and the
+    metrics agree (to float32 summation order: the two GEMMs may tile ``K`` differently)."""
+    from eggroll_rl import EggrollStrategy, kernels
+
+    monkeypatch.setattr(kernels, "use_triton", lambda device: triton)
+    calls = {True: 0, False: 0}
+    lowrank_adam = kernels.lowrank_adam
+
+    def counted(*args, **kwargs):
+        calls[in_epilogue_now[0]] += 1
+        return lowrank_adam(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "lowrank_adam", counted)
+    in_epilogue_now = [True]
+
+    def run(in_epilogue: bool):
+        in_epilogue_now[0] = in_epilogue
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(48, 40), torch.nn.Tanh(), torch.nn.Linear(40, 24)).to(dtype)
+        es = EggrollStrategy(sigma=0.1, lr=1e-2, rank=2, optimizer="adamw", optimizer_kwargs={"weight_decay": 0.01},
+                             seed=5, allow_cpu=True)  # fmt: skip
+        es.setup(model)
+        es._adam_in_epilogue = in_epilogue
+        metrics = []
+        for epoch in range(3):
+            es.perturb(8, epoch=epoch)
+            metrics.append(es.step(torch.randn(8, generator=torch.Generator().manual_seed(epoch))))
+        return es.state_dict(), metrics
+
+    (fused, fused_metrics), (stored, stored_metrics) = run(True), run(False)
+    assert calls == {True: 6, False: 0}  # two matrices, three steps: the epilogue route only where asked
+    weights = {**fused["params"], **fused["master"]}  # float32: a bf16 model's masters, a float32 model's weights
+    assert len(weights) == 4 and all(v.dtype == torch.float32 for v in weights.values())
+    for name, value in weights.items():
+        torch.testing.assert_close({**stored["params"], **stored["master"]}[name], value, rtol=1e-5, atol=1e-7)
+    for state_f, state_s in zip(fused["optimizer"]["state"].values(), stored["optimizer"]["state"].values()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(state_s[key], state_f[key], rtol=1e-5, atol=1e-10)
+        assert float(state_s["step"]) == float(state_f["step"]) == 3.0
+    for a, b in zip(stored_metrics, fused_metrics):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["update_norm"] == pytest.approx(b["update_norm"], rel=1e-4)
