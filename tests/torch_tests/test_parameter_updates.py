@@ -210,23 +210,35 @@ def test_own_step_equals_torch_optim_on_the_explicit_gradient(device, case):
             assert state["step"].device.type == "cpu"
 
 
-def test_optimizer_with_a_step_hook_goes_through_torch_and_agrees(device):
-    """A hook on the optimizer makes step() call optimizer.step() (the hook runs); both paths give the same result."""
+@pytest.mark.parametrize("hook_kind", ["own", "global", "wrapped"])
+def test_optimizer_with_a_step_hook_goes_through_torch_and_agrees(device, hook_kind):
+    """A hook on the optimizer (its own, a global one, or ``step`` wrapped on the instance) makes step() call
+    optimizer.step(), so the hook runs; both paths give the same result."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
 
     def run(hook: bool):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(device)
         s = make_strategy(device, optimizer="adam", lr=0.02, sigma=0.2, rank=2, grad_clip=0.05)
         s.setup(model)
-        calls = []
-        if hook:
+        calls, handle = [], None
+        if hook and hook_kind == "own":
             s.optimizer.register_step_post_hook(lambda *a: calls.append(1))
-            assert s._own_rule() is None
-        metrics = []
-        for epoch in range(3):
-            with s.perturb(8, epoch=epoch):
-                pass
-            metrics.append(s.step(torch.randn(8, generator=torch.Generator().manual_seed(epoch)).to(device)))
+        elif hook and hook_kind == "global":
+            handle = register_optimizer_step_post_hook(lambda *a: calls.append(1))
+        elif hook:
+            step = s.optimizer.step
+            s.optimizer.step = lambda *a, **k: (calls.append(1), step(*a, **k))[1]
+        try:
+            assert (s._own_rule() is None) == hook
+            metrics = []
+            for epoch in range(3):
+                with s.perturb(8, epoch=epoch):
+                    pass
+                metrics.append(s.step(torch.randn(8, generator=torch.Generator().manual_seed(epoch)).to(device)))
+        finally:
+            if handle is not None:
+                handle.remove()
         assert len(calls) == (3 if hook else 0)
         return model, metrics
 
