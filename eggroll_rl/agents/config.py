@@ -377,6 +377,15 @@ ENV_DEFAULTS["walker2d@cpu"] |= dict(hidden_sizes=())
 # the [64, 64] MLP stood near 370 (recipes_2026-11-30.md); at 128 members on EnvPool's Hopper-v5 it reached 2858 in
 # 658 s on two cores (train_hopper_cpu_2core.md).
 ENV_DEFAULTS["hopper@cpu"] |= dict(hidden_sizes=())
+# Swimmer on a CPU: a linear policy (ARS's) with a larger step, sigma 0.05 / lr 0.05, and 10 minutes: on one core
+# 281 at 121 s, 353 at 264 s, then 355-360 to the end (360.1 at 603 s: gymnasium's 360, just); sigma 0.02 / lr 0.02 was
+# at 270 (197 s) and 317 (244 s), 64 members plateaued near 300 (recipes_2026-11-30b.md, train_swimmer_cpu_1core.md).
+ENV_DEFAULTS["swimmer@cpu"] |= dict(hidden_sizes=(), sigma=0.05, lr=0.05, eval_every=5, time_limit_s=600.0)
+# Swimmer trains with that CPU recipe, on the CPU, on a GPU host too: Brax builds Swimmer with generalized physics only,
+# which stepped 2048 envs at 71k env steps/s on a shared H200 (~29 s a generation; eval 47 after 11 generations,
+# recipes_2026-11-30_gpu.md), where MuJoCo's Swimmer-v5 on one core reached gymnasium's 360 in 10 minutes.
+# `--device cuda` still gets Brax's Swimmer (with this recipe).
+ENV_DEFAULTS["swimmer"] = {**ENV_DEFAULTS["swimmer@cpu"], "device": "cpu"}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

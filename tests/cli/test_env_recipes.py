@@ -3,6 +3,8 @@ env, on each device, is ENV_DEFAULTS' recipe, validates, and is what `--print-co
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import yaml
@@ -23,6 +25,7 @@ TUNED_CPU = {
     "reacher": dict(backend="gym", lr=0.005),
     "walker2d": dict(hidden_sizes=()),
     "hopper": dict(hidden_sizes=()),
+    "swimmer": dict(hidden_sizes=(), sigma=0.05, lr=0.05, eval_every=5, time_limit_s=600.0),
 }
 
 # HalfCheetah's GPU recipe as measured (benchmarks/results/train_halfcheetah_cuda.md): must not drift.
@@ -56,14 +59,30 @@ def test_print_config_shows_the_env_recipe(capsys, env, device):
     config = TrainConfig.from_dict(printed)  # validates
     assert config == TrainConfig.for_env(env, device=device)
     recipe = _recipe(env, device) if _canonical_env_key(env) in ENV_DEFAULTS else {}
+    assert config.device == device  # the flag wins over a recipe's own device (Swimmer's "cpu")
     for key, value in recipe.items():
-        assert getattr(config, key) == value, key
+        if key != "device":
+            assert getattr(config, key) == value, key
     for key, value in TrainConfig().to_dict().items():
         if key not in recipe and key not in ("env", "device"):
             assert printed[key] == value, key  # everything else is the generic default
 
 
-@pytest.mark.parametrize("env", BRAX_ENVS)
+# Envs whose default trains on the CPU even on a GPU host (config.py says why): their GPU recipe is the CPU one.
+CPU_EVERYWHERE = {"swimmer"}
+
+
+def test_swimmer_trains_on_the_cpu_on_a_gpu_host(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu_host = TrainConfig.for_env("Swimmer")
+    assert on_gpu_host.device == "cpu" and on_gpu_host.hidden_sizes == () and on_gpu_host.population == 128
+    assert on_gpu_host == TrainConfig.for_env("Swimmer", device="cpu")
+    assert TrainConfig.for_env("HalfCheetah").population == 2048  # the others keep their GPU recipes
+    cuda = TrainConfig.for_env("Swimmer", device="cuda")  # asked for: Brax's Swimmer with the same recipe
+    assert cuda.device == "cuda" and dataclasses.replace(cuda, device="cpu") == on_gpu_host
+
+
+@pytest.mark.parametrize("env", [e for e in BRAX_ENVS if _canonical_env_key(e) not in CPU_EVERYWHERE])
 def test_locomotion_recipes_start_from_halfcheetah(env):
     key = _canonical_env_key(env)
     gpu = TrainConfig.for_env(env, device="cuda")
@@ -77,10 +96,12 @@ def test_locomotion_recipes_start_from_halfcheetah(env):
     assert gpu.brax_backend == ("generalized" if env in ("Swimmer", "Reacher") else "spring")
     cpu = TrainConfig.for_env(env, device="cpu")
     assert cpu.population <= 256 and cpu.cpu_threads >= 1
-    assert cpu.reward_shift == gpu.reward_shift and cpu.sigma == gpu.sigma
+    tuned = TUNED_CPU.get(key, {})
+    assert cpu.reward_shift == tuned.get("reward_shift", gpu.reward_shift)
+    assert cpu.sigma == tuned.get("sigma", gpu.sigma)
     assert cpu.max_episode_steps == gpu.max_episode_steps
-    assert cpu.hidden_sizes == TUNED_CPU.get(key, {}).get("hidden_sizes", gpu.hidden_sizes)
-    assert {k: getattr(cpu, k) for k in TUNED_CPU.get(key, {})} == TUNED_CPU.get(key, {})
+    assert cpu.hidden_sizes == tuned.get("hidden_sizes", gpu.hidden_sizes)
+    assert {k: getattr(cpu, k) for k in tuned} == tuned
 
 
 def test_halfcheetah_gpu_recipe_is_unchanged():
