@@ -44,45 +44,16 @@ import torch.nn as nn
 
 from eggroll_rl import noise
 
-_MASK32 = 0xFFFFFFFF
-_M0, _M1 = 0xD2511F53, 0xCD9E8D57
-_W0, _W1 = 0x9E3779B9, 0xBB67AE85
 NORMAL_TAIL = {3: math.erfc(3 / math.sqrt(2)), 4: math.erfc(4 / math.sqrt(2))}  # P(|z| > t) of N(0, 1)
 
 
-# ---------------------------------------------------------------------------------------------- Philox-R and words
-def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    p_lo, p_hi = m * (x & 0xFFFF), m * (x >> 16)  # < 2^48 each: no int64 overflow
-    return (p_hi + (p_lo >> 16)) >> 16, (((p_hi & 0xFFFF) << 16) + p_lo) & _MASK32
-
-
-def philox(c0, c1, c2, c3, k0: int, k1: int, rounds: int) -> tuple[torch.Tensor, ...]:
-    """Philox4x32-``rounds`` on uint32 values in int64 tensors; ``rounds=10`` is ``noise.philox4x32``."""
-    words = (torch.as_tensor(c, dtype=torch.int64) & _MASK32 for c in (c0, c1, c2, c3))
-    c0, c1, c2, c3 = torch.broadcast_tensors(*words)
-    k0, k1 = k0 & _MASK32, k1 & _MASK32
-    for _ in range(rounds):
-        hi0, lo0 = _mulhilo(_M0, c0)
-        hi1, lo1 = _mulhilo(_M1, c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
-    return c0, c1, c2, c3
-
-
-def stream_words(seed, param_index, t_eff, noise_ids, stream, columns, num_blocks, rounds) -> torch.Tensor:
-    """``noise.stream_words`` with ``rounds`` Philox rounds: ``(J, C, num_blocks, 4)`` int64 uint32 words."""
-    j = torch.as_tensor(noise_ids, dtype=torch.int64).view(-1, 1, 1)
-    cols = torch.as_tensor(columns, dtype=torch.int64).view(1, -1, 1)
-    blocks = torch.arange(num_blocks, dtype=torch.int64).view(1, 1, -1)
-    c3 = ((stream << 16) | cols) & _MASK32
-    return torch.stack(philox(blocks, j, torch.tensor(t_eff & _MASK32), c3, seed, param_index, rounds), dim=-1)
-
-
 # ------------------------------------------------------------------------------------------ words -> normals maps
-def _box_muller(ua: torch.Tensor, ub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rad = torch.sqrt(-2.0 * torch.log(ua))  # the same torch ops as noise._box_muller: bit for bit
-    theta = math.pi * (2.0 * ub - 1.0)
-    return rad * torch.cos(theta), rad * torch.sin(theta)
+def stream_words(seed, param_index, t_eff, noise_ids, stream, columns, num_blocks, rounds) -> torch.Tensor:
+    """``noise.stream_words`` of several columns with ``rounds`` Philox rounds: ``(J, C, num_blocks, 4)`` words."""
+    return noise.stream_words(seed, param_index, t_eff, noise_ids, stream, list(columns), num_blocks, rounds=rounds)
+
+
+_box_muller = noise.box_muller_uniform
 
 
 def _uniform_bits(h: torch.Tensor, bits: int) -> torch.Tensor:
@@ -324,13 +295,13 @@ def avalanche(rounds_list=(3, 4, 5, 6, 7, 10), samples: int = 4096, seed: int = 
     c = [draw(2**16), draw(2**12), draw(2**12), (draw(3) << 16) | draw(64)]  # block, j, t_eff, stream/column
     out = {}
     for rounds in rounds_list:
-        base = torch.stack(philox(*c, 12345, 3, rounds), dim=-1)  # (S, 4)
+        base = torch.stack(noise.philox4x32(*c, 12345, 3, rounds=rounds), dim=-1)  # (S, 4)
         worst = 0.0
         for word in range(4):
             for bit in range(32):
                 flipped = list(c)
                 flipped[word] = c[word] ^ (1 << bit)
-                diff = base ^ torch.stack(philox(*flipped, 12345, 3, rounds), dim=-1)
+                diff = base ^ torch.stack(noise.philox4x32(*flipped, 12345, 3, rounds=rounds), dim=-1)
                 rate = torch.stack([(diff >> b) & 1 for b in range(32)], dim=-1).double().mean(0)  # (4, 32)
                 worst = max(worst, float((rate - 0.5).abs().max()))
         out[rounds] = worst

@@ -97,7 +97,7 @@ SPANS_PER_CALL_FACTOR, SPANS_PER_CALL_VECTOR = 8, 32
 _MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
-_PHILOX_ROUNDS = 10
+PHILOX_ROUNDS = 10  # the contract's Philox4x32-10
 
 
 def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,14 +112,22 @@ def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def philox4x32(
-    c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: int, k1: int
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    c2: torch.Tensor,
+    c3: torch.Tensor,
+    k0: int,
+    k1: int,
+    *,
+    rounds: int = PHILOX_ROUNDS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Philox4x32-10 on uint32 values stored in int64 tensors (broadcastable). Returns the four output words."""
+    """Philox4x32-10 on uint32 values stored in int64 tensors (broadcastable). Returns the four output words.
+    Another ``rounds`` is not the contract (``benchmarks/noise_options.py`` studies fewer rounds)."""
     c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) & _MASK32 for c in (c0, c1, c2, c3))
     c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
     k0 &= _MASK32
     k1 &= _MASK32
-    for _ in range(_PHILOX_ROUNDS):
+    for _ in range(rounds):
         hi0, lo0 = _mulhilo(_M0, c0)
         hi1, lo1 = _mulhilo(_M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
@@ -141,8 +149,11 @@ def stream_words(
     column,
     num_blocks: int,
     device: torch.device | str | None = None,
+    *,
+    rounds: int = PHILOX_ROUNDS,
 ) -> torch.Tensor:
-    """Raw Philox words of ``num_blocks`` consecutive calls of one or several streams, for each noise index.
+    """Raw Philox words of ``num_blocks`` consecutive calls of one or several streams, for each noise index
+    (``rounds``: see ``philox4x32``).
 
     Args:
         noise_ids: ``(J,)`` noise indices ``j`` (the ``c1`` word).
@@ -159,7 +170,7 @@ def stream_words(
     blocks = torch.arange(num_blocks, dtype=torch.int64, device=device).view(1, 1, -1)
     c2 = torch.tensor(t_eff & _MASK32, dtype=torch.int64, device=device)
     c3 = ((stream << 16) | cols) & _MASK32
-    x = torch.stack(philox4x32(blocks, j, c2, c3, seed, param_index), dim=-1)  # (J, C, blocks, 4)
+    x = torch.stack(philox4x32(blocks, j, c2, c3, seed, param_index, rounds=rounds), dim=-1)  # (J, C, blocks, 4)
     return x[:, 0] if single else x
 
 
@@ -169,8 +180,11 @@ def uniform_from_bits(x: torch.Tensor) -> torch.Tensor:
 
 
 def _box_muller(x_a: torch.Tensor, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    u_a = uniform_from_bits(x_a)
-    u_b = uniform_from_bits(x_b)
+    return box_muller_uniform(uniform_from_bits(x_a), uniform_from_bits(x_b))
+
+
+def box_muller_uniform(u_a: torch.Tensor, u_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two standard normals from two uniforms on (0, 1): radius from ``u_a``, angle from ``u_b``."""
     rad = torch.sqrt(-2.0 * torch.log(u_a))
     theta = math.pi * (2.0 * u_b - 1.0)
     return rad * torch.cos(theta), rad * torch.sin(theta)
