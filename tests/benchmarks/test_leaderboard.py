@@ -4,32 +4,16 @@ tiny budgets (a peer that fails, resume skipping finished cells). Timings are ne
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_modules import load
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))  # leaderboard imports leaderboard_agents by name
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-lb = _load("leaderboard")
-la = _load("leaderboard_agents")
+lb = load("leaderboard")
+la = load("leaderboard_agents")
 
 
 # ------------------------------------------------------------------------------------------------ the maths

@@ -3,30 +3,15 @@ Philox differs, and the rescaled options have unit variance (exactly, from their
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from bench_modules import load
 
 from eggroll_rl import noise
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-no = _load("noise_options")
+no = load("noise_options")
 
 
 def test_philox10_boxmuller_is_the_library_noise():

@@ -3,27 +3,12 @@ skipping finished jobs on a second call, and a deadline that stops a run which s
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from bench_modules import load
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rr = _load("run_recipes")
+rr = load("run_recipes")
 
 TINY = "population=8,hidden_sizes=[8],eval_every=1,eval_episodes=2,max_episode_steps=50,tensorboard=false"
 
