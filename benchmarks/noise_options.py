@@ -200,7 +200,7 @@ def check_against_library() -> dict:
     for seed, k, t, stream, col in [(0, 0, 0, 0, 0), (12345, 3, 17, 1, 2), (2**32 - 1, 7, 2**31 + 5, 2, 0)]:
         ref = noise.stream_words(seed, k, t, ids, stream, col, 41)
         mine = stream_words(seed, k, t, ids, stream, [col], 41, 10)[:, 0]
-        assert torch.equal(ref, mine), "local Philox-10 != noise.philox4x32"
+        assert torch.equal(ref, mine), "the several-column words != noise.stream_words"
         ref_z = noise.normal_stream(seed, k, t, ids, stream, [col, col + 1], 163)
         mine_z = option_stream(BY_NAME["philox10_boxmuller"], seed, k, t, ids, stream, [col, col + 1], 163)
         assert torch.equal(ref_z, mine_z), "philox10_boxmuller != noise.normal_stream"
