@@ -41,11 +41,15 @@ _TORCH_OPTIMIZERS: dict[Optimizer, type[torch.optim.Optimizer]] = {
 _SIGMA_LARGE = 1e3
 _SEED_BOUND = 1 << 32  # the seed is the generator's uint32 key
 _CLIP_EPS = 1e-12  # keeps the clip scale finite when the gradient is 0
-# Adam on a matrix: True runs the step in the update GEMM's epilogue (kernels.lowrank_adam: G never stored); False
-# stores G (float32) and runs the one-pass kernels.adam_step, the grad_clip path. Same math; the H200 sweep timed
-# the parts of the second route faster (benchmarks/NOTES_kernels.md), and bench_kernels.py's "adam_g" row times
-# step() with it, so the default follows that measurement.
-ADAM_IN_EPILOGUE = True
+# Adam on a matrix takes one of two routes with the same math: in the update GEMM's epilogue (kernels.lowrank_adam:
+# G never stored, one launch), or G stored in float32 and the one-pass kernels.adam_step (the grad_clip path, two
+# launches). ADAM_IN_EPILOGUE = None picks by size: matrices of ADAM_G_MIN_NUMEL entries or more store G (on the H200
+# at 8192 x 8192 that step() took 0.83 ms against 1.09 at rank 1, 1.25 against 1.76 at rank 4:
+# benchmarks/NOTES_kernels.md), smaller ones keep the single launch, so RL policies (a 64 x 64 layer is launch-bound
+# either way) train bit for bit as before. The crossover size is not measured; 2**20 is a 1024 x 1024 layer. True /
+# False force one route (tests, bench_kernels.py's "adam" and "adam_g" columns).
+ADAM_IN_EPILOGUE: bool | None = None
+ADAM_G_MIN_NUMEL = 1 << 20
 _STATE_VERSION = 1
 # Parameters of these dtypes get a float32 master copy: an in-place add into a bf16 weight drops every update below
 # half a bf16 step (about |w| * 2**-9), and Adam's second moment in bf16 cannot follow beta2 = 0.999.
@@ -664,7 +668,8 @@ class EggrollStrategy:
         for i, spec in enumerate(self.specs):
             # a matrix with fixed rows takes the path below: its gradient's fixed rows are zeroed before the step
             fused = rule.kind == "adam" and spec.kind == "matrix" and not spec.fixed_rows and self.grad_clip is None
-            fused = fused and self._adam_in_epilogue
+            route = self._adam_in_epilogue
+            fused = fused and (spec.m * spec.n < ADAM_G_MIN_NUMEL if route is None else route)
             if fused:
                 p, copy = self._target(i).data, self._copy_target(i)
                 state = self._adam_state(i)

@@ -334,9 +334,10 @@ def _locomotion(**changes: Any) -> dict[str, Any]:
 # healthy_reward) where an episode ends when the body falls, so that standing still is not the first optimum found
 # (docs/training.md).
 ENV_DEFAULTS |= {
-    # The [64, 64] MLP: best 1217 on the H200 (train_hopper_cuda.md). The linear policy that learns on the CPU (below)
-    # stuck at 644 with 2048 members: the population converged to a lunge (recipes_2026-11-30_gpu.md).
-    "hopper": _locomotion(reward_shift=1.0),
+    # The [64, 64] MLP with sigma 0.05: 2146 at 231 s with a second run on its GPU (train_hopper_cuda.md), where
+    # sigma 0.02 had 1217 at 250 s. Linear policies stuck at 584-1046 in 230 s (2048 members: a lunge, ~170-step
+    # episodes; 128/256 members; sigma 0.05): recipes_2026-11-30_gpu.md, recipes_2026-11-30c_gpu.md.
+    "hopper": _locomotion(reward_shift=1.0, sigma=0.05),
     # Walker2d and Humanoid: their longest measured runs (train_walker2d_cuda.md, train_humanoid_cuda.md) used
     # Rademacher noise (no learning difference from Gaussian seen on HalfCheetah: noise_seeds_halfcheetah_cuda.md).
     "walker2d": _locomotion(reward_shift=1.0, noise="rademacher"),
@@ -376,7 +377,7 @@ ENV_DEFAULTS["walker2d@cpu"] |= dict(hidden_sizes=())
 # Hopper on a CPU: a linear policy (ARS's). At 64 members on Brax's Hopper it passed 1000 in about 1.5M env steps where
 # the [64, 64] MLP stood near 370 (recipes_2026-11-30.md); at 128 members on EnvPool's Hopper-v5 it reached 2858 in
 # 658 s on two cores (train_hopper_cpu_2core.md).
-ENV_DEFAULTS["hopper@cpu"] |= dict(hidden_sizes=())
+ENV_DEFAULTS["hopper@cpu"] |= dict(hidden_sizes=(), sigma=0.02)  # measured with sigma 0.02; the GPU MLP takes 0.05
 # Swimmer on a CPU: a linear policy (ARS's) with a larger step, sigma 0.05 / lr 0.05, and 10 minutes: on one core
 # 281 at 121 s, 353 at 264 s, then 355-360 to the end (360.1 at 603 s: gymnasium's 360, just); sigma 0.02 / lr 0.02 was
 # at 270 (197 s) and 317 (244 s), 64 members plateaued near 300 (recipes_2026-11-30b.md, train_swimmer_cpu_1core.md).

@@ -375,3 +375,30 @@ def test_both_adam_routes_give_the_same_step(monkeypatch, triton, dtype):
     for a, b in zip(stored_metrics, fused_metrics):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
         assert a["update_norm"] == pytest.approx(b["update_norm"], rel=1e-4)
+
+
+def test_adam_route_by_size(monkeypatch):
+    """By default (``ADAM_IN_EPILOGUE = None``) a matrix of ``ADAM_G_MIN_NUMEL`` entries or more stores ``G`` and a
+    smaller one runs Adam in the GEMM's epilogue: with the bound at 48 * 40 entries, the first Linear (48 -> 40) takes
+    the stored-``G`` route and the second (40 -> 24) the epilogue, each step."""
+    from eggroll_rl import EggrollStrategy, kernels, strategy
+
+    monkeypatch.setattr(kernels, "use_triton", lambda device: False)
+    monkeypatch.setattr(strategy, "ADAM_G_MIN_NUMEL", 48 * 40)
+    shapes = []
+    lowrank_adam = kernels.lowrank_adam
+
+    def counted(p, *args, **kwargs):
+        shapes.append(tuple(p.shape))
+        return lowrank_adam(p, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "lowrank_adam", counted)
+    assert strategy.ADAM_IN_EPILOGUE is None
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 40), torch.nn.Tanh(), torch.nn.Linear(40, 24))
+    es = EggrollStrategy(sigma=0.1, lr=1e-2, rank=2, optimizer="adam", seed=5, allow_cpu=True)
+    es.setup(model)
+    for epoch in range(2):
+        es.perturb(8, epoch=epoch)
+        es.step(torch.randn(8, generator=torch.Generator().manual_seed(epoch)))
+    assert shapes == [(24, 40), (24, 40)]
