@@ -298,13 +298,148 @@ def run_brax_es(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------------- evosax
+def tanh_mlp(layers: Any, obs: Any) -> Any:
+    """The evosax peer's policy: ``tanh`` after every layer (``layers``: ``[(W, b), ...]``, ``W`` ``(in, out)``)."""
+    import jax.numpy as jnp
+
+    x = obs
+    for w, b in layers:
+        x = jnp.tanh(x @ w + b)
+    return x
+
+
+def jax_episodes(
+    env: Any, layers: Any, stats: Any, reset_key: Any, num_envs: int, *, length: int, shift: float, batched: bool,
+    obs_clip: float | None,
+) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    """One episode in each of ``num_envs`` Brax envs (``env.reset`` on ``split(reset_key, num_envs)``), ``length``
+    steps at most: env ``i`` acts with ``tanh_mlp`` of ``layers`` (member ``i``'s when ``batched``, the same
+    ``layers`` for all otherwise) on observations normalized by ``stats = (count, mean, m2)`` and clipped to
+    ``obs_clip`` (None: raw). An episode ends at the first ``done``: later rewards are masked out. Returns the sum of
+    ``reward - shift`` over each episode's steps, and the count, sum and sum of squares of the observations the
+    policy acted on (the steps taken, for the running normalization and the env-step count)."""
+    import jax
+    import jax.numpy as jnp
+
+    count, mu, m2 = stats
+
+    def observe(obs: Any) -> Any:
+        if obs_clip is None:
+            return obs
+        return jnp.clip((obs - mu) / jnp.sqrt(m2 / jnp.maximum(count, 1.0) + 1e-8), -obs_clip, obs_clip)
+
+    def body(carry: Any, _: Any) -> Any:
+        state, ret, alive, s0, s1, s2 = carry
+        obs = observe(state.obs)
+        action = jax.vmap(tanh_mlp)(layers, obs) if batched else tanh_mlp(layers, obs)
+        w = alive[:, None]
+        s0, s1, s2 = s0 + alive.sum(), s1 + (state.obs * w).sum(0), s2 + (state.obs**2 * w).sum(0)
+        state = jax.vmap(env.step)(state, action)
+        ret = ret + alive * (state.reward - shift)
+        alive = alive * (1.0 - state.done)
+        return (state, ret, alive, s0, s1, s2), None
+
+    state = jax.vmap(env.reset)(jax.random.split(reset_key, num_envs))
+    zeros = jnp.zeros(env.observation_size)
+    init = (state, jnp.zeros(num_envs), jnp.ones(num_envs), jnp.zeros(()), zeros, zeros)
+    (_, ret, _, s0, s1, s2), _ = jax.lax.scan(body, init, None, length=length)
+    return ret, s0, s1, s2
+
+
+def merge_moments(stats: Any, s0: Any, s1: Any, s2: Any) -> tuple[Any, Any, Any]:
+    """Running ``(count, mean, m2)`` (``m2``: the sum of squared deviations) merged with a batch given by its count
+    ``s0``, sum ``s1`` and sum of squares ``s2`` (Chan et al.'s parallel update)."""
+    import jax.numpy as jnp
+
+    count, mu, m2 = stats
+    batch_mu = s1 / jnp.maximum(s0, 1.0)
+    total = count + s0
+    delta = batch_mu - mu
+    mu = mu + delta * s0 / jnp.maximum(total, 1.0)
+    m2 = m2 + (s2 - s0 * batch_mu**2) + delta**2 * count * s0 / jnp.maximum(total, 1.0)
+    return total, mu, m2
+
+
 def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
-    """evosax's OpenES on the Brax env, when evosax is installed (it is not a dependency)."""
+    """evosax's OpenES (``evosax.algorithms.Open_ES``, evosax >= 0.3) on the Brax env, all in JAX: eggroll's
+    population (antithetic), sigma, Adam learning rate, centered-rank shaping, reward shift and hidden widths; a tanh
+    MLP with tanh actions and running observation normalization (eggroll's default activation is its own ``pqn``, so
+    the network is not identical). Each generation rolls out one episode per member (``lax.scan`` over the episode
+    length, finished episodes masked) and counts the steps of unfinished episodes as env steps, as eggroll does."""
     try:
         import evosax  # noqa: F401
+        from evosax.algorithms import Open_ES
     except ImportError as exc:
         raise AgentNotInstalled(f"evosax is not importable here ({exc}); pip install evosax") from exc
-    raise NotImplementedError("the evosax adapter is not written yet: evosax was not installed where this was built")
+    jax, envs = _import_brax()
+    import jax.numpy as jnp
+    import optax
+
+    config = shared_config(cell)
+    if config.fitness_shaping != "centered_rank" or not config.antithetic or config.optimizer != "adam":
+        raise ValueError("the evosax adapter mirrors centered-rank shaping, antithetic pairs and Adam only")
+    brax_id, env = _brax_env(cell, envs)
+    n, length, shift = config.population, cell.episode_length, config.reward_shift
+    sizes = [env.observation_size, *config.hidden_sizes, env.action_size]
+    key = jax.random.PRNGKey(cell.seed)
+    key, *layer_keys = jax.random.split(key, len(sizes))
+    # Glorot-uniform weights (flax's Dense default is lecun-normal; either is fine for ES), zero biases
+    mean = [
+        (jax.random.uniform(k, (a, b), minval=-1.0, maxval=1.0) * jnp.sqrt(6.0 / (a + b)), jnp.zeros(b))
+        for k, a, b in zip(layer_keys, sizes[:-1], sizes[1:])
+    ]
+    strategy = Open_ES(
+        population_size=n, solution=mean, use_antithetic_sampling=True,
+        optimizer=optax.adam(config.lr), std_schedule=optax.constant_schedule(config.sigma),
+    )  # fmt: skip
+    es_params = strategy.default_params
+
+    def episodes(layers: Any, stats: Any, reset_key: Any, envs_n: int, batched: bool, shift_: float) -> Any:
+        return jax_episodes(
+            env, layers, stats, reset_key, envs_n, length=length, shift=shift_, batched=batched,
+            obs_clip=config.obs_clip if config.obs_norm else None,
+        )  # fmt: skip
+
+    @jax.jit
+    def generation(es_state: Any, stats: Any, key: Any) -> Any:
+        key_ask, key_env, key_tell = jax.random.split(key, 3)
+        population, es_state = strategy.ask(key_ask, es_state, es_params)
+        ret, s0, s1, s2 = episodes(population, stats, key_env, n, True, shift)
+        es_state, _ = strategy.tell(key_tell, population, -ret, es_state, es_params)  # evosax minimizes
+        return es_state, merge_moments(stats, s0, s1, s2), s0
+
+    @jax.jit
+    def evaluation(es_state: Any, stats: Any, key: Any) -> Any:
+        ret, *_ = episodes(strategy.get_mean(es_state), stats, key, config.eval_episodes, False, 0.0)
+        return ret.mean()
+
+    key, key_init = jax.random.split(key)
+    es_state = strategy.init(key_init, mean, es_params)
+    stats = (jnp.zeros(()), jnp.zeros(env.observation_size), jnp.zeros(env.observation_size))
+    chunks: list[tuple[float, int]] = []
+    steps, gen, stopped = 0, 0, "budget"
+    while True:
+        t0 = time.perf_counter()
+        key, key_gen, key_eval = jax.random.split(key, 3)
+        es_state, stats, gen_steps = generation(es_state, stats, key_gen)
+        gen_steps = int(gen_steps)  # waits for the generation
+        chunks.append((time.perf_counter() - t0, gen_steps))
+        steps, gen = steps + gen_steps, gen + 1
+        last = gen >= config.generations
+        if last or gen % config.eval_every == 0 or emit.elapsed() >= budget_s:
+            emit(steps, float(evaluation(es_state, stats, key_eval)))
+            if emit.elapsed() >= budget_s or last:
+                stopped = "generations" if last else "budget"
+                break
+    config_out = dict(
+        env=brax_id, brax_backend=cell.brax_backend, seed=cell.seed, algorithm="evosax.algorithms.Open_ES",
+        evosax=getattr(evosax, "__version__", "unknown"), population=n, sigma=config.sigma, lr=config.lr,
+        optimizer="adam", fitness_shaping="centered_rank", antithetic=True, reward_shift=shift,
+        hidden_sizes=list(config.hidden_sizes), activation="tanh", obs_norm=config.obs_norm,
+        obs_clip=config.obs_clip, episode_length=length, eval_every=config.eval_every,
+        eval_episodes=config.eval_episodes,
+    )  # fmt: skip
+    return {"config": config_out, "chunks": chunks, "stopped": stopped}
 
 
 AGENTS: dict[str, Callable[[Any, float, Callable[..., None]], dict[str, Any]]] = {
