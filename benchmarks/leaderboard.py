@@ -326,6 +326,7 @@ def _cell_record(cell: Cell, cell_dir: Path, code: int | None, log_tail: str, ti
     }, evals  # fmt: skip
 
 
+MIN_CELL_S = 30.0  # with a deadline, a cell is not started with less time left than this
 # Statuses of a cell that resume keeps (the rest are retried); "timeout" cells count on the board until rerun.
 DONE = ("ok", "skipped")
 USABLE = ("ok", "timeout")
@@ -344,10 +345,15 @@ def _gpu_slots(gpus: int) -> list[str]:
 
 def run_board(
     cells: list[Cell], out: Path, gpus: int = 0, workers: int = 1, rerun: bool = False,
-    timeout_s: float | None = None, log: Any = print, max_cells: int | None = None,
+    timeout_s: float | None = None, log: Any = print, max_cells: int | None = None, deadline_s: float | None = None,
 ) -> dict[str, int]:  # fmt: skip
     """Run every cell not already finished (all with ``rerun``; the first ``max_cells`` of them when given);
-    returns counts of ok/error/skipped/timeout/kept cells."""
+    returns counts of ok/error/skipped/timeout/kept cells (and ``left``: not started before the deadline).
+
+    ``deadline_s``: seconds from this call after which nothing runs (a lent machine's time limit). A cell starts only
+    while at least ``MIN_CELL_S`` are left, and is killed at the deadline (its evaluations kept, status "timeout",
+    rerun on the next invocation), so short cells (PPO stops at its step budget) fill a lane back to back."""
+    start = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     finished = {r["cell_id"]: r for r in _read_jsonl(out / "cells.jsonl")}
@@ -356,7 +362,7 @@ def run_board(
         old = finished.get(c.cell_id)
         if rerun or old is None or old["status"] not in DONE or old["spec"] != c.spec():
             todo.append(c)
-    counts = {"ok": 0, "error": 0, "skipped": 0, "timeout": 0, "kept": len(cells) - len(todo)}
+    counts = {"ok": 0, "error": 0, "skipped": 0, "timeout": 0, "kept": len(cells) - len(todo), "left": 0}
     if max_cells is not None:
         todo = todo[:max_cells]  # the rest waits for the next invocation
     log(f"board: {len(cells)} cells, {counts['kept']} already finished, {len(todo)} to run -> {out}")
@@ -372,6 +378,12 @@ def run_board(
                 cell = jobs.get_nowait()
             except queue.Empty:
                 return
+            left = None if deadline_s is None else deadline_s - (time.monotonic() - start)
+            if left is not None and left < MIN_CELL_S:
+                with lock:
+                    counts["left"] += 1
+                    log(f"{cell.cell_id}: not started, {max(left, 0):.0f} s left before the deadline")
+                continue
             cell_dir = out / "cells" / cell.cell_id
             cell_dir.mkdir(parents=True, exist_ok=True)
             for name in ("evals.jsonl", "result.json"):
@@ -385,6 +397,8 @@ def run_board(
             if cell.device == "cpu":
                 env["JAX_PLATFORMS"] = "cpu"
             limit = timeout_s if timeout_s is not None else 1.5 * cell.budget_s + 120.0
+            if left is not None and left < limit:
+                limit = left  # killed at the deadline, evaluations kept
             code, tail = _launch_cell(cell_dir, env, limit)
             record, evals = _cell_record(cell, cell_dir, code, tail, limit)
             with lock:
@@ -801,6 +815,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="cells at once without --gpus (CPU)")
     p.add_argument("--timeout-s", type=float, help="kill a cell after this long (default 1.5 x budget + 120 s)")
     p.add_argument("--max-cells", type=int, help="run at most this many cells now (a machine's time limit)")
+    p.add_argument(
+        "--deadline-s",
+        type=float,
+        help="stop this invocation after this many seconds: no cell starts with less than 30 s left, running cells "
+        "are killed at the deadline (evaluations kept, rerun next time)",
+    )
     p.add_argument("--rerun", action="store_true", help="rerun finished cells too")
     p.add_argument("--report-only", action="store_true", help="only rebuild compare.md/.csv and the plots")
     p.add_argument(
@@ -848,8 +868,9 @@ def main(argv: list[str] | None = None) -> int:
         part = dict(board_info(args.gpus), command=command, started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _write_board_parts(args.out, before + [part])  # before the cells: a killed invocation still says what ran
         counts = run_board(
-            cells, args.out, args.gpus, args.workers, args.rerun, args.timeout_s, max_cells=args.max_cells
-        )
+            cells, args.out, args.gpus, args.workers, args.rerun, args.timeout_s, max_cells=args.max_cells,
+            deadline_s=args.deadline_s,
+        )  # fmt: skip
         if counts["kept"] == len(cells):  # nothing ran: this invocation is no part of the board
             _write_board_parts(args.out, before)
         print(f"cells: {counts}")

@@ -336,3 +336,28 @@ def test_openes_trains_on_the_same_shifted_fitness_as_eggroll(monkeypatch):
     expected = episodes.returns.double() - 0.5 * episodes.lengths.double()
     assert episodes.lengths.min() > 0
     assert torch.allclose(seen["fitness"].double(), expected)
+
+
+SLOW_PEER = """
+import time
+
+def run_slow(cell, budget_s, emit):
+    emit(10, 1.0)
+    time.sleep(120)
+"""
+
+
+def test_a_deadline_kills_the_running_cell_and_starts_no_other(tmp_path, monkeypatch):
+    """``--deadline-s``: the running cell is killed at the deadline with its evaluation kept (status "timeout", so
+    the next invocation reruns it) and a cell with less than ``MIN_CELL_S`` left is not started."""
+    (tmp_path / "slow_peer.py").write_text(SLOW_PEER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(lb, "MIN_CELL_S", 5.0)
+    cells = lb.make_cells(["CartPole"], ["slow_peer:run_slow"], [0, 1], 300.0, "torch", "cpu")
+    logged = []
+    counts = lb.run_board(cells, tmp_path / "lb", workers=1, deadline_s=15.0, log=logged.append)
+    assert counts["timeout"] == 1 and counts["left"] == 1 and counts["ok"] == counts["error"] == 0
+    (record,) = lb._read_jsonl(tmp_path / "lb" / "cells.jsonl")
+    assert record["seed"] == 0 and record["status"] == "timeout" and record["final_return"] == 1.0
+    assert record["wall_s"] <= 15.0  # the cell's limit was the time left, not its 1.5 x 300 s + 120 s default
+    assert any("not started" in line for line in logged)
