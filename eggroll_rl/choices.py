@@ -25,7 +25,8 @@ __all__ = [
 Optimizer = Literal["adam", "adamw", "sgd", "none"]
 """Optimizer applied to the ES gradient ("none": plain ``p += lr * g``)."""
 FitnessShaping = Literal["zscore", "centered_rank", "none"]
-NoiseKind = Literal["gaussian", "rademacher"]
+NoiseKind = Literal["gaussian", "rademacher", "gaussian_fast"]
+"""Noise of the perturbations: Gaussian (the default), +-1 signs, or the cheaper capped Gaussian (``noise.py``)."""
 EnvBackend = Literal["auto", "torch", "gym", "envpool", "brax"]
 BraxBackend = Literal["generalized", "positional", "spring", "mjx"]
 Device = Literal["auto", "cuda", "cpu"]

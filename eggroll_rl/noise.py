@@ -55,8 +55,39 @@ Behaviour change (branch ``rademacher``, 2026-11): each factor column and the ve
 ``e`` at bit ``e % 32`` of word ``(e // 32) % 4`` of call ``e // 128``; the Rademacher noise of a given seed
 changed (same distribution); the Gaussian noise did not.
 
-The two factors of a matrix parameter are i.i.d. N(0, 1) (or +-1) entries; scaling by ``sigma * s_i / sqrt(r)``
-happens outside the generator.
+Fast Gaussian noise (``noise="gaussian_fast"``): Philox4x32-7 (the rounds above, ``FAST_PHILOX_ROUNDS = 7`` of
+them; same key and counter fields) and Box-Muller on the 16-bit halves of each word, so a call gives 8 normals
+instead of 4. Word ``x`` gives one pair: its low half ``lo = x & 0xFFFF`` the radius, its high half ``hi = x >> 16``
+the angle, each half ``h`` a uniform on (0, 1), never 0 or 1::
+
+    u16(h) = (2 h + 1) * 2^-17                   # exact in float32
+    rad = sqrt(-2 * ln u16(lo));  theta = pi * (2 * u16(hi) - 1)
+    z_{2w} = rad * cos(theta);    z_{2w+1} = rad * sin(theta)      # from word x_w, w = 0..3: z_0 .. z_7
+
+* Factors (streams ``0`` and ``1``): the rank columns come in pairs (``column = c // 2`` in ``c3``); the call with
+  ``c0 = a // 4`` holds rows ``4 (a // 4) .. + 3`` of both columns of the pair: entry ``[a, c]`` is
+  ``z_{4 (c % 2) + a % 4}`` of the call with ``c0 = a // 4``, ``c3 = (stream << 16) | (c // 2)`` (words ``x_0, x_1``
+  hold column ``2g``, ``x_2, x_3`` column ``2g + 1``; at odd ranks the last call's ``z_4 .. z_7`` go unused).
+* Vector noise (stream ``2``, ``column = 0``): element ``e`` is ``z_{e % 8}`` of the call with ``c0 = e // 8``.
+
+Why this layout: a kernel thread holds a quad of 4 consecutive rows of a block for every rank column, as for
+Gaussian noise; pairing the columns, not the rows, gives it all 8 normals of a call for its own quad (4 rows x 2
+columns) whatever the block size or the number of warps, with no state kept across blocks (a pairing of two blocks
+or spans of rows would tie the contract to one block size: blocks narrower or wider than the span would compute the
+call twice). Its cost: rank 1 and the last column of odd ranks use half a call. The vector stream has no second
+column: a call holds 8 consecutive elements, which a kernel generates 8 to a thread and the consumer may lay out
+otherwise (a register shuffle); it is the smaller share of the normals (``m`` a layer against ``r (m + n)``).
+Statistical cost (``benchmarks/results/noise_options.md``, option ``philox7_bm16``, whose streams are the vector
+layout above; a factor column pair here is a fixed permutation of the study's stream ``column = g``, row pairs
+``(a, a + 1)``, ``a`` even, still being Box-Muller pairs): on 2^24 normals no moment,
+tail mass, Kolmogorov-Smirnov distance or correlation differs from the Gaussian noise's beyond its standard error,
+and 7 rounds pass the avalanche test with one round of margin (10 keep four). The radius is quantized to 16 bits,
+so ``|z| <= sqrt(34 ln 2) = 4.855`` (``FAST_Z_MAX``; 5.768 for the Gaussian noise): the mass beyond radius 4.71,
+``2^-16`` a pair, sits on one radius. Its speed is to be measured on the GPU (``benchmarks/bench_kernels.py
+--noises gaussian_fast``); the study's instruction count predicts a faster generator, not a measured one.
+
+The two factors of a matrix parameter have i.i.d. entries, N(0, 1) (+-1, or the capped normals of
+``gaussian_fast``); scaling by ``sigma * s_i / sqrt(r)`` happens outside the generator.
 
 Members and noise indices (``member_noise_and_sign``): with antithetic sampling members ``2j`` and ``2j + 1`` share
 noise index ``j`` with signs ``+1`` and ``-1``; without it member ``i`` has noise index ``i`` and sign ``+1``.
@@ -82,6 +113,11 @@ __all__ = [
     "uniform_from_bits",
     "normal_stream",
     "rademacher_stream",
+    "fast_normal_stream",
+    "uniform_from_half",
+    "stream_generator",
+    "FAST_PHILOX_ROUNDS",
+    "FAST_Z_MAX",
     "sign_position",
     "factor_noise",
     "vector_noise",
@@ -98,6 +134,8 @@ _MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 PHILOX_ROUNDS = 10  # the contract's Philox4x32-10
+FAST_PHILOX_ROUNDS = 7  # gaussian_fast: Philox4x32-7
+FAST_Z_MAX = math.sqrt(34 * math.log(2))  # gaussian_fast: largest |z| (16-bit radius: u >= 2^-17), 4.855
 
 
 def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,11 +294,60 @@ def rademacher_stream(
     return signs[:, 0] if single else signs
 
 
-def _stream(noise: str):
+def uniform_from_half(h: torch.Tensor) -> torch.Tensor:
+    """16-bit halves (int64 tensor) -> float32 uniforms on (0, 1): ``(2 h + 1) * 2^-17``, exact."""
+    return (h * 2 + 1).to(torch.float32) * (2.0**-17)
+
+
+def _fast_normals(words: torch.Tensor) -> torch.Tensor:
+    """``(..., 4)`` words of calls -> ``(..., 8)`` normals ``z_0 .. z_7`` of ``gaussian_fast`` (the spec)."""
+    zc, zs = box_muller_uniform(uniform_from_half(words & 0xFFFF), uniform_from_half(words >> 16))
+    return torch.stack((zc, zs), dim=-1).flatten(-2)  # z_{2w} = cos, z_{2w+1} = sin of word w
+
+
+def fast_normal_stream(
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    stream: int,
+    column,
+    length: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The first ``length`` ``gaussian_fast`` normals of a factor column (``STREAM_A``, ``STREAM_B``: rows
+    ``0 .. length-1`` of column ``column``) or of the vector stream (``STREAM_VECTOR``, ``column=0``): ``(J, length)``
+    float32 (``(J, C, length)`` when ``column`` is a sequence of ``C`` columns). Each call is made once for both
+    columns of its pair."""
+    single = isinstance(column, int)
+    cols = [column] if single else [int(c) for c in column]
+    if stream == STREAM_VECTOR:
+        if any(c != 0 for c in cols):
+            raise invalid("column", column, "0 for the vector stream")
+        words = stream_words(seed, param_index, t_eff, noise_ids, stream, [0], -(-length // 8), device,
+                             rounds=FAST_PHILOX_ROUNDS)  # fmt: skip
+        z = _fast_normals(words).flatten(-2)[..., :length]  # (J, 1, length): element e is z_{e % 8} of call e // 8
+        z = z.expand(-1, len(cols), -1)
+    else:
+        pairs = sorted({c // 2 for c in cols})
+        words = stream_words(seed, param_index, t_eff, noise_ids, stream, pairs, -(-length // 4), device,
+                             rounds=FAST_PHILOX_ROUNDS)  # fmt: skip
+        J, G, B = words.shape[:3]
+        # (J, G, B, 8) -> [.., g, b, h, l] = z_{4h + l} of call b: row 4b + l of column 2g + h
+        z = _fast_normals(words).view(J, G, B, 2, 4).permute(0, 1, 3, 2, 4).reshape(J, 2 * G, 4 * B)
+        z = z[:, [2 * pairs.index(c // 2) + c % 2 for c in cols], :length]
+    return z[:, 0] if single else z
+
+
+def stream_generator(noise: str):
+    """The stream function of a noise kind (``normal_stream``, ``rademacher_stream``, ``fast_normal_stream``: one
+    signature), or a ValueError naming ``noise``."""
     if noise == "gaussian":
         return normal_stream
     if noise == "rademacher":
         return rademacher_stream
+    if noise == "gaussian_fast":
+        return fast_normal_stream
     raise invalid("noise", noise, f"one of {list(NOISE_TYPES)}")
 
 
@@ -280,7 +367,7 @@ def factor_noise(
     Returns:
         ``(J, num_rows, rank)`` float32; entry ``[j, a, c]`` is element ``a`` of stream ``(stream, column=c)``.
     """
-    z = _stream(noise)(seed, param_index, t_eff, noise_ids, stream, list(range(rank)), num_rows, device)
+    z = stream_generator(noise)(seed, param_index, t_eff, noise_ids, stream, list(range(rank)), num_rows, device)
     return z.transpose(1, 2)  # (J, rank, rows) -> (J, rows, rank)
 
 
@@ -294,7 +381,7 @@ def vector_noise(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Full-rank noise of a non-matrix parameter, flattened: ``(J, numel)`` float32."""
-    return _stream(noise)(seed, param_index, t_eff, noise_ids, STREAM_VECTOR, 0, numel, device)
+    return stream_generator(noise)(seed, param_index, t_eff, noise_ids, STREAM_VECTOR, 0, numel, device)
 
 
 def member_noise_and_sign(member_ids: torch.Tensor, antithetic: bool) -> tuple[torch.Tensor, torch.Tensor]:
