@@ -67,7 +67,7 @@ def as_i32(v: int) -> int:
 
 
 def noise_code(noise: str) -> int:
-    """The kernels' ``NOISE`` meta-parameter: 0 Gaussian, 1 Rademacher."""
+    """The kernels' ``NOISE`` meta-parameter: 0 Gaussian, 1 Rademacher, 2 Gaussian-fast (``NOISE_TYPES`` order)."""
     return NOISE_TYPES.index(check_choice("noise", noise, NOISE_TYPES))
 
 

@@ -29,6 +29,8 @@ from .philox import (
     FACTOR_SPANS,
     VECTOR_SPANS,
     column_block,
+    fast_pair_block,
+    pick_pair,
     pick_word,
     quad_signs,
     sign_spans,
@@ -40,8 +42,9 @@ from .philox import (
 
 # Launch shape of the delta kernel, from the sweep of benchmarks/tune_delta.py on the H100 (2026-11-24): layers with
 # a side of at least WIDE_FEATURES get WIDE_WARPS warps, others NARROW_WARPS; feature blocks and row tiles hold
-# 4 * 32 * warps elements (a quad per thread: one Philox call per thread per Gaussian noise block; Rademacher blocks of
-# a span or more keep each thread's call for 8 spans, noise.py); at most MAX_ROWS_PER_PROGRAM rows a program.
+# 4 * 32 * warps elements (a quad per thread: one Philox call per thread per Gaussian noise block, per pair of
+# Gaussian-fast columns; Rademacher blocks of a span or more keep each thread's call for 8 spans, noise.py); at most
+# MAX_ROWS_PER_PROGRAM rows a program.
 WIDE_FEATURES = 4096
 WIDE_WARPS = 8
 NARROW_WARPS = 4
@@ -64,10 +67,17 @@ def _b_dots(
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Accumulate ``x * B[:, c]`` elementwise for rank columns ``c < RANK <= 4`` of one block of ``K``
-    (Rademacher: from the words ``w0 .. w3`` of the block's calls, one per column)."""
+    (Rademacher: from the words ``w0 .. w3`` of the block's calls, one per column; Gaussian-fast: one call per
+    pair of columns)."""
     span = sign_spans(k_start, BLOCK_K // 4)
+    if NOISE == 2:
+        f0, f1 = fast_pair_block(k0, kw, j, t, 1, 0, k_start, P, BLOCK_K, FAST_MATH)
+        if RANK > 2:
+            f2, f3 = fast_pair_block(k0, kw, j, t, 1, 1, k_start, P, BLOCK_K, FAST_MATH)
     if NOISE == 0:
         bn = column_block(k0, kw, j, t, 1, 0, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+    elif NOISE == 2:
+        bn = f0
     else:
         bn = quad_signs(w0, span, P, BLOCK_K // 4)
     aa0 += xa * bn
@@ -76,6 +86,8 @@ def _b_dots(
     if RANK > 1:
         if NOISE == 0:
             bn = column_block(k0, kw, j, t, 1, 1, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        elif NOISE == 2:
+            bn = f1
         else:
             bn = quad_signs(w1, span, P, BLOCK_K // 4)
         aa1 += xa * bn
@@ -84,6 +96,8 @@ def _b_dots(
     if RANK > 2:
         if NOISE == 0:
             bn = column_block(k0, kw, j, t, 1, 2, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        elif NOISE == 2:
+            bn = f2
         else:
             bn = quad_signs(w2, span, P, BLOCK_K // 4)
         aa2 += xa * bn
@@ -92,6 +106,8 @@ def _b_dots(
     if RANK > 3:
         if NOISE == 0:
             bn = column_block(k0, kw, j, t, 1, 3, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+        elif NOISE == 2:
+            bn = f3
         else:
             bn = quad_signs(w3, span, P, BLOCK_K // 4)
         aa3 += xa * bn
@@ -109,7 +125,8 @@ def _d_block(
     BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """Write one block of ``D = sum_c u_c A[:, c]^T + b + sigma s eps`` (rank columns ``c < RANK <= 4``;
-    Rademacher: from the words of the block's calls, ``w0 .. w3`` for ``A``, ``v0 .. v3`` for ``eps``)."""
+    Rademacher: from the words of the block's calls, ``w0 .. w3`` for ``A``, ``v0 .. v3`` for ``eps``;
+    Gaussian-fast: one call per pair of columns of ``A``)."""
     span = sign_spans(m_start, BLOCK_M // 4)
     ms = m_start + tl.arange(0, BLOCK_M)
     mmask = ms < M
@@ -125,8 +142,14 @@ def _d_block(
             d_a = tl.broadcast_to(b[None, :], [P, BLOCK_M])
             d_b = d_a
     if PERTURB_W:
+        if NOISE == 2:
+            f0, f1 = fast_pair_block(k0, kw, j, t, 0, 0, m_start, P, BLOCK_M, FAST_MATH)
+            if RANK > 2:
+                f2, f3 = fast_pair_block(k0, kw, j, t, 0, 1, m_start, P, BLOCK_M, FAST_MATH)
         if NOISE == 0:
             an = column_block(k0, kw, j, t, 0, 0, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+        elif NOISE == 2:
+            an = f0
         else:
             an = quad_signs(w0, span, P, BLOCK_M // 4)
         d_a += ua0[:, None] * an
@@ -135,6 +158,8 @@ def _d_block(
         if RANK > 1:
             if NOISE == 0:
                 an = column_block(k0, kw, j, t, 0, 1, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            elif NOISE == 2:
+                an = f1
             else:
                 an = quad_signs(w1, span, P, BLOCK_M // 4)
             d_a += ua1[:, None] * an
@@ -143,6 +168,8 @@ def _d_block(
         if RANK > 2:
             if NOISE == 0:
                 an = column_block(k0, kw, j, t, 0, 2, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            elif NOISE == 2:
+                an = f2
             else:
                 an = quad_signs(w2, span, P, BLOCK_M // 4)
             d_a += ua2[:, None] * an
@@ -151,13 +178,15 @@ def _d_block(
         if RANK > 3:
             if NOISE == 0:
                 an = column_block(k0, kw, j, t, 0, 3, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+            elif NOISE == 2:
+                an = f3
             else:
                 an = quad_signs(w3, span, P, BLOCK_M // 4)
             d_a += ua3[:, None] * an
             if PAIRED:
                 d_b += ub3[:, None] * an
     if PERTURB_B:
-        if NOISE == 0:
+        if NOISE != 1:
             eps = vector_block(k0, kb, j, t, m_start, P, BLOCK_M, NOISE, FAST_MATH)
         else:
             eps = quad_signs(vector_word(v0, v1, v2, v3, span), span, P, BLOCK_M // 4)
@@ -306,6 +335,10 @@ def lowrank_delta_kernel(
                 for c in tl.static_range(RANK):
                     if NOISE == 0:
                         bnoise = column_block(k0, kw, j, t, 1, c, k_start, P, BLOCK_K, NOISE, FAST_MATH)
+                    elif NOISE == 2:
+                        if c % 2 == 0:  # one call per quad for the pair's two columns
+                            f0, f1 = fast_pair_block(k0, kw, j, t, 1, c // 2, k_start, P, BLOCK_K, FAST_MATH)
+                        bnoise = pick_pair(f0, f1, c % 2)
                     else:
                         if c % 4 == 0:  # one call per quad for the group's four columns (no reuse across blocks)
                             g0, g1, g2, g3 = sign_words(
@@ -364,6 +397,10 @@ def lowrank_delta_kernel(
                 for c in tl.static_range(RANK):
                     if NOISE == 0:
                         anoise = column_block(k0, kw, j, t, 0, c, m_start, P, BLOCK_M, NOISE, FAST_MATH)
+                    elif NOISE == 2:
+                        if c % 2 == 0:
+                            f0, f1 = fast_pair_block(k0, kw, j, t, 0, c // 2, m_start, P, BLOCK_M, FAST_MATH)
+                        anoise = pick_pair(f0, f1, c % 2)
                     else:
                         if c % 4 == 0:
                             g0, g1, g2, g3 = sign_words(k0, kw, j, t, c // 4, m_start, P, BLOCK_M // 4, FACTOR_SPANS)

@@ -1,14 +1,17 @@
-"""The noise contract of ``eggroll_rl.noise`` in Triton: Philox4x32-10 and its transforms, in registers.
+"""The noise contract of ``eggroll_rl.noise`` in Triton: Philox4x32-10 (-7 for ``gaussian_fast``) and its
+transforms, in registers.
 
 Every helper here reproduces the pure-torch reference bit for bit on the raw 32-bit words and to float rounding on
-the normals (``FAST_MATH`` uses the special-function unit's approximations; see ``_box_muller`` for the error
+the normals (``FAST_MATH`` uses the special-function unit's approximations; see ``_box_muller_uniform`` for the error
 budget). Blocks of noise are produced for several noise indices at once: ``j`` is a ``(P,)`` tensor and the result is
 ``(P, NCOL)`` elements ``e0 .. e0 + NCOL - 1`` of one stream.
 
-The other kernels call ``column_block`` (a factor column) and ``vector_block`` (the vector stream); kernels that walk
-the rows of a Rademacher factor or vector use ``sign_words_next`` (one call per thread for up to 128 signs, kept in
-registers across blocks) and ``quad_signs``. Whole streams (``stream_words_triton``, ``noise_stream_triton``) are
-for tests and tools; their twins are ``noise.stream_words`` and ``noise_stream_reference`` (``noise.py``'s streams).
+The other kernels call ``column_block`` (a factor column) and ``vector_block`` (the vector stream); kernels that
+walk the rows of a Rademacher factor or vector use ``sign_words_next`` (one call per thread for up to 128 signs,
+kept in registers across blocks) and ``quad_signs``; kernels that walk the rank columns of a ``gaussian_fast``
+factor use ``fast_pair_block`` (one call per thread for a quad of rows of two columns). Whole streams
+(``stream_words_triton``, ``noise_stream_triton``) are for tests and tools; their twins are ``noise.stream_words``
+and ``noise_stream_reference`` (``noise.py``'s streams).
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ _W1 = tl.constexpr(0xBB67AE85)
 SIGN_SPAN = tl.constexpr(_noise.SIGN_SPAN)
 FACTOR_SPANS = tl.constexpr(_noise.SPANS_PER_CALL_FACTOR)  # spans a Rademacher call holds: factor column group
 VECTOR_SPANS = tl.constexpr(_noise.SPANS_PER_CALL_VECTOR)  # ... vector noise
+PHILOX_ROUNDS = _noise.PHILOX_ROUNDS  # the default of the ROUNDS meta-parameters below
+FAST_ROUNDS = tl.constexpr(_noise.FAST_PHILOX_ROUNDS)  # gaussian_fast
 
 
 @triton.jit
-def philox4x32(c0, c1, c2, c3, k0, k1):
-    """Ten Philox rounds on uint32 tensors (broadcastable); ``k0``/``k1`` uint32 scalars. Returns the 4 words."""
-    for _ in tl.static_range(10):
+def philox4x32(c0, c1, c2, c3, k0, k1, ROUNDS: tl.constexpr = PHILOX_ROUNDS):
+    """``ROUNDS`` Philox rounds (the contract's 10; 7 for ``gaussian_fast``) on uint32 tensors (broadcastable);
+    ``k0``/``k1`` uint32 scalars. Returns the 4 words."""
+    for _ in tl.static_range(ROUNDS):
         hi0 = tl.umulhi(c0, _M0)
         lo0 = c0 * _M0
         hi1 = tl.umulhi(c2, _M1)
@@ -83,17 +89,42 @@ def _cos(x, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
+def _uniform16_lo(x):
+    # gaussian_fast: the low half h as (2 h + 1) * 2^-17, exactly: 1 + h 2^-16 from bits, minus (1 - 2^-17)
+    f = (((x & 0xFFFF) << 7) | 0x3F800000).to(tl.float32, bitcast=True)
+    return f - 0.99999237060546875
+
+
+@triton.jit
+def _uniform16_hi(x):
+    # ... the high half: bits 16..31 moved to the mantissa's top 16 bits (x >> 9, low 7 bits cleared)
+    f = (((x >> 9) & 0x7FFF80) | 0x3F800000).to(tl.float32, bitcast=True)
+    return f - 0.99999237060546875
+
+
+@triton.jit
 def _box_muller(xa, xb, FAST_MATH: tl.constexpr):
-    """Two normals from two words, per noise.py: ``sqrt(-2 ln u_a) * (cos, sin)(pi (2 u_b - 1))``.
+    """Two normals from two words, per noise.py: ``sqrt(-2 ln u_a) * (cos, sin)(pi (2 u_b - 1))``."""
+    return _box_muller_uniform(_uniform(xa), _uniform(xb), FAST_MATH)
+
+
+@triton.jit
+def _box_muller16(x, FAST_MATH: tl.constexpr):
+    """``gaussian_fast``: two normals from one word, the radius from its low half, the angle from its high half."""
+    return _box_muller_uniform(_uniform16_lo(x), _uniform16_hi(x), FAST_MATH)
+
+
+@triton.jit
+def _box_muller_uniform(ua, ub, FAST_MATH: tl.constexpr):
+    """Two normals from two uniforms on (0, 1) of the form ``(2k+1) 2^-24`` or ``(2k+1) 2^-17``.
 
     Error budget with FAST_MATH: lg2.approx has an *absolute* error near 2^-22.6 on (0.5, 1), ruinous when
     ``u_a -> 1`` (the log is tiny). There, ``v = 1 - u_a`` is exact and ``-2 ln(1 - v) = 2v + v^2 + 2v^3/3 + ...``
     is cut after ``v^2`` for ``v < 2^-8`` (relative error < v^2/3 < 6e-6 on the squared radius, < 2e-7 on a normal).
     For ``v >= 2^-8`` the log's error is < 2.2e-7 on ``rad^2 >= 2^-7``: < 2e-6 on a normal. sin/cos.approx add
     < 2^-20.5 * 5.8 (largest radius) < 4e-6. The ``.ftz`` forms skip denormal handling: no input here is denormal.
+    The 16-bit uniforms of ``gaussian_fast`` are among these values (``v >= 2^-17``): the same budget holds.
     """
-    ua = _uniform(xa)
-    ub = _uniform(xb)
     v = 1.0 - ua  # exact: ua = (2k+1) 2^-24
     series = v * (2.0 + v)
     minus2ln = -1.3862943611198906 * _lg2(ua, FAST_MATH)  # -2 ln(2) log2(u)
@@ -103,14 +134,14 @@ def _box_muller(xa, xb, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
-def stream_words(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NB: tl.constexpr):
+def stream_words(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NB: tl.constexpr, ROUNDS: tl.constexpr = PHILOX_ROUNDS):
     """Words of calls ``c0 = e0 + 0..NB-1`` for ``P`` noise indices ``j``: four ``(P, NB)`` uint32 tensors."""
     blk = (e0 + tl.arange(0, NB)).to(tl.uint32)
     c0 = tl.zeros([P, NB], dtype=tl.uint32) + blk[None, :]
     c1 = tl.zeros([P, NB], dtype=tl.uint32) + j.to(tl.uint32)[:, None]
     c2 = tl.zeros([P, NB], dtype=tl.uint32) + t_eff
     c3b = tl.zeros([P, NB], dtype=tl.uint32) + c3
-    return philox4x32(c0, c1, c2, c3b, k0, k1)
+    return philox4x32(c0, c1, c2, c3b, k0, k1, ROUNDS)
 
 
 @triton.jit
@@ -122,6 +153,39 @@ def gaussian_block(k0, k1, j, t_eff, c3, e0, P: tl.constexpr, NCOL: tl.constexpr
     # element 4b + w is z_w of call b; join adds a trailing axis, so (P, NCOL/4, 2, 2)[..., q, p] = z_{2q+p}
     z = tl.join(tl.join(z0, z2), tl.join(z1, z3))
     return tl.reshape(z, [P, NCOL])
+
+
+@triton.jit
+def fast_pair_block(
+    k0, k1, j, t_eff, stream, g, e0, P: tl.constexpr, NCOL: tl.constexpr, FAST_MATH: tl.constexpr
+):  # fmt: skip
+    """``gaussian_fast``: rows ``e0 .. e0+NCOL-1`` (``e0 % 4 == 0``) of factor columns ``2g`` and ``2g+1`` of
+    ``stream`` (0: A, 1: B) for ``P`` noise indices, two ``(P, NCOL)`` float32: one call per quad of rows, its words
+    ``x_0, x_1`` for the first column, ``x_2, x_3`` for the second (``noise.fast_normal_stream``)."""
+    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff, (stream << 16) | g, e0 // 4, P, NCOL // 4, FAST_ROUNDS)
+    z0, z1 = _box_muller16(x0, FAST_MATH)
+    z2, z3 = _box_muller16(x1, FAST_MATH)
+    z4, z5 = _box_muller16(x2, FAST_MATH)
+    z6, z7 = _box_muller16(x3, FAST_MATH)
+    # as gaussian_block: (P, NCOL/4, 2, 2)[..., q, p] = the quad's element 2q + p
+    za = tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [P, NCOL])
+    zb = tl.reshape(tl.join(tl.join(z4, z6), tl.join(z5, z7)), [P, NCOL])
+    return za, zb
+
+
+@triton.jit
+def fast_vector_block(k0, k1, j, t_eff, e0, P: tl.constexpr, NCOL: tl.constexpr, FAST_MATH: tl.constexpr):
+    """``gaussian_fast``: elements ``e0 .. e0+NCOL-1`` (``e0 % 8 == 0``, ``NCOL >= 8``) of the vector stream for
+    ``P`` noise indices, ``(P, NCOL)`` float32: one call per 8 consecutive elements, all 8 normals in one thread."""
+    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff, 2 << 16, e0 // 8, P, NCOL // 8, FAST_ROUNDS)
+    z0, z1 = _box_muller16(x0, FAST_MATH)
+    z2, z3 = _box_muller16(x1, FAST_MATH)
+    z4, z5 = _box_muller16(x2, FAST_MATH)
+    z6, z7 = _box_muller16(x3, FAST_MATH)
+    # join adds a trailing axis: (P, NCOL/8, 2, 2, 2)[..., r, q, p] = z_{4r + 2q + p}
+    lo = tl.join(tl.join(z0, z4), tl.join(z2, z6))
+    hi = tl.join(tl.join(z1, z5), tl.join(z3, z7))
+    return tl.reshape(tl.join(lo, hi), [P, NCOL])
 
 
 @triton.jit
@@ -196,16 +260,29 @@ def pick_word(x0, x1, x2, x3, W: tl.constexpr):
 
 
 @triton.jit
+def pick_pair(za, zb, H: tl.constexpr):
+    """Column ``2g + H`` of a ``fast_pair_block`` pair for a compile-time ``H``."""
+    z = zb
+    if H == 0:
+        z = za
+    return z
+
+
+@triton.jit
 def column_block(
     k0, k1, j, t_eff, stream, c, e0, P: tl.constexpr, NCOL: tl.constexpr, NOISE: tl.constexpr,
     FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     """Rows ``e0 .. e0+NCOL-1`` of factor column ``c`` of ``stream`` (0: A, 1: B) for ``P`` noise indices, float32
-    ``(P, NCOL)`` (``NOISE``: 0 Gaussian, 1 Rademacher; ``e0 % 4 == 0``). Kernels that walk the rows of up to four
-    Rademacher columns use ``sign_words_next`` and ``quad_signs`` instead (one call for the group's columns,
-    kept for 8 spans)."""
+    ``(P, NCOL)`` (``NOISE``: 0 Gaussian, 1 Rademacher, 2 Gaussian-fast; ``e0 % 4 == 0``). Kernels that walk the
+    rows of up to four Rademacher columns use ``sign_words_next`` and ``quad_signs`` instead (one call for the
+    group's columns, kept for 8 spans); kernels that walk Gaussian-fast columns take both columns of a pair from
+    ``fast_pair_block`` (this helper uses half of its call)."""
     if NOISE == 0:
         return gaussian_block(k0, k1, j, t_eff, (stream << 16) | c, e0, P, NCOL, FAST_MATH)
+    elif NOISE == 2:
+        za, zb = fast_pair_block(k0, k1, j, t_eff, stream, c // 2, e0, P, NCOL, FAST_MATH)
+        return tl.where(c % 2 == 0, za, zb)
     else:
         x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, (stream << 16) | (c // 4), e0, P, NCOL // 4, FACTOR_SPANS)
         w = c % 4
@@ -218,9 +295,11 @@ def vector_block(
     k0, k1, j, t_eff, e0, P: tl.constexpr, NCOL: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr
 ):
     """Elements ``e0 .. e0+NCOL-1`` (``e0 % 4 == 0``) of the vector stream (full-rank noise of a non-matrix
-    parameter) for ``P`` noise indices: ``(P, NCOL)`` float32."""
+    parameter) for ``P`` noise indices: ``(P, NCOL)`` float32 (``NOISE == 2``: ``e0 % 8 == 0``, ``NCOL >= 8``)."""
     if NOISE == 0:
         return gaussian_block(k0, k1, j, t_eff, 2 << 16, e0, P, NCOL, FAST_MATH)
+    elif NOISE == 2:
+        return fast_vector_block(k0, k1, j, t_eff, e0, P, NCOL, FAST_MATH)
     else:
         x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, 2 << 16, e0, P, NCOL // 4, VECTOR_SPANS)
         span = sign_spans(e0, NCOL // 4)
@@ -242,6 +321,7 @@ def _words_kernel(
     c3,
     P: tl.constexpr,
     NB: tl.constexpr,
+    ROUNDS: tl.constexpr,
 ):
     pid_j = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -250,7 +330,7 @@ def _words_kernel(
     k0 = seed.to(tl.uint32, bitcast=True)
     k1 = param_index.to(tl.uint32, bitcast=True)
     b0 = pid_b * NB
-    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff.to(tl.uint32, bitcast=True), c3, b0, P, NB)
+    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff.to(tl.uint32, bitcast=True), c3, b0, P, NB, ROUNDS)
     bb = b0 + tl.arange(0, NB)
     base = out_ptr + jj[:, None] * (num_blocks * 4) + bb[None, :] * 4
     mask = (jj[:, None] < J) & (bb[None, :] < num_blocks)
@@ -295,16 +375,25 @@ def _stream_kernel(
 
 
 def stream_words_triton(
-    seed: int, param_index: int, t_eff: int, noise_ids: torch.Tensor, stream: int, column: int, num_blocks: int
+    seed: int,
+    param_index: int,
+    t_eff: int,
+    noise_ids: torch.Tensor,
+    stream: int,
+    column: int,
+    num_blocks: int,
+    *,
+    rounds: int = PHILOX_ROUNDS,
 ) -> torch.Tensor:
-    """Triton twin of ``noise.stream_words``: ``(J, num_blocks, 4)`` int64 words."""
+    """Triton twin of ``noise.stream_words``: ``(J, num_blocks, 4)`` int64 words (``rounds``: 10, or 7 for
+    ``gaussian_fast``)."""
     ids = check_ids("noise_ids", noise_ids, None, noise_ids.device)
     out = torch.empty(ids.numel(), num_blocks, 4, dtype=torch.int64, device=ids.device)
     if out.numel():
         p, nb = 4, 64
         _words_kernel[(triton.cdiv(ids.numel(), p), triton.cdiv(num_blocks, nb))](
             out, ids, ids.numel(), num_blocks, as_i32(seed), as_i32(param_index), as_i32(t_eff),
-            ((stream << 16) | column) & 0x7FFFFFFF, P=p, NB=nb,
+            ((stream << 16) | column) & 0x7FFFFFFF, P=p, NB=nb, ROUNDS=rounds,
         )  # fmt: skip
     return out
 
@@ -350,7 +439,6 @@ def noise_stream_reference(
     noise: str = "gaussian",
     fast_math: bool = FAST_MATH,
 ) -> torch.Tensor:
-    """Pure-torch twin of ``noise_stream_triton`` (``noise.normal_stream`` / ``noise.rademacher_stream``; exact
-    math, so ``fast_math`` is ignored)."""
-    fn = _noise.normal_stream if noise_code(noise) == 0 else _noise.rademacher_stream
-    return fn(seed, param_index, t_eff, noise_ids, stream, column, length)
+    """Pure-torch twin of ``noise_stream_triton`` (``noise.stream_generator(noise)``; exact math, so ``fast_math``
+    is ignored)."""
+    return _noise.stream_generator(noise)(seed, param_index, t_eff, noise_ids, stream, column, length)

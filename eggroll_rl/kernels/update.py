@@ -33,7 +33,17 @@ from ..validation import check_int
 from . import optim
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, num_sms, tl, triton
 from .optim import AdamStep, adam_math
-from .philox import FACTOR_SPANS, column_block, pick_word, quad_signs, sign_spans, sign_words_next, vector_block
+from .philox import (
+    FACTOR_SPANS,
+    column_block,
+    fast_pair_block,
+    pick_pair,
+    pick_word,
+    quad_signs,
+    sign_spans,
+    sign_words_next,
+    vector_block,
+)
 
 # Bound on the regenerated factor elements held at once: the kernels' buffer (bf16: 128 MiB) and the twin's (fp32
 # elements, 64 MiB).
@@ -42,8 +52,8 @@ REFERENCE_CHUNK_ELEMENTS = 1 << 24
 # Largest stacked axis J*r for which the fused apply takes ||G||^2 from the (J r)^2 Gram matrices of the factors.
 APPLY_GRAM_MAX = 4096
 # factor_stack_kernel: elements per block along the features (4 per thread: one Philox call each, in the layout of
-# the stores; Rademacher: a program walks the blocks of 8 spans, one call per thread for all of them); the
-# interpreter runs smaller blocks.
+# the stores; Gaussian-fast: one call each for two columns; Rademacher: a program walks the blocks of 8 spans, one
+# call per thread for all of them); the interpreter runs smaller blocks.
 FACTOR_BLOCK = 512
 INTERPRET_FACTOR_BLOCK = 128
 # vector_update_kernel: elements and noise indices per program; programs per SM to aim for.
@@ -123,11 +133,36 @@ def factor_stack_kernel(
                 b = column_block(k0, k1, j, t, 1, c, e0, PJ, BLOCK, NOISE, FAST_MATH)
                 ok_b = j_ok[:, None] & (ee < N)[None, :]
                 tl.store(bt_ptr + row * N + ee[None, :], b.to(bt_ptr.dtype.element_ty), mask=ok_b)
+    elif NOISE == 2:
+        if e0 < M:
+            _store_fast_pairs(at_ptr, M, jj, j_ok, j, wj, k0, k1, t, e0, 0, RANK, FAST_MATH, PJ, BLOCK)
+        if e0 < N:
+            _store_fast_pairs(bt_ptr, N, jj, j_ok, j, wj, k0, k1, t, e0, 1, RANK, FAST_MATH, PJ, BLOCK)
     else:
         if e0 < M:
             _store_signs(at_ptr, M, jj, j_ok, j, wj, k0, k1, t, e0, 0, RANK, PJ, BLOCK, BLOCKS)
         if e0 < N:
             _store_signs(bt_ptr, N, jj, j_ok, j, wj, k0, k1, t, e0, 1, RANK, PJ, BLOCK, BLOCKS)
+
+
+@triton.jit
+def _store_fast_pairs(
+    out_ptr, L, jj, j_ok, j, wj, k0, k1, t, e0,
+    STREAM: tl.constexpr, RANK: tl.constexpr, FAST_MATH: tl.constexpr, PJ: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Gaussian-fast rows ``e0 .. e0 + BLOCK - 1`` of every column of factor ``STREAM`` (0: A, times ``wj``; 1: B)
+    into ``out[jj * RANK + c, :]``: one call per quad for each pair of columns."""
+    ee = e0 + tl.arange(0, BLOCK)
+    ok = j_ok[:, None] & (ee < L)[None, :]
+    for g in tl.static_range((RANK + 1) // 2):
+        za, zb = fast_pair_block(k0, k1, j, t, STREAM, g, e0, PJ, BLOCK, FAST_MATH)
+        for h in tl.static_range(2):
+            if 2 * g + h < RANK:
+                z = pick_pair(za, zb, h)
+                if STREAM == 0:
+                    z = z * wj[:, None]
+                row = (jj * RANK + 2 * g + h)[:, None]
+                tl.store(out_ptr + row * L + ee[None, :], z.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
