@@ -51,6 +51,26 @@ def test_normals_fast_math_within_1e5():
     assert (got[:8].double() - z).abs().max().item() < 1e-5  # against float64 math too
 
 
+@pytest.mark.parametrize("stream,column", [(0, 0), (1, 3), (2, 0)])
+def test_fast_words_bit_exact(stream, column):
+    """``gaussian_fast``'s Philox4x32-7 words."""
+    ids = torch.tensor([0, 1, 2, 511, 12345, 2**31 + 7, 2**33 + 5], device=DEV)
+    got = philox.stream_words_triton(0xDEADBEEF, 7, 3, ids, stream, column, 1000, rounds=N.FAST_PHILOX_ROUNDS)
+    assert torch.equal(got, N.stream_words(0xDEADBEEF, 7, 3, ids, stream, column, 1000, rounds=N.FAST_PHILOX_ROUNDS))
+
+
+@pytest.mark.parametrize("stream,column", [(1, 0), (1, 1), (2, 0)])
+def test_fast_normals_fast_math_within_1e5(stream, column):
+    """``gaussian_fast`` with the SFU approximations on 8M normals (each of the 2^16 radii about 64 times): within
+    1e-5 of the exact twin, and never beyond the cap."""
+    ids = torch.arange(256, device=DEV)
+    length = 1 << 15
+    got = philox.noise_stream_triton(99, 2, 5, ids, stream, column, length, "gaussian_fast", fast_math=True)
+    ref = N.fast_normal_stream(99, 2, 5, ids, stream, column, length).double()
+    assert (got.double() - ref).abs().max().item() < 1e-5
+    assert got.abs().max().item() <= N.FAST_Z_MAX + 1e-5
+
+
 def test_rademacher_exact():
     ids = torch.arange(64, device=DEV) * 3
     got = philox.noise_stream_triton(5, 1, 0, ids, 0, 2, 10000, "rademacher")
@@ -69,12 +89,18 @@ VARIANTS = [  # noise, rank, antithetic, weight_index, bias_index
     ("rademacher", 4, True, 3, 4),
     ("gaussian", 2, False, 3, None),
     ("gaussian", 1, True, None, 4),
+    ("gaussian_fast", 1, False, 3, 4),
+    ("gaussian_fast", 4, True, 3, 4),
+    ("gaussian_fast", 3, True, 3, None),
 ]
 CASES = [  # rows, in, out, variants: the paper's layer (scaled down), MLP layers, odd sizes
     (1024, 2048, 2048, VARIANTS),
     (4096, 17, 256, VARIANTS[:2]),
     (4096, 256, 6, VARIANTS[::2]),
     (333, 515, 701, VARIANTS[:3]),
+    (333, 515, 701, VARIANTS[-3:]),
+    (4096, 17, 256, VARIANTS[-2:]),
+    (64, 4096, 4100, VARIANTS[-3:]),  # wide: 8 warps, blocks of 1024
 ]
 
 
@@ -155,7 +181,7 @@ def test_rademacher_update_factors_bit_exact(monkeypatch):
     assert torch.equal(got.double(), torch.einsum("j,jmc,jnc->mn", w.double(), A, B))
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher", "gaussian_fast"])
 @pytest.mark.parametrize("factor_dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 def test_lowrank_update_vs_twin(noise, factor_dtype, tol, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -177,7 +203,7 @@ def test_lowrank_update_chunks(monkeypatch):
     assert _rel(got, update.lowrank_update_reference(**kw)) < 1e-5
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher", "gaussian_fast"])
 def test_vector_update_vs_twin(noise):
     ids = torch.arange(2048, device=DEV)
     w = torch.randn(2048, device=DEV)
