@@ -25,7 +25,8 @@ import triton
 from triton.testing import do_bench
 
 from eggroll_rl.kernels import linear, optim, philox, update
-from eggroll_rl.noise import member_noise_and_sign
+from eggroll_rl.noise import NOISE_TYPES, member_noise_and_sign
+from eggroll_rl.validation import check_choice
 
 SEED = 1234
 SIGMA = 0.1
@@ -440,13 +441,26 @@ def case_update_sweep(rows, features, dtype, device):
     return out
 
 
+NOISE_STREAMS = {"factor column": (0, 0), "vector": (2, 0)}  # (stream, column) of noise_stream_triton
+
+
 def case_noise(device, noise):
-    """Raw generator throughput: 2^26 values of one stream kind, written to memory (256 MiB)."""
+    """Raw generator throughput: 2^26 values of one stream kind, written to memory (256 MiB), for one factor column
+    (what a call holds for the other columns of its group goes unused: 3 of 4 words for Rademacher, half of a
+    gaussian_fast call) and for the vector stream (every value of every call used)."""
     ids = torch.arange(1024, device=device)
     length = 1 << 16
-    t = timed([lambda: philox.noise_stream_triton(SEED, 0, 0, ids, 0, 0, length, noise)], graph=False)
     n = ids.numel() * length
-    return {"case": "noise_throughput", "noise": noise, "values": n, "ms": t, "gvalues_per_s": n / t / 1e6}
+    out = []
+    for label, (stream, column) in NOISE_STREAMS.items():
+
+        def generate(stream=stream, column=column):
+            return philox.noise_stream_triton(SEED, 0, 0, ids, stream, column, length, noise)
+
+        t = timed([generate], graph=False)
+        out.append({"case": "noise_throughput", "noise": noise, "stream": label, "values": n, "ms": t,
+                    "gvalues_per_s": n / t / 1e6})  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -535,7 +549,10 @@ def write_md(path: Path, meta: dict, records: list[dict]) -> None:
     lines += ["", "Generator throughput (values written to memory):", ""]
     for r in records:
         if r["case"] == "noise_throughput":
-            lines.append(f"- {r['noise']}: {r['values']} values in {fmt(r['ms'])} ms = {r['gvalues_per_s']:.1f} G/s")
+            lines.append(
+                f"- {r['noise']}, {r.get('stream', 'factor column')}: {r['values']} values in {fmt(r['ms'])} ms = "
+                f"{r['gvalues_per_s']:.1f} G/s"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -547,8 +564,9 @@ def main() -> None:
         default="paper_r1,paper_r4,rl_4096,rl_65536,update,noise",
         help="comma-separated; also update_sweep (the update GEMM's launch shapes against cuBLAS)",
     )
-    ap.add_argument("--noises", default="gaussian,rademacher")
+    ap.add_argument("--noises", default="gaussian,rademacher", help=f"comma-separated, of {', '.join(NOISE_TYPES)}")
     args = ap.parse_args()
+    noises = [check_choice("noise", n, NOISE_TYPES) for n in args.noises.split(",")]
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels.py needs a CUDA GPU")
     device = torch.device("cuda")
@@ -562,7 +580,6 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     records = []
-    noises = args.noises.split(",")
     for noise in noises:
         table = {
             "paper_r1": [(case_linear, ("paper_r1", 1024, 8192, 1, noise, torch.bfloat16, device))],

@@ -1,11 +1,13 @@
-"""Gaussian vs Rademacher factors: does the cheaper noise learn as well?
+"""Gaussian vs Rademacher (vs Gaussian-fast) factors: does the cheaper noise learn as well?
 
-Trains the same model with ``EggrollStrategy(noise="gaussian")`` and ``noise="rademacher"`` for several seeds:
+Trains the same model with ``EggrollStrategy(noise=...)`` for each noise kind of ``--noises`` (default
+``gaussian,rademacher``; ``gaussian_fast`` too on request) and several seeds:
 a policy on the torch-native CartPole (plain strategy + rollout loop; the mean policy's return per generation) and
 a student MLP regressing a random teacher MLP (the student's MSE per step, reported negated so higher is better).
 Writes ``benchmarks/results/noise_learning.{json,md}``.
 
-    python benchmarks/bench_noise_learning.py [--device cpu] [--seeds 3] [--out benchmarks/results]
+    python benchmarks/bench_noise_learning.py [--device cpu] [--seeds 3] [--noises gaussian,rademacher,gaussian_fast]
+        [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch.nn as nn
 from eggroll_rl import EggrollStrategy
 from eggroll_rl.agents.rollout import default_action_fn, population_act, rollout
 from eggroll_rl.envs import make_env
+from eggroll_rl.noise import NOISE_TYPES
+from eggroll_rl.validation import check_choice
 
 CASES = {
     # env, population, generations, max_steps, sigma, lr, hidden
@@ -97,12 +101,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--envs", nargs="+", default=list(CASES))
+    ap.add_argument("--noises", default="gaussian,rademacher", help=f"comma-separated, of {', '.join(NOISE_TYPES)}")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    noises = [check_choice("noise", n, NOISE_TYPES) for n in args.noises.split(",")]
     device = torch.device(args.device)
     records = []
     for env_name in args.envs:
-        for noise in ("gaussian", "rademacher"):
+        for noise in noises:
             for seed in range(args.seeds):
                 t0 = time.perf_counter()
                 curve = train_once(env_name, noise, seed, device)
@@ -117,26 +123,27 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "noise_learning.json").write_text(json.dumps(dict(meta=meta, records=records), indent=1))
-    print(write_md(out, meta, records, args.envs))
+    print(write_md(out, meta, records, args.envs, noises))
 
 
-def write_md(out: Path, meta: dict, records: list[dict], envs: list[str]) -> str:
-    lines = ["# Gaussian vs Rademacher factors: learning", "",
+def write_md(out: Path, meta: dict, records: list[dict], envs: list[str], noises: list[str]) -> str:
+    header = " | ".join(f"{n} {key}" for key in ("final", "best") for n in noises)
+    gens = " | ".join(f"{n} gens to threshold" for n in noises)
+    lines = [f"# {' vs '.join(n.replace('_', '-').capitalize() for n in noises)} factors: learning", "",
              f"Device {meta['device']}, torch {meta['torch']}, rank 4, MLP (hidden 32, 32, tanh), Adam, "
              "`python benchmarks/bench_noise_learning.py`. CartPole (torch-native): return of the mean policy on 16 "
              "evaluation episodes. Regression: minus the student's test MSE against a random teacher MLP. "
              "Mean ± std over seeds; 'gens to threshold' lists each seed (— = never).", "",
-             "| env | population × generations | gaussian final | rademacher final | gaussian best | rademacher best "
-             "| threshold | gaussian gens to threshold | rademacher gens to threshold |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"| env | population × generations | {header} | threshold | {gens} |",
+             "|---|---|" + "---|" * (3 * len(noises) + 1)]  # fmt: skip
     for env_name in envs:
         row = [env_name, f"{CASES[env_name]['population']} × {CASES[env_name]['generations']}"]
         for key in ("final", "best"):
-            for noise in ("gaussian", "rademacher"):
+            for noise in noises:
                 vals = torch.tensor([r[key] for r in records if r["env"] == env_name and r["noise"] == noise])
                 row.append(f"{vals.mean():.4g} ± {vals.std(unbiased=False):.2g}")
         row.append(str(CASES[env_name]["threshold"]))
-        for noise in ("gaussian", "rademacher"):
+        for noise in noises:
             hits = [r["gens_to_threshold"] for r in records if r["env"] == env_name and r["noise"] == noise]
             row.append(", ".join("—" if h is None else str(h) for h in hits))
         lines.append("| " + " | ".join(row) + " |")

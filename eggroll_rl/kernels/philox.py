@@ -277,12 +277,15 @@ def column_block(
     ``(P, NCOL)`` (``NOISE``: 0 Gaussian, 1 Rademacher, 2 Gaussian-fast; ``e0 % 4 == 0``). Kernels that walk the
     rows of up to four Rademacher columns use ``sign_words_next`` and ``quad_signs`` instead (one call for the
     group's columns, kept for 8 spans); kernels that walk Gaussian-fast columns take both columns of a pair from
-    ``fast_pair_block`` (this helper uses half of its call)."""
+    ``fast_pair_block`` (this helper uses half of each call)."""
     if NOISE == 0:
         return gaussian_block(k0, k1, j, t_eff, (stream << 16) | c, e0, P, NCOL, FAST_MATH)
     elif NOISE == 2:
-        za, zb = fast_pair_block(k0, k1, j, t_eff, stream, c // 2, e0, P, NCOL, FAST_MATH)
-        return tl.where(c % 2 == 0, za, zb)
+        x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff, (stream << 16) | (c // 2), e0 // 4, P, NCOL // 4, FAST_ROUNDS)
+        first = c % 2 == 0  # words x0, x1 hold column 2g, x2, x3 column 2g + 1
+        z0, z1 = _box_muller16(tl.where(first, x0, x2), FAST_MATH)
+        z2, z3 = _box_muller16(tl.where(first, x1, x3), FAST_MATH)
+        return tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [P, NCOL])
     else:
         x0, x1, x2, x3 = sign_words(k0, k1, j, t_eff, (stream << 16) | (c // 4), e0, P, NCOL // 4, FACTOR_SPANS)
         w = c % 4
