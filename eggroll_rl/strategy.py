@@ -112,7 +112,8 @@ class EggrollStrategy:
         weight_decay: passed to the torch optimizer; with ``optimizer=None`` it is ``p -= lr * wd * p``.
         seed: the noise seed (uint32).
         allow_cpu: run on CPU tensors through the pure-torch path (tests, CI, small experiments).
-        noise: ``"gaussian"`` (default) or ``"rademacher"`` (+-1 factors, cheaper to generate).
+        noise: ``"gaussian"`` (default), ``"rademacher"`` (+-1 factors, cheaper to generate) or ``"gaussian_fast"``
+            (Philox-7, Box-Muller on 16-bit halves: 8 normals a call, ``|z| <= 4.855``; ``noise.py``).
 
     Mixed precision: each bf16/fp16 evolved parameter gets a float32 master copy at ``setup()``, as mixed-precision
     trainers keep one. ``step()`` and the optimizer (whose state is then float32 too) act on the master copies and

@@ -93,7 +93,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     """Weight decay of the optimizer."""
     noise: NoiseKind = "gaussian"
-    """Noise distribution of the perturbations: gaussian or rademacher."""
+    """Noise distribution of the perturbations: gaussian, rademacher (+-1) or gaussian_fast (Philox-7, 16-bit
+    Box-Muller: |z| <= 4.855; see eggroll_rl/noise.py)."""
     lr_schedule: Schedule = "constant"
     """Learning-rate schedule over the budget: constant, linear or exponential."""
     lr_end_factor: float = 0.1
