@@ -10,7 +10,7 @@ import torch.nn as nn
 from es_helpers import make_strategy, materialized_forward
 
 from eggroll_rl.kernels.linear import perturbed_linear_reference
-from eggroll_rl.noise import STREAM_A, STREAM_B, factor_noise, vector_noise
+from eggroll_rl.noise import NOISE_TYPES, STREAM_A, STREAM_B, factor_noise, vector_noise
 
 
 class FreeScale(nn.Module):
@@ -38,7 +38,7 @@ def _models():
 
 
 @pytest.mark.parametrize("name", list(_models()))
-@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("noise", NOISE_TYPES)
 def test_batched_forward_matches_materialized_weights(device, name, noise):
     build, shape = _models()[name]
     torch.manual_seed(0)
