@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, unique_noise_ids, vector_noise
-from ..validation import check_int
+from ..noise import NOISE_TYPES, STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, unique_noise_ids, vector_noise
+from ..validation import check_int, invalid
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, tl, triton
 from .philox import (
     FACTOR_SPANS,
@@ -50,6 +50,7 @@ WIDE_WARPS = 8
 NARROW_WARPS = 4
 MAX_ROWS_PER_PROGRAM = 16
 INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks unless told (fast on the CPU, same values)
+FAST_CODE = NOISE_TYPES.index("gaussian_fast")  # its vector noise comes 8 elements a call: blocks of 8 or more
 _AUTOCAST_DEVICES = ("cpu", "cuda")  # device types torch.autocast knows (others raise when asked)
 
 
@@ -605,6 +606,9 @@ def lowrank_delta(
         return d
     paired = bool(paired) and R % 2 == 0
     default_blocks = block_max is None
+    code = noise_code(noise)
+    if code == FAST_CODE and block_max is not None and block_max < 8:
+        raise invalid("block_max", block_max, "at least 8 with noise='gaussian_fast' (a call holds 8 elements)")
     block_max, tile, warps = delta_launch_shape(K, M, block_max, tile, num_warps)
     block_k = min(block_max, max(8, triton.next_power_of_2(K)))
     block_m = min(block_max, max(8, triton.next_power_of_2(M)))
@@ -620,7 +624,7 @@ def lowrank_delta(
         as_i32(bias_index if bias_index is not None else 0), as_i32(t_eff),
         float(sigma) / math.sqrt(rank), float(sigma),
         RANK=rank, RP=triton.next_power_of_2(rank), ANTITHETIC=bool(antithetic), PAIRED=paired,
-        NOISE=noise_code(noise), FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None,
+        NOISE=code, FAST_MATH=FAST_MATH, HAS_BIAS=bias is not None,
         PERTURB_W=weight_index is not None, PERTURB_B=bias_index is not None, P=rows_per_prog,
         BLOCK_K=block_k, BLOCK_M=block_m, num_warps=warps,
     )  # fmt: skip

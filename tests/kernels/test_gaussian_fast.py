@@ -138,6 +138,13 @@ def test_unknown_noise_raises_naming_argument_value_and_choices(call):
         fns[call]()
 
 
+@pytest.mark.skipif(_launch is None, reason="no kernels module")
+def test_forward_blocks_narrower_than_a_call_raise():
+    with pytest.raises(ValueError, match=r"block_max=4 is invalid: expected at least 8 with noise='gaussian_fast'"):
+        linear.lowrank_delta(torch.randn(4, 8), 5, None, torch.arange(4), seed=0, weight_index=0, bias_index=1,
+                             t_eff=0, sigma=0.1, rank=1, antithetic=True, noise=FAST, block_max=4)  # fmt: skip
+
+
 def test_strategy_accepts_the_kind_and_rejects_unknown_ones():
     from eggroll_rl import EggrollStrategy
 
