@@ -96,6 +96,7 @@ noise index ``j`` with signs ``+1`` and ``-1``; without it member ``i`` has nois
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -333,13 +334,13 @@ def fast_normal_stream(
         words = stream_words(seed, param_index, t_eff, noise_ids, stream, pairs, -(-length // 4), device,
                              rounds=FAST_PHILOX_ROUNDS)  # fmt: skip
         J, G, B = words.shape[:3]
-        # (J, G, B, 8) -> [.., g, b, h, l] = z_{4h + l} of call b: row 4b + l of column 2g + h
+        # [j, g, b, h, l] = z_{4h + l} of call b, i.e. row 4b + l of column 2g + h; permuted to [j, g, h, b, l]
         z = _fast_normals(words).view(J, G, B, 2, 4).permute(0, 1, 3, 2, 4).reshape(J, 2 * G, 4 * B)
         z = z[:, [2 * pairs.index(c // 2) + c % 2 for c in cols], :length]
     return z[:, 0] if single else z
 
 
-def stream_generator(noise: str):
+def stream_generator(noise: str) -> Callable[..., torch.Tensor]:
     """The stream function of a noise kind (``normal_stream``, ``rademacher_stream``, ``fast_normal_stream``: one
     signature), or a ValueError naming ``noise``."""
     if noise == "gaussian":

@@ -125,7 +125,7 @@ def _box_muller_uniform(ua, ub, FAST_MATH: tl.constexpr):
     < 2^-20.5 * 5.8 (largest radius) < 4e-6. The ``.ftz`` forms skip denormal handling: no input here is denormal.
     The 16-bit uniforms of ``gaussian_fast`` are among these values (``v >= 2^-17``): the same budget holds.
     """
-    v = 1.0 - ua  # exact: ua = (2k+1) 2^-24
+    v = 1.0 - ua  # exact: ua = (2k+1) 2^-24 or (2k+1) 2^-17
     series = v * (2.0 + v)
     minus2ln = -1.3862943611198906 * _lg2(ua, FAST_MATH)  # -2 ln(2) log2(u)
     rad = tl.sqrt(tl.where(v < 0.00390625, series, minus2ln))
