@@ -605,12 +605,46 @@ def losses(rows: list[dict]) -> list[str]:
             more = r["reached"] > mine["reached"]
             sooner = r["reached"] == mine["reached"] > 0 and r["time_to_threshold_s"] < mine["time_to_threshold_s"]
             if more or sooner:
-                out.append(f"{env}: {r['agent']} reaches {_fmt(r['threshold'], 0)} sooner "
+                how = "on more seeds" if more else "sooner"
+                out.append(f"{env}: {r['agent']} reaches {_fmt(r['threshold'], 0)} {how} "
                            f"({_fmt(r['time_to_threshold_s'])} s vs eggroll {_fmt(mine['time_to_threshold_s'])} s, "
                            f"{r['reached']}/{r['seeds']} vs {mine['reached']}/{mine['seeds']} seeds).")  # fmt: skip
         if mine["ppo_best"] is not None and mine["reached_ppo_best"] < mine["seeds"]:
             out.append(f"{env}: eggroll reaches Brax PPO's best ({_fmt(mine['ppo_best'])}) on only "
                        f"{mine['reached_ppo_best']}/{mine['seeds']} seeds in {mine['budget_s']:.0f} s.")  # fmt: skip
+    return out
+
+
+def wins(rows: list[dict]) -> list[str]:
+    """The other side of ``losses``: every env where eggroll is ahead of a peer at equal wall clock, ends the
+    same budget higher (mean final return over seeds), or reaches the threshold with more seeds, or with as many
+    seeds sooner; and where it reaches Brax PPO's best on every seed."""
+    out = []
+    for env in sorted({r["env"] for r in rows}):
+        mine = next((r for r in rows if r["env"] == env and r["agent"] == "eggroll" and r["seeds"]), None)
+        if mine is None:
+            continue
+        for r in rows:
+            if r["env"] != env or r["agent"] == "eggroll" or not r["seeds"]:
+                continue
+            if r["eggroll_at_equal_wall"] > r["at_equal_wall"]:  # NaN compares False
+                out.append(f"{env}: eggroll is ahead of {r['agent']} at equal wall clock "
+                           f"({_fmt(r['eggroll_at_equal_wall'])} vs {_fmt(r['at_equal_wall'])} at "
+                           f"{r['equal_wall_s']:.0f} s).")  # fmt: skip
+            if mine["final_mean"] > r["final_mean"]:
+                out.append(f"{env}: eggroll ends the {mine['budget_s']:.0f} s budget higher than {r['agent']} "
+                           f"({_fmt(mine['final_mean'])} vs {_fmt(r['final_mean'])}, mean final return of "
+                           f"{mine['seeds']} vs {r['seeds']} seeds).")  # fmt: skip
+            more = mine["reached"] > r["reached"]
+            sooner = mine["reached"] == r["reached"] > 0 and mine["time_to_threshold_s"] < r["time_to_threshold_s"]
+            if more or sooner:
+                how = "on more seeds" if more else "sooner"
+                out.append(f"{env}: eggroll reaches {_fmt(mine['threshold'], 0)} {how} than {r['agent']} "
+                           f"({_fmt(mine['time_to_threshold_s'])} s vs {_fmt(r['time_to_threshold_s'])} s, "
+                           f"{mine['reached']}/{mine['seeds']} vs {r['reached']}/{r['seeds']} seeds).")  # fmt: skip
+        if mine["ppo_best"] is not None and mine["reached_ppo_best"] == mine["seeds"]:
+            out.append(f"{env}: eggroll reaches Brax PPO's best ({_fmt(mine['ppo_best'])}) on every seed "
+                       f"({mine['seeds']}), at {_fmt(mine['time_to_ppo_best_s'])} s (mean).")  # fmt: skip
     return out
 
 
@@ -729,7 +763,8 @@ def write_report(out: Path, planned: dict[tuple[str, str], int] | None = None, p
             f"{_fmt(r['peak_mem_torch_mb'], 0)}/{_fmt(r['peak_mem_jax_mb'], 0)} | {_fmt(r['minutes'], 2)} | "
             f"{r['status'] or ''} |"
         )
-    lost = losses(rows)
+    won, lost = wins(rows), losses(rows)
+    lines += ["", "## Where eggroll wins", ""] + ([f"- {s}" for s in won] or ["- nowhere on this board."])
     lines += ["", "## Where eggroll loses", ""] + ([f"- {s}" for s in lost] or ["- nowhere on this board."])
     if (out / "notes.md").exists():  # a person's reading of this board, kept across regenerations
         lines += ["", (out / "notes.md").read_text().strip()]

@@ -92,6 +92,15 @@ def test_summarize_on_fixed_inputs():
     assert egg["compile_s"] == 4.0 and egg["minutes"] == 1.0
     assert es["seeds"] == 0 and "boom" in es["status"] and "trace" not in es["status"]
     assert lb.losses(list(rows.values())) == []  # eggroll ends higher; PPO reaches 3000 sooner but on 1/2 seeds
+    # the other side: eggroll 3300 vs PPO (3000 + 2900) / 2 = 2950 at the end; at 40 s (their last common time)
+    # eggroll 3300 vs PPO 2950; 3000 on 2/2 seeds vs 1/2; PPO's best on both seeds, at 40 s
+    assert lb.wins(list(rows.values())) == [
+        "Hopper: eggroll is ahead of brax_ppo at equal wall clock (3,300.0 vs 2,950.0 at 40 s).",
+        "Hopper: eggroll ends the 40 s budget higher than brax_ppo (3,300.0 vs 2,950.0, mean final return of 2 vs 2 "
+        "seeds).",
+        "Hopper: eggroll reaches 3,000 on more seeds than brax_ppo (30.0 s vs 25.0 s, 2/2 vs 1/2 seeds).",
+        "Hopper: eggroll reaches Brax PPO's best (3,050.0) on every seed (2), at 40.0 s (mean).",
+    ]
 
 
 # ----------------------------------------------------------------------------------------- end to end (CPU)
@@ -266,6 +275,10 @@ def test_losses_compare_at_equal_wall_clock():
         "Ant: openes is ahead at equal wall clock (250.0 vs eggroll 100.0 at 20 s)."
     ]
     assert lb._vs_eggroll(es) == "250.0 vs 100.0 @ 20 s" and lb._vs_eggroll(rows["eggroll"]) == "—"
+    # eggroll ends its budget higher (300 vs openes' 250 when it was killed), though behind at equal wall clock
+    assert lb.wins(list(rows.values())) == [
+        "Ant: eggroll ends the 40 s budget higher than openes (300.0 vs 250.0, mean final return of 1 vs 1 seeds)."
+    ]
 
 
 class _FakeClock:
