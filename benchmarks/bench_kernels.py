@@ -361,8 +361,28 @@ def sweep_shapes() -> list[update.GemmShape]:
         G(128, 64, 64, 4, 4),
         G(64, 64, 64, 4, 3),
         G(128, 256, 64, 8, 3),  # largest tile: the main loop's best, the epilogue spills
+        # fewer stages: K is short at the paper shape (8 or 32 steps of 64), so 2-3 stages may hide the loads as
+        # well, and a smaller shared-memory footprint fits more programs an SM (epilogues under main loops)
+        G(64, 128, 64, 4, 3),
+        G(64, 128, 64, 4, 2),
+        G(64, 128, 128, 4, 2),
+        # the C tile loaded before the main loop: its DRAM latency under the MMAs (more registers held)
+        G(64, 128, 64, 4, 4, prefetch_c=True),
+        G(64, 128, 64, 4, 2, prefetch_c=True),
+        G(64, 64, 64, 4, 3, prefetch_c=True),
     ]
     return list(dict.fromkeys(candidates))
+
+
+def shape_key(shape: update.GemmShape) -> str:
+    """``64x128x64x4x4x8`` (block m/n/k, warps, stages, group; then the register cap and ``pf`` for a prefetched C
+    tile when set): the launch shape's name in the sweep's columns."""
+    parts = [str(x) for x in shape[:6]]
+    if shape.maxnreg is not None:
+        parts.append(str(shape.maxnreg))
+    if shape.prefetch_c:
+        parts.append("pf")
+    return "x".join(parts)
 
 
 def adam_sweep_shapes() -> list[update.GemmShape]:
@@ -411,7 +431,7 @@ def case_update_sweep(rows, features, dtype, device):
         ((at, bt),) = update._factor_chunks(*args)
         at, bt = at.clone(), bt.clone()
         for shape in sweep_shapes():
-            key = "fused_" + "x".join(str(x) for x in shape if x is not None) + "_ms"
+            key = "fused_" + shape_key(shape) + "_ms"
             kw = dict(alpha=1e-6, beta=1.0, read_c=True, copy=copy, shape=shape)
             attempt(rec, key, [lambda kw=kw: update._addmm(at, bt, master, **kw)])
         g_buf = torch.empty_like(master)
@@ -421,7 +441,7 @@ def case_update_sweep(rows, features, dtype, device):
         m_buf, v_buf = torch.zeros_like(master), torch.zeros_like(master)
         hyper = optim.AdamStep(step=1, lr=1e-6)
         for shape in adam_sweep_shapes():
-            key = "adam_fused_" + "x".join(str(x) for x in shape if x is not None) + "_ms"
+            key = "adam_fused_" + shape_key(shape) + "_ms"
             kw = dict(copy=copy, shape=shape)
             attempt(rec, key, [lambda kw=kw: update._adam_gemm(at, bt, master, m_buf, v_buf, hyper, **kw)])
         attempt(rec, "cublas_f32_ms", [lambda: torch.addmm(master, at.T, bt, alpha=1e-6, out_dtype=torch.float32)])

@@ -64,8 +64,9 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class GemmShape(NamedTuple):
-    """Launch shape of ``lowrank_addmm_kernel``: tile sizes, warps, pipeline stages, row tiles per L2 group, and an
-    optional register cap per thread (``maxnreg``; None: the compiler's choice)."""
+    """Launch shape of ``lowrank_addmm_kernel``: tile sizes, warps, pipeline stages, row tiles per L2 group, an
+    optional register cap per thread (``maxnreg``; None: the compiler's choice), and whether the kernel loads its C
+    tile before the main loop (``prefetch_c``; the Adam kernel ignores it)."""
 
     block_m: int
     block_n: int
@@ -74,6 +75,7 @@ class GemmShape(NamedTuple):
     num_stages: int
     group_m: int = 8
     maxnreg: int | None = None
+    prefetch_c: bool = False  # plain/SGD update: load the C tile before the main loop (its latency under the MMAs)
 
 
 # The first whose grid fills every SM once is taken. Two programs of 64 x 128 tiles (one warpgroup, 4 stages:
@@ -194,20 +196,9 @@ def _store_signs(
 
 
 @triton.jit
-def lowrank_tile(
-    at_ptr,
-    bt_ptr,
-    M,
-    N,
-    K,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """This program's tile of ``At^T Bt``: ``(acc, rm, rn)``, float32 accumulators (0 outside the matrix) and the
-    tile's row and column indices. GROUP_M row tiles walk the column tiles together (their Bt slices stay in L2)."""
+def tile_rows_cols(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's tile: its row and column indices. GROUP_M row tiles walk the column tiles together (their Bt
+    slices stay in L2)."""
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
@@ -216,8 +207,15 @@ def lowrank_tile(
     group_size = tl.minimum(grid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % width) % group_size
     pid_n = (pid % width) // group_size
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def tile_product(
+    at_ptr, bt_ptr, rm, rn, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+):  # fmt: skip
+    """The tile ``(rm, rn)`` of ``At^T Bt``: float32 accumulators, 0 outside the matrix."""
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
@@ -235,7 +233,26 @@ def lowrank_tile(
         acc = tl.dot(tl.trans(a), b, acc)
         a_ptrs += BLOCK_K * M
         b_ptrs += BLOCK_K * N
-    return acc, rm, rn
+    return acc
+
+
+@triton.jit
+def lowrank_tile(
+    at_ptr,
+    bt_ptr,
+    M,
+    N,
+    K,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """This program's tile of ``At^T Bt``: ``(acc, rm, rn)``, float32 accumulators (0 outside the matrix) and the
+    tile's row and column indices (``tile_rows_cols``)."""
+    rm, rn = tile_rows_cols(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    return tile_product(at_ptr, bt_ptr, rm, rn, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST), rm, rn
 
 
 @triton.jit
@@ -262,20 +279,25 @@ def lowrank_addmm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     UPCAST: tl.constexpr,  # the interpreter's dot of bf16 operands is wrong (numpy has no bf16): float32 there
+    PREFETCH_C: tl.constexpr,  # with READ_C: load the C tile before the main loop
 ):
     pid = tl.program_id(0)
     tiles = tl.num_programs(0)
-    acc, rm, rn = lowrank_tile(at_ptr, bt_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST)
+    rm, rn = tile_rows_cols(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    ok = (rm < M)[:, None] & (rn < N)[None, :]
+    rows = rm.to(tl.int64)[:, None]
+    c_ptrs = c_ptr + rows * stride_cm + rn[None, :]
+    if READ_C and PREFETCH_C:
+        c_old = tl.load(c_ptrs, mask=ok, other=0.0).to(tl.float32)
+    acc = tile_product(at_ptr, bt_ptr, rm, rn, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
 
     # Epilogue: ||acc||^2 first, then the update, its rounded copy and the measured change (acc's registers are
     # free once out is formed).
     tl.store(sq_ptr + pid, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
-    ok = (rm < M)[:, None] & (rn < N)[None, :]
-    rows = rm.to(tl.int64)[:, None]
-    c_ptrs = c_ptr + rows * stride_cm + rn[None, :]
     out = alpha * acc
     if READ_C:
-        c_old = tl.load(c_ptrs, mask=ok, other=0.0).to(tl.float32)
+        if not PREFETCH_C:
+            c_old = tl.load(c_ptrs, mask=ok, other=0.0).to(tl.float32)
         out = beta * c_old + out
     stored = out.to(c_ptr.dtype.element_ty)
     tl.store(c_ptrs, stored, mask=ok)
@@ -453,8 +475,8 @@ def _addmm(at, bt, c, *, alpha, beta, read_c, copy, shape: GemmShape) -> torch.T
     lowrank_addmm_kernel[(tiles,)](
         at, bt, c, copy if copy is not None else c, sq, M, N, K, c.stride(0), float(alpha), float(beta),
         READ_C=read_c, HAS_COPY=copy is not None, BLOCK_M=shape.block_m, BLOCK_N=shape.block_n,
-        BLOCK_K=shape.block_k, GROUP_M=shape.group_m, UPCAST=INTERPRET, num_warps=shape.num_warps,
-        num_stages=shape.num_stages, **extra,
+        BLOCK_K=shape.block_k, GROUP_M=shape.group_m, UPCAST=INTERPRET, PREFETCH_C=shape.prefetch_c,
+        num_warps=shape.num_warps, num_stages=shape.num_stages, **extra,
     )  # fmt: skip
     return sq.sum(1)
 

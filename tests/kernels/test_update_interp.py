@@ -45,7 +45,14 @@ def _previous_G(kw) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("m,n,rank,J", SHAPES)
-@pytest.mark.parametrize("shape", [update.INTERPRET_GEMM_SHAPE, update.GemmShape(16, 64, 32, 4, 1, 2)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        update.INTERPRET_GEMM_SHAPE,
+        update.GemmShape(16, 64, 32, 4, 1, 2),
+        update.INTERPRET_GEMM_SHAPE._replace(prefetch_c=True),  # the C tile loaded before the main loop
+    ],
+)
 def test_fused_apply_into_a_float32_master_with_copy(m, n, rank, J, shape):
     """``p = beta p + alpha G`` into a float32 master, its bf16 copy, ||G||^2 and the measured change, one launch."""
     kw = _kw(m, n, rank, J)
