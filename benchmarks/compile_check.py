@@ -1,0 +1,230 @@
+"""Compile every Triton kernel launch of eggroll_rl for a GPU target without a GPU (sm_90 by default).
+
+The interpreter (``TRITON_INTERPRET=1``) runs on the CPU and executes the kernels as Python, so it cannot see what
+only the compiler checks (constexpr branches, layouts, reshapes/joins, default constexpr arguments). This tool
+closes that gap before a GPU session:
+
+1. ``capture`` (a subprocess under the interpreter): drives ``EggrollStrategy`` (perturbed forward, ``step()`` with
+   plain ascent and Adam) and the update GEMMs on small models for every noise kind, several ranks and dtypes,
+   antithetic and not, with the kernels forced on; every launch ``kernel[grid](...)`` is recorded as the kernel's
+   name, its argument types (tensor dtypes, ints, floats), its constexpr values and its launch options.
+2. ``compile``: each distinct launch is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda",
+   arch, 32))`` (Triton's bundled ptxas; no driver), and the result (registers, spills) or the error is reported.
+
+The interpreter's launches use its own small block sizes (``INTERPRET_BLOCK_MAX``, ``INTERPRET_GEMM_SHAPE``), so this
+checks the code paths and their constexpr branches, not the GPU's launch shapes (``dump_sass.py`` compiles the update
+GEMMs at those).
+
+Usage: ``PYTHONPATH=. python benchmarks/compile_check.py [--arch 90] [--out DIR]``. With another Triton's compiler
+(the GPU machine's 3.6, whose interpreter does not run these kernels on the CPU), capture with this one first:
+``PYTHONPATH=. python benchmarks/compile_check.py --launches L.jsonl`` then
+``PYTHONPATH=/tmp/t36:. python benchmarks/compile_check.py --launches L.jsonl``.
+Exit status 1 when a launch does not compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_MODULES = ("eggroll_rl.kernels.linear", "eggroll_rl.kernels.update", "eggroll_rl.kernels.optim",
+                  "eggroll_rl.kernels.philox")  # fmt: skip
+OPTIONS = ("num_warps", "num_stages", "maxnreg")
+# Constexprs the interpreter sets for itself (_launch.FAST_MATH: no inline PTX there; UPCAST: numpy has no bf16 dot);
+# compiled with the values a GPU launch passes.
+GPU_CONSTEXPRS = {"FAST_MATH": True, "UPCAST": False}
+_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "int64": "i64", "int32": "i32",
+           "uint8": "u8", "int8": "i8", "bool": "i1", "float64": "fp64"}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ capture
+def _arg_type(value) -> tuple[str, int | None]:
+    """Triton's signature type of a runtime argument and, for ints, the value (for the divisibility attribute)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return "*" + _DTYPES[str(value.dtype).removeprefix("torch.")], None
+    if isinstance(value, bool):
+        return "i1", int(value)
+    if isinstance(value, int):
+        return ("i32" if -(2**31) <= value < 2**31 else "i64"), value
+    if isinstance(value, float):
+        return "fp32", None
+    raise TypeError(f"unsupported kernel argument {value!r}")
+
+
+def _workload(quick: bool = False) -> None:
+    """Small models through the strategy with every noise kind, rank, dtype and optimizer, plus the GEMM variants
+    (``quick``: ranks 4 and 6, bf16, antithetic: one of each kernel branch per noise kind)."""
+    import torch
+
+    from eggroll_rl import EggrollStrategy, kernels
+    from eggroll_rl.kernels import update
+    from eggroll_rl.noise import NOISE_TYPES
+
+    kernels.use_triton = lambda device: True
+    for noise in NOISE_TYPES:
+        for rank in (4, 6) if quick else (1, 2, 4, 6):
+            for dtype in (torch.bfloat16,) if quick else (torch.float32, torch.bfloat16):
+                for antithetic in (True,) if quick else (True, False):
+                    for optimizer in (None, "adam"):
+                        torch.manual_seed(0)
+                        model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.Tanh(), torch.nn.Linear(24, 8))
+                        model = model.to(dtype)
+                        es = EggrollStrategy(sigma=0.1, lr=1e-2, rank=rank, noise=noise, antithetic=antithetic,
+                                             optimizer=optimizer, seed=3, allow_cpu=True)  # fmt: skip
+                        es.setup(model)
+                        with es.perturb(8, epoch=0) as pop:
+                            pop.batched_forward(model, torch.randn(8, 40).to(dtype))  # paired rows when antithetic
+                            pop.batched_forward(model, torch.randn(8, 40).to(dtype), torch.arange(8).flip(0))
+                        es.step(torch.randn(8))
+    # the plain update GEMM with its C tile prefetched (a launch-shape option the strategy does not pick itself)
+    at, bt = torch.randn(16, 48).to(torch.bfloat16), torch.randn(16, 40).to(torch.bfloat16)
+    master, copy = torch.randn(48, 40), torch.empty(48, 40, dtype=torch.bfloat16)
+    shape = update.INTERPRET_GEMM_SHAPE._replace(prefetch_c=True)
+    update._addmm(at, bt, master, alpha=1e-3, beta=1.0, read_c=True, copy=copy, shape=shape)
+
+
+def capture(path: Path, quick: bool = False) -> None:
+    """Run ``_workload`` under the interpreter, recording every launch to ``path`` (JSON lines, deduplicated)."""
+    import importlib
+
+    seen: dict[str, dict] = {}
+
+    class Recorder:
+        def __init__(self, module: str, name: str, kernel) -> None:
+            self.module, self.name, self.kernel = module, name, kernel
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                fn = self.kernel.fn if hasattr(self.kernel, "fn") else self.kernel
+                names = list(fn.__code__.co_varnames[: fn.__code__.co_argcount])
+                bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k not in OPTIONS}
+                options = {k: v for k, v in kwargs.items() if k in OPTIONS}
+                record = {"module": self.module, "kernel": self.name, "args": {}, "constexprs": {}, "options": options}
+                annotations = getattr(fn, "__annotations__", {})
+                for arg in names:
+                    if arg not in bound:
+                        continue  # a default
+                    if "constexpr" in str(annotations.get(arg, "")):
+                        record["constexprs"][arg] = bound[arg]
+                    else:
+                        record["args"][arg] = _arg_type(bound[arg])
+                seen.setdefault(json.dumps(record, sort_keys=True), record)
+                return launch(*args, **kwargs)
+
+            return run
+
+        def __getattr__(self, attr):
+            return getattr(self.kernel, attr)
+
+    for module_name in KERNEL_MODULES:
+        module = importlib.import_module(module_name)
+        for name, value in list(vars(module).items()):
+            if type(value).__name__ == "InterpretedFunction" and name.endswith("_kernel"):
+                setattr(module, name, Recorder(module_name, name, value))
+    _workload(quick)
+    path.write_text("".join(json.dumps(r) + "\n" for r in seen.values()))
+
+
+# ------------------------------------------------------------------------------------------------ compile
+def compile_all(records: list[dict], arch: int) -> list[dict]:
+    """Compile each recorded launch for ``GPUTarget("cuda", arch, 32)``; one result per record."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    results = []
+    for r in records:
+        kernel = getattr(importlib.import_module(r["module"]), r["kernel"])
+        signature, attrs = {}, {}
+        for i, name in enumerate(kernel.arg_names):
+            if name in r["constexprs"]:
+                signature[name] = "constexpr"
+            elif name in r["args"]:
+                ty, value = r["args"][name]
+                signature[name] = ty
+                if ty.startswith("*"):
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+            else:
+                signature[name] = "constexpr"  # a constexpr left at its default
+        constexprs = dict(r["constexprs"]) | {k: v for k, v in GPU_CONSTEXPRS.items() if k in r["constexprs"]}
+        for i, name in enumerate(kernel.arg_names):
+            if name not in r["args"] and name not in constexprs:
+                constexprs[name] = kernel.params[i].default
+        start = time.perf_counter()
+        try:
+            src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+            compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=r["options"])
+            meta = compiled.metadata
+            out = {"ok": True, "shared": getattr(meta, "shared", None),
+                   "registers": getattr(compiled, "n_regs", None)}  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a report, not a handler: every launch is tried
+            out = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()[:1500]}"}
+        results.append({**r, "constexprs": constexprs, **out, "seconds": round(time.perf_counter() - start, 1)})
+    return results
+
+
+def _label(r: dict) -> str:
+    keys = ("NOISE", "RANK", "PAIRED", "ANTITHETIC", "HAS_BIAS", "READ_C", "PREFETCH_C", "PERTURB_W", "PERTURB_B")
+    const = ", ".join(f"{k}={r['constexprs'][k]}" for k in keys if k in r["constexprs"])
+    return f"{r['kernel']}({const})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability (90: H100/H200)")
+    p.add_argument("--out", type=Path, default=None, help="write compile_check.json here")
+    p.add_argument(
+        "--launches",
+        type=Path,
+        help="reuse (or keep) the captured launches in this file: capture under "
+        "one Triton's interpreter, compile under another's compiler",
+    )
+    p.add_argument("--quick", action="store_true", help="a smaller grid: ranks 4 and 6, bf16, antithetic")
+    p.add_argument("--capture-only", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.capture_only:
+        capture(args.capture_only, args.quick)
+        return 0
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("compile_check: unset TRITON_INTERPRET (it captures under the interpreter in a subprocess "
+                         "and compiles with Triton's compiler here)")  # fmt: skip
+    import tempfile
+
+    import triton
+
+    with tempfile.TemporaryDirectory() as tmp:
+        launches = args.launches or Path(tmp) / "launches.jsonl"
+        if not launches.exists():
+            env = dict(os.environ, TRITON_INTERPRET="1")
+            cmd = [sys.executable, __file__, "--capture-only", str(launches)] + (["--quick"] if args.quick else [])
+            subprocess.run(cmd, env=env, check=True, cwd=ROOT)
+        records = [json.loads(line) for line in launches.read_text().splitlines()]
+    results = compile_all(records, args.arch)
+    failed = [r for r in results if not r["ok"]]
+    print(f"Triton {triton.__version__}, sm_{args.arch}: {len(results)} distinct launches, {len(failed)} failed")
+    for r in results:
+        status = "ok" if r["ok"] else "FAILED"
+        print(f"- {status:6} {_label(r)} {r['options']} {r['seconds']} s")
+        if not r["ok"]:
+            print("    " + r["error"].replace("\n", "\n    ")[:1500])
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compile_check.json").write_text(json.dumps(
+            {"triton": triton.__version__, "arch": args.arch, "results": results}, indent=1, default=str))  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
