@@ -828,7 +828,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tier", choices=sorted(TIERS), default="quick", help="preset grid (default quick)")
+    p.add_argument("--tier", choices=sorted(TIERS), help="preset grid (default quick; with --report-only, the board's)")
     p.add_argument("--quick", action="store_const", const="quick", dest="tier", help="same as --tier quick")
     p.add_argument("--envs", nargs="+", help="env names (default: the tier's)")
     p.add_argument("--agents", nargs="+", help="agent names or module:function (default: the tier's)")
@@ -871,9 +871,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)  # fmt: skip
 
 
+# The flags that decide which cells a board plans (and so which count as missing in its report).
+GRID_FLAGS = ("tier", "envs", "agents", "seeds")
+
+
+def grid_of_board(out: Path, args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with each grid flag it leaves unset taken from the board's own invocations (``board.json``'s parts)
+    where they all gave the same value; the rest keep the tier's defaults. So ``--report-only --out DIR`` rebuilds a
+    board against the grid it was run with."""
+    commands = [part.get("command", "") for part in _board_parts(out)]
+    prefix = "python benchmarks/leaderboard.py"
+    if not commands or any(not c.startswith(prefix) for c in commands):
+        return args
+    try:
+        recorded = [parse_args(shlex.split(c.removeprefix(prefix))) for c in commands]
+    except SystemExit:  # a command of an older harness with flags this one does not know
+        return args
+    resolved = argparse.Namespace(**vars(args))
+    for flag in GRID_FLAGS:
+        values = {json.dumps(getattr(r, flag)) for r in recorded}
+        if getattr(args, flag) is None and len(values) == 1:
+            setattr(resolved, flag, getattr(recorded[0], flag))
+    return resolved
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tier = TIERS[args.tier]
+    if args.report_only:
+        args = grid_of_board(args.out, args)
+    tier = TIERS[args.tier or "quick"]
     cells = make_cells(
         args.envs or list(tier.envs), args.agents or list(tier.agents), list(range(args.seeds or tier.seeds)),
         args.budget_s or tier.budget_s, args.backend or tier.backend, args.device or tier.device,

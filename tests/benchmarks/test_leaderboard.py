@@ -374,3 +374,18 @@ def test_a_deadline_kills_the_running_cell_and_starts_no_other(tmp_path, monkeyp
     assert record["seed"] == 0 and record["status"] == "timeout" and record["final_return"] == 1.0
     assert record["wall_s"] <= 15.0  # the cell's limit was the time left, not its 1.5 x 300 s + 120 s default
     assert any("not started" in line for line in logged)
+
+
+def test_report_only_takes_the_grid_its_board_was_run_with(tmp_path):
+    """``--report-only --out DIR`` without grid flags plans the board's own grid: each of --tier/--envs/--agents/
+    --seeds that every recorded invocation gave alike, the tier's default for the rest; flags given still win."""
+    run = "python benchmarks/leaderboard.py --tier gpu --agents eggroll brax_ppo --seeds 1 --budget-s 480 --envs "
+    parts = [{"command": run + "Ant"}, {"command": run + "Humanoid --gpus 2"}]
+    (tmp_path / "board.json").write_text(json.dumps({"parts": parts}))
+    args = lb.grid_of_board(tmp_path, lb.parse_args(["--report-only", "--out", str(tmp_path)]))
+    assert (args.tier, args.agents, args.seeds, args.envs) == ("gpu", ["eggroll", "brax_ppo"], 1, None)
+    given = lb.grid_of_board(tmp_path, lb.parse_args(["--report-only", "--quick", "--seeds", "3"]))
+    assert (given.tier, given.seeds, given.agents) == ("quick", 3, ["eggroll", "brax_ppo"])
+    (tmp_path / "board.json").write_text(json.dumps({"parts": [{"command": run + "Ant --flag-of-the-future"}]}))
+    unknown = lb.grid_of_board(tmp_path, lb.parse_args(["--report-only"]))
+    assert unknown.tier is None and unknown.agents is None  # an unparsable record changes nothing
