@@ -279,21 +279,24 @@ def lowrank_addmm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     UPCAST: tl.constexpr,  # the interpreter's dot of bf16 operands is wrong (numpy has no bf16): float32 there
-    PREFETCH_C: tl.constexpr,  # with READ_C: load the C tile before the main loop
+    PREFETCH_C: tl.constexpr = False,  # with READ_C: load the C tile before the main loop
 ):
     pid = tl.program_id(0)
     tiles = tl.num_programs(0)
-    rm, rn = tile_rows_cols(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    ok = (rm < M)[:, None] & (rn < N)[None, :]
-    rows = rm.to(tl.int64)[:, None]
-    c_ptrs = c_ptr + rows * stride_cm + rn[None, :]
     if READ_C and PREFETCH_C:
-        c_old = tl.load(c_ptrs, mask=ok, other=0.0).to(tl.float32)
-    acc = tile_product(at_ptr, bt_ptr, rm, rn, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+        rm, rn = tile_rows_cols(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        c_old = tl.load(c_ptr + rm.to(tl.int64)[:, None] * stride_cm + rn[None, :],
+                        mask=(rm < M)[:, None] & (rn < N)[None, :], other=0.0).to(tl.float32)  # fmt: skip
+        acc = tile_product(at_ptr, bt_ptr, rm, rn, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+    else:  # the tile's addresses are formed after the main loop: no registers held through it
+        acc, rm, rn = lowrank_tile(at_ptr, bt_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST)
 
     # Epilogue: ||acc||^2 first, then the update, its rounded copy and the measured change (acc's registers are
     # free once out is formed).
     tl.store(sq_ptr + pid, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+    ok = (rm < M)[:, None] & (rn < N)[None, :]
+    rows = rm.to(tl.int64)[:, None]
+    c_ptrs = c_ptr + rows * stride_cm + rn[None, :]
     out = alpha * acc
     if READ_C:
         if not PREFETCH_C:
