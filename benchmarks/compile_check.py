@@ -9,7 +9,7 @@ closes that gap before a GPU session:
    antithetic and not, with the kernels forced on; every launch ``kernel[grid](...)`` is recorded as the kernel's
    name, its argument types (tensor dtypes, ints, floats), its constexpr values and its launch options.
 2. ``compile``: each distinct launch is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda",
-   arch, 32))`` (Triton's bundled ptxas; no driver), and the result (registers, spills) or the error is reported.
+   arch, 32))`` (Triton's bundled ptxas; no driver), and the result (shared memory) or the error is reported.
 
 The interpreter's launches use its own small block sizes (``INTERPRET_BLOCK_MAX``, ``INTERPRET_GEMM_SHAPE``), so this
 checks the code paths and their constexpr branches, not the GPU's launch shapes (``dump_sass.py`` compiles the update
@@ -137,38 +137,20 @@ def capture(path: Path, quick: bool = False) -> None:
 
 # ------------------------------------------------------------------------------------------------ compile
 def compile_all(records: list[dict], arch: int) -> list[dict]:
-    """Compile each recorded launch for ``GPUTarget("cuda", arch, 32)``; one result per record."""
+    """Compile each recorded launch for ``GPUTarget("cuda", arch, 32)`` (``dump_sass.compile_for_target``, with the
+    GPU's values of ``GPU_CONSTEXPRS``; pointers aligned, ints plain); one result per record."""
     import importlib
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from dump_sass import compile_for_target
 
     results = []
     for r in records:
         kernel = getattr(importlib.import_module(r["module"]), r["kernel"])
-        signature, attrs = {}, {}
-        for i, name in enumerate(kernel.arg_names):
-            if name in r["constexprs"]:
-                signature[name] = "constexpr"
-            elif name in r["args"]:
-                ty, value = r["args"][name]
-                signature[name] = ty
-                if ty.startswith("*"):
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-            else:
-                signature[name] = "constexpr"  # a constexpr left at its default
         constexprs = dict(r["constexprs"]) | {k: v for k, v in GPU_CONSTEXPRS.items() if k in r["constexprs"]}
-        for i, name in enumerate(kernel.arg_names):
-            if name not in r["args"] and name not in constexprs:
-                constexprs[name] = kernel.params[i].default
         start = time.perf_counter()
         try:
-            src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-            compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=r["options"])
-            meta = compiled.metadata
-            out = {"ok": True, "shared": getattr(meta, "shared", None),
-                   "registers": getattr(compiled, "n_regs", None)}  # fmt: skip
+            compiled = compile_for_target(kernel, r["args"], constexprs, r["options"], arch, int_attrs=False)
+            out = {"ok": True, "shared": getattr(compiled.metadata, "shared", None)}
         except Exception as exc:  # noqa: BLE001 - a report, not a handler: every launch is tried
             out = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()[:1500]}"}
         results.append({**r, "constexprs": constexprs, **out, "seconds": round(time.perf_counter() - start, 1)})

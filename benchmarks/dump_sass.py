@@ -87,28 +87,39 @@ def _options(shape):
     return opts
 
 
-def compile_offline(kernel, args, const, shape, arch: int):
-    """``triton.compile`` for ``GPUTarget("cuda", arch, 32)`` with the JIT's specializations (same API in 3.6 and
-    3.9: signature by name with ``"constexpr"`` for constexprs, attrs keyed by argument index tuples)."""
+def compile_for_target(kernel, args, constexprs, options, arch: int, int_attrs: bool = True):
+    """``triton.compile`` of ``kernel`` for ``GPUTarget("cuda", arch, 32)`` (same API in 3.6 and 3.9: signature by
+    name with ``"constexpr"`` for constexprs, attrs keyed by argument index tuples).
+
+    ``args``: name -> (signature type, value or None) of the runtime arguments; ``constexprs``: name -> value; a
+    constexpr in neither takes its default. Pointers get ``tt.divisibility`` 16 (the caching allocator aligns them);
+    with ``int_attrs``, as the JIT specializes the GEMMs' sizes, ints divisible by 16 get it too and an int equal to 1
+    (which the JIT would make a constexpr) is refused; without it ints stay plain (kernels whose ints the JIT does not
+    specialize, ``do_not_specialize``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    constexprs = {**const, **_meta(shape)}
+    constexprs = dict(constexprs)
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
+        if name not in constexprs and name not in args:
+            constexprs[name] = kernel.params[i].default
         if name in constexprs:
             signature[name] = "constexpr"
             continue
         ty, value = args[name]
         signature[name] = ty
-        # Pointers from the caching allocator are 16-byte aligned; ints divisible by 16 get the same attribute; an
-        # int equal to 1 would be specialized to a constexpr (none here).
-        if ty.startswith("*") or (ty == "i32" and value % 16 == 0):
+        if ty.startswith("*") or (int_attrs and ty == "i32" and value % 16 == 0):
             attrs[(i,)] = [["tt.divisibility", 16]]
-        assert not (ty == "i32" and value == 1), name
+        assert not (int_attrs and ty == "i32" and value == 1), name
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=_options(shape))
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def compile_offline(kernel, args, const, shape, arch: int):
+    """``compile_for_target`` with a GEMM launch shape's meta-parameters and options."""
+    return compile_for_target(kernel, args, {**const, **_meta(shape)}, _options(shape), arch)
 
 
 def compile_jit(kernel, args, const, shape):

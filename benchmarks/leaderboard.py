@@ -587,25 +587,36 @@ def _fmt(x: Any, digits: int = 1) -> str:
     return f"{x:,.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _eggroll_and_peers(rows: list[dict]):
+    """``(env, eggroll's row, the rows of the peers with seeds)`` for every env where eggroll has seeds."""
+    for env in sorted({r["env"] for r in rows}):
+        mine = next((r for r in rows if r["env"] == env and r["agent"] == "eggroll" and r["seeds"]), None)
+        if mine is not None:
+            yield env, mine, [r for r in rows if r["env"] == env and r["agent"] != "eggroll" and r["seeds"]]
+
+
+def _threshold_lead(a: dict, b: dict) -> str | None:
+    """How row ``a`` reaches the env's threshold ahead of row ``b``: "on more seeds", "sooner" (as many seeds, a
+    smaller mean time), or None."""
+    if a["reached"] > b["reached"]:
+        return "on more seeds"
+    if a["reached"] == b["reached"] > 0 and a["time_to_threshold_s"] < b["time_to_threshold_s"]:
+        return "sooner"
+    return None
+
+
 def losses(rows: list[dict]) -> list[str]:
     """Plain sentences: every env where a peer is ahead of eggroll at equal wall clock (``_equal_wall``), or reaches
     the threshold with more seeds, or with as many seeds sooner; and where eggroll does not reach Brax PPO's best on
     every seed."""
     out = []
-    for env in sorted({r["env"] for r in rows}):
-        mine = next((r for r in rows if r["env"] == env and r["agent"] == "eggroll" and r["seeds"]), None)
-        if mine is None:
-            continue
-        for r in rows:
-            if r["env"] != env or r["agent"] == "eggroll" or not r["seeds"]:
-                continue
+    for env, mine, peers in _eggroll_and_peers(rows):
+        for r in peers:
             if r["at_equal_wall"] > r["eggroll_at_equal_wall"]:  # NaN compares False: no common time, no claim
                 out.append(f"{env}: {r['agent']} is ahead at equal wall clock ({_fmt(r['at_equal_wall'])} vs eggroll "
                            f"{_fmt(r['eggroll_at_equal_wall'])} at {r['equal_wall_s']:.0f} s).")  # fmt: skip
-            more = r["reached"] > mine["reached"]
-            sooner = r["reached"] == mine["reached"] > 0 and r["time_to_threshold_s"] < mine["time_to_threshold_s"]
-            if more or sooner:
-                how = "on more seeds" if more else "sooner"
+            how = _threshold_lead(r, mine)
+            if how:
                 out.append(f"{env}: {r['agent']} reaches {_fmt(r['threshold'], 0)} {how} "
                            f"({_fmt(r['time_to_threshold_s'])} s vs eggroll {_fmt(mine['time_to_threshold_s'])} s, "
                            f"{r['reached']}/{r['seeds']} vs {mine['reached']}/{mine['seeds']} seeds).")  # fmt: skip
@@ -620,13 +631,8 @@ def wins(rows: list[dict]) -> list[str]:
     same budget higher (mean final return over seeds), or reaches the threshold with more seeds, or with as many
     seeds sooner; and where it reaches Brax PPO's best on every seed."""
     out = []
-    for env in sorted({r["env"] for r in rows}):
-        mine = next((r for r in rows if r["env"] == env and r["agent"] == "eggroll" and r["seeds"]), None)
-        if mine is None:
-            continue
-        for r in rows:
-            if r["env"] != env or r["agent"] == "eggroll" or not r["seeds"]:
-                continue
+    for env, mine, peers in _eggroll_and_peers(rows):
+        for r in peers:
             if r["eggroll_at_equal_wall"] > r["at_equal_wall"]:  # NaN compares False
                 out.append(f"{env}: eggroll is ahead of {r['agent']} at equal wall clock "
                            f"({_fmt(r['eggroll_at_equal_wall'])} vs {_fmt(r['at_equal_wall'])} at "
@@ -635,10 +641,8 @@ def wins(rows: list[dict]) -> list[str]:
                 out.append(f"{env}: eggroll ends the {mine['budget_s']:.0f} s budget higher than {r['agent']} "
                            f"({_fmt(mine['final_mean'])} vs {_fmt(r['final_mean'])}, mean final return of "
                            f"{mine['seeds']} vs {r['seeds']} seeds).")  # fmt: skip
-            more = mine["reached"] > r["reached"]
-            sooner = mine["reached"] == r["reached"] > 0 and mine["time_to_threshold_s"] < r["time_to_threshold_s"]
-            if more or sooner:
-                how = "on more seeds" if more else "sooner"
+            how = _threshold_lead(mine, r)
+            if how:
                 out.append(f"{env}: eggroll reaches {_fmt(mine['threshold'], 0)} {how} than {r['agent']} "
                            f"({_fmt(mine['time_to_threshold_s'])} s vs {_fmt(r['time_to_threshold_s'])} s, "
                            f"{mine['reached']}/{mine['seeds']} vs {r['reached']}/{r['seeds']} seeds).")  # fmt: skip

@@ -258,6 +258,16 @@ def sign_position(e: torch.Tensor, spans_per_call: int) -> tuple[torch.Tensor, t
     return c0, word, 4 * (span % 8) + lane
 
 
+def _stream_columns(stream: int, column) -> tuple[bool, list[int]]:
+    """``(single, columns)`` of a stream function's ``column`` argument (an int, or a sequence of columns); the vector
+    stream has column 0 only (a ValueError naming ``column`` otherwise)."""
+    single = isinstance(column, int)
+    cols = [column] if single else [int(c) for c in column]
+    if stream == STREAM_VECTOR and any(c != 0 for c in cols):
+        raise invalid("column", column, "0 for the vector stream")
+    return single, cols
+
+
 def rademacher_stream(
     seed: int,
     param_index: int,
@@ -272,14 +282,11 @@ def rademacher_stream(
     column ``column``) or of the vector stream (``STREAM_VECTOR``, ``column=0``): ``(J, length)`` float32
     (``(J, C, length)`` when ``column`` is a sequence of ``C`` columns). Each call is made once for all the
     columns of its group."""
-    single = isinstance(column, int)
-    cols = [column] if single else [int(c) for c in column]
+    single, cols = _stream_columns(stream, column)
     if device is None:
         device = noise_ids.device if isinstance(noise_ids, torch.Tensor) else None
     e = torch.arange(length, dtype=torch.int64, device=device)
     if stream == STREAM_VECTOR:
-        if any(c != 0 for c in cols):
-            raise invalid("column", column, "0 for the vector stream")
         c0, word, bit = sign_position(e, SPANS_PER_CALL_VECTOR)
         groups, group_of, word_of = [0], [0], None
     else:
@@ -320,11 +327,8 @@ def fast_normal_stream(
     ``0 .. length-1`` of column ``column``) or of the vector stream (``STREAM_VECTOR``, ``column=0``): ``(J, length)``
     float32 (``(J, C, length)`` when ``column`` is a sequence of ``C`` columns). Each call is made once for both
     columns of its pair."""
-    single = isinstance(column, int)
-    cols = [column] if single else [int(c) for c in column]
+    single, cols = _stream_columns(stream, column)
     if stream == STREAM_VECTOR:
-        if any(c != 0 for c in cols):
-            raise invalid("column", column, "0 for the vector stream")
         words = stream_words(seed, param_index, t_eff, noise_ids, stream, [0], -(-length // 8), device,
                              rounds=FAST_PHILOX_ROUNDS)  # fmt: skip
         z = _fast_normals(words).flatten(-2)[..., :length]  # (J, 1, length): element e is z_{e % 8} of call e // 8

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..noise import NOISE_TYPES, STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, unique_noise_ids, vector_noise
+from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, unique_noise_ids, vector_noise
 from ..validation import check_int, invalid
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, tl, triton
 from .philox import (
@@ -50,7 +50,7 @@ WIDE_WARPS = 8
 NARROW_WARPS = 4
 MAX_ROWS_PER_PROGRAM = 16
 INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks unless told (fast on the CPU, same values)
-FAST_CODE = NOISE_TYPES.index("gaussian_fast")  # its vector noise comes 8 elements a call: blocks of 8 or more
+FAST_CODE = noise_code("gaussian_fast")  # its vector noise comes 8 elements a call: blocks of 8 or more
 _AUTOCAST_DEVICES = ("cpu", "cuda")  # device types torch.autocast knows (others raise when asked)
 
 
