@@ -305,11 +305,19 @@ def board_info(gpus: int) -> dict[str, Any]:
     return info
 
 
-def _cell_record(cell: Cell, cell_dir: Path, code: int | None, log_tail: str, timeout_s: float) -> dict[str, Any]:
+def _cell_record(
+    cell: Cell, cell_dir: Path, code: int | None, log_tail: str, timeout_s: float, deadline: bool = False
+) -> dict[str, Any]:
+    """The ``cells.jsonl`` record of a cell whose worker returned ``code`` (None: killed after ``timeout_s``;
+    ``deadline``: that limit was the invocation's ``--deadline-s``, not the cell's own), and its evaluations."""
     evals = _read_jsonl(cell_dir / "evals.jsonl")
     path = cell_dir / "result.json"
     result = json.loads(path.read_text()) if path.exists() else None
-    if result is None:
+    if result is None and code is None and deadline:
+        # Cut short by the lane, not by its own time limit: it measured nothing about the agent within its budget.
+        why = f"killed at the invocation's deadline after {timeout_s:.0f} s (--deadline-s); rerun next time"
+        result = {"status": "deadline", "error": f"{why}; log tail:\n{log_tail}", "config": None, "wall_s": timeout_s}
+    elif result is None:
         why = f"timed out after {timeout_s:.0f} s" if code is None else f"worker exited with code {code}"
         # A killed cell's streamed evaluations are real measurements: it counts (marked) until it is rerun.
         status = "timeout" if code is None and evals else "error"
@@ -327,8 +335,10 @@ def _cell_record(cell: Cell, cell_dir: Path, code: int | None, log_tail: str, ti
 
 
 MIN_CELL_S = 30.0  # with a deadline, a cell is not started with less time left than this
-# Statuses of a cell that resume keeps (the rest are retried); "timeout" cells count on the board until rerun.
-DONE = ("ok", "skipped")
+# Statuses of a cell that resume keeps (the rest are retried: "skipped" too, whose agent may be installed now);
+# "timeout" cells (killed at their own time limit) count on the board until rerun; "deadline" cells (killed at an
+# invocation's --deadline-s) do not count.
+DONE = ("ok",)
 USABLE = ("ok", "timeout")
 
 
@@ -351,8 +361,9 @@ def run_board(
     returns counts of ok/error/skipped/timeout/kept cells (and ``left``: not started before the deadline).
 
     ``deadline_s``: seconds from this call after which nothing runs (a lent machine's time limit). A cell starts only
-    while at least ``MIN_CELL_S`` are left, and is killed at the deadline (its evaluations kept, status "timeout",
-    rerun on the next invocation), so short cells (PPO stops at its step budget) fill a lane back to back."""
+    while at least ``MIN_CELL_S`` are left, and is killed at the deadline (status "deadline": its evaluations are
+    kept in its folder but do not count on the board, and the next invocation reruns it), so short cells (PPO stops
+    at its step budget) fill a lane back to back."""
     start = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
@@ -362,7 +373,7 @@ def run_board(
         old = finished.get(c.cell_id)
         if rerun or old is None or old["status"] not in DONE or old["spec"] != c.spec():
             todo.append(c)
-    counts = {"ok": 0, "error": 0, "skipped": 0, "timeout": 0, "kept": len(cells) - len(todo), "left": 0}
+    counts = {"ok": 0, "error": 0, "skipped": 0, "timeout": 0, "deadline": 0, "kept": len(cells) - len(todo), "left": 0}
     if max_cells is not None:
         todo = todo[:max_cells]  # the rest waits for the next invocation
     log(f"board: {len(cells)} cells, {counts['kept']} already finished, {len(todo)} to run -> {out}")
@@ -397,10 +408,11 @@ def run_board(
             if cell.device == "cpu":
                 env["JAX_PLATFORMS"] = "cpu"
             limit = timeout_s if timeout_s is not None else 1.5 * cell.budget_s + 120.0
-            if left is not None and left < limit:
-                limit = left  # killed at the deadline, evaluations kept
+            by_deadline = left is not None and left < limit
+            if by_deadline:
+                limit = left  # killed at the deadline
             code, tail = _launch_cell(cell_dir, env, limit)
-            record, evals = _cell_record(cell, cell_dir, code, tail, limit)
+            record, evals = _cell_record(cell, cell_dir, code, tail, limit, deadline=by_deadline)
             with lock:
                 runs = [r for r in _read_jsonl(out / "runs.jsonl") if r["cell_id"] != cell.cell_id]
                 runs += [{"cell_id": cell.cell_id, "env": cell.env, "agent": cell.agent, "seed": cell.seed, **e}
@@ -901,8 +913,11 @@ def grid_of_board(out: Path, args: argparse.Namespace) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.report_only:
-        args = grid_of_board(args.out, args)
+    if args.merge:
+        counts = merge_boards(args.out, args.merge)
+        print(f"merged into {args.out}: {counts}")
+    if args.report_only or args.merge:
+        args = grid_of_board(args.out, args)  # the grid the (merged) board was run with, where flags leave it open
     tier = TIERS[args.tier or "quick"]
     cells = make_cells(
         args.envs or list(tier.envs), args.agents or list(tier.agents), list(range(args.seeds or tier.seeds)),
@@ -925,10 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         planned[(c.env, c.agent)] = planned.get((c.env, c.agent), 0) + 1
     command = "python benchmarks/leaderboard.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.merge:
-        counts = merge_boards(args.out, args.merge)
-        print(f"merged into {args.out}: {counts}")
-    elif not args.report_only:
+    if not (args.report_only or args.merge):
         before = _board_parts(args.out)
         part = dict(board_info(args.gpus), command=command, started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _write_board_parts(args.out, before + [part])  # before the cells: a killed invocation still says what ran

@@ -233,6 +233,14 @@ def test_merge_from_the_command_line(tmp_path):
         ("Pendulum", "openes", "0"),
     }  # fmt: skip
     assert not (out / "cells" / "Pendulum__eggroll__s0").exists()
+    # without grid flags, the merged board is reported against the grid its parts were run with (as --report-only)
+    run = "python benchmarks/leaderboard.py --tier gpu --envs Hopper --agents eggroll brax_ppo --seeds 2"
+    _part(tmp_path / "c", [_cell("Hopper", "eggroll", 0)], _runs("Hopper", "eggroll", 0, [(1, 10), (2, 900)]), run)
+    assert lb.main(["--merge", str(tmp_path / "c"), "--out", str(tmp_path / "gpu"), "--no-plot"]) == 0
+    rows = list(csv.DictReader((tmp_path / "gpu" / "compare.csv").open()))
+    assert {(r["env"], r["agent"], r["seeds"], r["planned"]) for r in rows} == {
+        ("Hopper", "eggroll", "1", "2"), ("Hopper", "brax_ppo", "0", "2"),
+    }  # fmt: skip
 
 
 def test_a_killed_cell_keeps_its_evaluations_and_is_retried(tmp_path):
@@ -361,19 +369,41 @@ def run_slow(cell, budget_s, emit):
 
 
 def test_a_deadline_kills_the_running_cell_and_starts_no_other(tmp_path, monkeypatch):
-    """``--deadline-s``: the running cell is killed at the deadline with its evaluation kept (status "timeout", so
-    the next invocation reruns it) and a cell with less than ``MIN_CELL_S`` left is not started."""
+    """``--deadline-s``: the running cell is killed at the deadline (status "deadline": its evaluation stays in
+    runs.jsonl but the board does not count it, and the next invocation reruns it) and a cell with less than
+    ``MIN_CELL_S`` left is not started."""
     (tmp_path / "slow_peer.py").write_text(SLOW_PEER)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     monkeypatch.setattr(lb, "MIN_CELL_S", 5.0)
     cells = lb.make_cells(["CartPole"], ["slow_peer:run_slow"], [0, 1], 300.0, "torch", "cpu")
     logged = []
     counts = lb.run_board(cells, tmp_path / "lb", workers=1, deadline_s=15.0, log=logged.append)
-    assert counts["timeout"] == 1 and counts["left"] == 1 and counts["ok"] == counts["error"] == 0
+    assert counts["deadline"] == 1 and counts["left"] == 1 and counts["ok"] == counts["timeout"] == 0
     (record,) = lb._read_jsonl(tmp_path / "lb" / "cells.jsonl")
-    assert record["seed"] == 0 and record["status"] == "timeout" and record["final_return"] == 1.0
+    assert record["seed"] == 0 and record["status"] == "deadline" and record["final_return"] == 1.0
+    assert "--deadline-s" in record["error"]
     assert record["wall_s"] <= 15.0  # the cell's limit was the time left, not its 1.5 x 300 s + 120 s default
     assert any("not started" in line for line in logged)
+    assert "deadline" not in lb.USABLE and "deadline" not in lb.DONE
+    planned = {(record["env"], record["agent"]): 1}
+    row = lb.summarize(lb._read_jsonl(tmp_path / "lb" / "runs.jsonl"), [record], planned)[0]
+    assert row["seeds"] == 0 and row["missing"] == 1 and "deadline" in row["status"]  # not a measurement
+    # the next invocation (no deadline) runs it again, and the seed it never started
+    monkeypatch.setattr(lb, "_launch_cell", lambda cell_dir, env, limit: (1, "stub"))
+    assert lb.run_board(cells, tmp_path / "lb", workers=1, log=logged.append)["error"] == 2
+
+
+def test_a_skipped_cell_is_retried_once_its_agent_is_installed(tmp_path, monkeypatch):
+    """A cell skipped because its agent was not installed is not "finished": the next invocation tries it again."""
+    cells = lb.make_cells(["CartPole"], ["eggroll"], [0], 10.0, "torch", "cpu")
+    out = tmp_path / "lb"
+    out.mkdir()
+    skipped = {"cell_id": cells[0].cell_id, "status": "skipped", "spec": cells[0].spec(), "error": "not installed"}
+    (out / "cells.jsonl").write_text(json.dumps(skipped) + "\n")
+    launched = []
+    monkeypatch.setattr(lb, "_launch_cell", lambda cell_dir, env, limit: launched.append(cell_dir.name) or (1, "x"))
+    counts = lb.run_board(cells, out, workers=1, log=lambda _: None)
+    assert launched == [cells[0].cell_id] and counts["kept"] == 0
 
 
 def test_report_only_takes_the_grid_its_board_was_run_with(tmp_path):
