@@ -335,9 +335,10 @@ def _locomotion(**changes: Any) -> dict[str, Any]:
 # healthy_reward) where an episode ends when the body falls, so that standing still is not the first optimum found
 # (docs/training.md).
 ENV_DEFAULTS |= {
-    # The [64, 64] MLP with sigma 0.05: 2146 at 231 s with a second run on its GPU (train_hopper_cuda.md), where
-    # sigma 0.02 had 1217 at 250 s. Linear policies stuck at 584-1046 in 230 s (2048 members: a lunge, ~170-step
-    # episodes; 128/256 members; sigma 0.05): recipes_2026-11-30_gpu.md, recipes_2026-11-30c_gpu.md.
+    # The [64, 64] MLP with sigma 0.05: alone on an H200, best 2860 at 490 s (train_hopper_cuda.md); with a second
+    # run on its GPU 2146 at 231 s (train_hopper_cuda_shared.md), where sigma 0.02 had 1217 at 250 s. Linear policies
+    # stuck at 584-1046 in 230 s (2048 members: a lunge, ~170-step episodes; 128/256 members; sigma 0.05):
+    # recipes_2026-11-30_gpu.md, recipes_2026-11-30c_gpu.md.
     "hopper": _locomotion(reward_shift=1.0, sigma=0.05),
     # Walker2d and Humanoid: their longest measured runs (train_walker2d_cuda.md, train_humanoid_cuda.md) used
     # Rademacher noise (no learning difference from Gaussian seen on HalfCheetah: noise_seeds_halfcheetah_cuda.md).

@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 
 from eggroll_rl import noise as N  # noqa: E402
 from eggroll_rl.kernels import linear, philox, update  # noqa: E402
+from eggroll_rl.kernels._launch import FAST_MATH  # noqa: E402
 
 DEV = torch.device("cuda")
 
@@ -121,6 +122,12 @@ def test_perturbed_linear_vs_twin(R, n, m, variants, dtype):
         twin_err = _rel(linear.perturbed_linear_reference(x, w, b, ids, **kw), exact)
         err = _rel(y, exact)
         floor = 1e-6 if dtype == torch.float32 else 1e-4
+        if noise == "gaussian_fast" and FAST_MATH:
+            # The kernel's normals come from the SFU's lg2/cos approximations, the twin's from exact math: each
+            # normal within 1e-5 (test_fast_normals_fast_math_within_1e5). The perturbation term is ~all of y
+            # here (sigma 0.3, unit-normal factors), so its relative error adds up to that much: 1.19e-6 at
+            # 64 x 4096 -> 4100, rank 4, fp32 on an H200 (exact-noise floor 1e-6 + 3 twin errors of 4e-8).
+            floor += 1e-5
         assert err <= 3 * twin_err + floor, (noise, rank, anti, wi, bi, err, twin_err)
 
 
