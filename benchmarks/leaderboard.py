@@ -608,11 +608,12 @@ def _eggroll_and_peers(rows: list[dict]):
 
 
 def _threshold_lead(a: dict, b: dict) -> str | None:
-    """How row ``a`` reaches the env's threshold ahead of row ``b``: "on more seeds", "sooner" (as many seeds, a
-    smaller mean time), or None."""
-    if a["reached"] > b["reached"]:
+    """How row ``a`` reaches the env's threshold ahead of row ``b``: "on more seeds" (a larger share of its seeds:
+    rows may have run different numbers), "sooner" (the same share, above 0, in a smaller mean time), or None."""
+    share_a, share_b = a["reached"] / max(a["seeds"], 1), b["reached"] / max(b["seeds"], 1)
+    if share_a > share_b:
         return "on more seeds"
-    if a["reached"] == b["reached"] > 0 and a["time_to_threshold_s"] < b["time_to_threshold_s"]:
+    if share_a == share_b > 0 and a["time_to_threshold_s"] < b["time_to_threshold_s"]:
         return "sooner"
     return None
 

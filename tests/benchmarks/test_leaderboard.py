@@ -103,6 +103,17 @@ def test_summarize_on_fixed_inputs():
     ]
 
 
+def test_threshold_lead_compares_shares_of_seeds():
+    """Rows with different seed counts: 2/2 against 1/1 is the same share, so only time decides."""
+    ppo = {"reached": 2, "seeds": 2, "time_to_threshold_s": 80.7}
+    egg = {"reached": 1, "seeds": 1, "time_to_threshold_s": 212.2}
+    assert lb._threshold_lead(ppo, egg) == "sooner" and lb._threshold_lead(egg, ppo) is None
+    assert lb._threshold_lead({**egg, "seeds": 3}, {**ppo, "reached": 0, "seeds": 1}) == "on more seeds"
+    assert lb._threshold_lead({**egg, "reached": 1, "seeds": 3}, {**ppo, "reached": 1, "seeds": 2}) is None  # 1/3 < 1/2
+    none = {"reached": 0, "seeds": 0, "time_to_threshold_s": math.nan}
+    assert lb._threshold_lead(none, none) is None
+
+
 # ----------------------------------------------------------------------------------------- end to end (CPU)
 FAKE_PEER = """
 def run_failing(cell, budget_s, emit):
