@@ -68,23 +68,26 @@ the angle, each half ``h`` a uniform on (0, 1), never 0 or 1::
   ``c0 = a // 4`` holds rows ``4 (a // 4) .. + 3`` of both columns of the pair: entry ``[a, c]`` is
   ``z_{4 (c % 2) + a % 4}`` of the call with ``c0 = a // 4``, ``c3 = (stream << 16) | (c // 2)`` (words ``x_0, x_1``
   hold column ``2g``, ``x_2, x_3`` column ``2g + 1``; at odd ranks the last call's ``z_4 .. z_7`` go unused).
-* Vector noise (stream ``2``, ``column = 0``): element ``e`` is ``z_{e % 8}`` of the call with ``c0 = e // 8``.
+* Vector noise (stream ``2``, ``column = 0``): element ``e`` is ``z_{e % 4}`` of the call with ``c0 = e // 4``
+  (words ``x_0, x_1``; ``x_2, x_3`` go unused).
 
 Why this layout: a kernel thread holds a quad of 4 consecutive rows of a block for every rank column, as for
 Gaussian noise; pairing the columns, not the rows, gives it all 8 normals of a call for its own quad (4 rows x 2
 columns) whatever the block size or the number of warps, with no state kept across blocks (a pairing of two blocks
 or spans of rows would tie the contract to one block size: blocks narrower or wider than the span would compute the
 call twice). Its cost: rank 1 and the last column of odd ranks use half a call. The vector stream has no second
-column: a call holds 8 consecutive elements, which a kernel generates 8 to a thread and the consumer may lay out
-otherwise (a register shuffle); it is the smaller share of the normals (``m`` a layer against ``r (m + n)``).
-Statistical cost (``benchmarks/results/noise_options.md``, option ``philox7_bm16``, whose streams are the vector
-layout above; a factor column pair here is a fixed permutation of the study's stream ``column = g``, row pairs
-``(a, a + 1)``, ``a`` even, still being Box-Muller pairs): on 2^24 normals no moment,
-tail mass, Kolmogorov-Smirnov distance or correlation differs from the Gaussian noise's beyond its standard error,
-and 7 rounds pass the avalanche test with one round of margin (10 keep four). The radius is quantized to 16 bits,
-so ``|z| <= sqrt(34 ln 2) = 4.855`` (``FAST_Z_MAX``; 5.768 for the Gaussian noise): the mass beyond radius 4.71,
-``2^-16`` a pair, sits on one radius. Its speed is to be measured on the GPU (``benchmarks/bench_kernels.py
---noises gaussian_fast``); the study's instruction count predicts a faster generator, not a measured one.
+column: a call holds 4 consecutive elements, half a call, so that a thread's quad comes from its own call in the
+factors' layout. (Until session 6 a call held 8 consecutive elements; generated 8 to a thread, they had to move
+through shared memory into the 4-a-thread layout, which made the rank-1 forward 17 % slower than ``gaussian``'s on an
+H200, `benchmarks/NOTES_kernels.md`. The vector is the smaller share of the normals: ``m`` a layer against
+``r (m + n)``.)
+Statistical cost (``benchmarks/results/noise_options.md``, option ``philox7_bm16``: 8 consecutive elements a call;
+a factor column pair here is a fixed permutation of the study's stream ``column = g``, and the vector stream the
+first 4 normals of each of its calls; row pairs ``(a, a + 1)``, ``a`` even, still Box-Muller pairs): on 2^24
+normals no moment, tail mass, Kolmogorov-Smirnov distance or correlation differs from the Gaussian noise's beyond
+its standard error, and 7 rounds pass the avalanche test with one round of margin (10 keep four). The radius is
+quantized to 16 bits, so ``|z| <= sqrt(34 ln 2) = 4.855`` (``FAST_Z_MAX``; 5.768 for the Gaussian noise): the
+mass beyond radius 4.71, ``2^-16`` a pair, sits on one radius. Speed on an H200: ``benchmarks/NOTES_kernels.md``.
 
 The two factors of a matrix parameter have i.i.d. entries, N(0, 1) (+-1, or the capped normals of
 ``gaussian_fast``); scaling by ``sigma * s_i / sqrt(r)`` happens outside the generator.
@@ -329,9 +332,10 @@ def fast_normal_stream(
     columns of its pair."""
     single, cols = _stream_columns(stream, column)
     if stream == STREAM_VECTOR:
-        words = stream_words(seed, param_index, t_eff, noise_ids, stream, [0], -(-length // 8), device,
+        words = stream_words(seed, param_index, t_eff, noise_ids, stream, [0], -(-length // 4), device,
                              rounds=FAST_PHILOX_ROUNDS)  # fmt: skip
-        z = _fast_normals(words).flatten(-2)[..., :length]  # (J, 1, length): element e is z_{e % 8} of call e // 8
+        # (J, 1, length): element e is z_{e % 4} of call e // 4 (words x_0, x_1 of each call)
+        z = _fast_normals(words)[..., :4].flatten(-2)[..., :length]
         z = z.expand(-1, len(cols), -1)
     else:
         pairs = sorted({c // 2 for c in cols})

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..noise import STREAM_A, STREAM_B, factor_noise, member_noise_and_sign, unique_noise_ids, vector_noise
-from ..validation import check_int, invalid
+from ..validation import check_int
 from ._launch import FAST_MATH, FLOAT_DTYPES, INTERPRET, as_i32, check_ids, noise_code, tl, triton
 from .philox import (
     FACTOR_SPANS,
@@ -50,7 +50,7 @@ WIDE_WARPS = 8
 NARROW_WARPS = 4
 MAX_ROWS_PER_PROGRAM = 16
 INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks unless told (fast on the CPU, same values)
-FAST_CODE = noise_code("gaussian_fast")  # its vector noise comes 8 elements a call: blocks of 8 or more
+FAST_CODE = noise_code("gaussian_fast")
 _AUTOCAST_DEVICES = ("cpu", "cuda")  # device types torch.autocast knows (others raise when asked)
 
 
@@ -607,8 +607,6 @@ def lowrank_delta(
     paired = bool(paired) and R % 2 == 0
     default_blocks = block_max is None
     code = noise_code(noise)
-    if code == FAST_CODE and block_max is not None and block_max < 8:
-        raise invalid("block_max", block_max, "at least 8 with noise='gaussian_fast' (a call holds 8 elements)")
     block_max, tile, warps = delta_launch_shape(K, M, block_max, tile, num_warps)
     block_k = min(block_max, max(8, triton.next_power_of_2(K)))
     block_m = min(block_max, max(8, triton.next_power_of_2(M)))

@@ -175,17 +175,14 @@ def fast_pair_block(
 
 @triton.jit
 def fast_vector_block(k0, k1, j, t_eff, e0, P: tl.constexpr, NCOL: tl.constexpr, FAST_MATH: tl.constexpr):
-    """``gaussian_fast``: elements ``e0 .. e0+NCOL-1`` (``e0 % 8 == 0``, ``NCOL >= 8``) of the vector stream for
-    ``P`` noise indices, ``(P, NCOL)`` float32: one call per 8 consecutive elements, all 8 normals in one thread."""
-    x0, x1, x2, x3 = stream_words(k0, k1, j, t_eff, 2 << 16, e0 // 8, P, NCOL // 8, FAST_ROUNDS)
+    """``gaussian_fast``: elements ``e0 .. e0+NCOL-1`` (``e0 % 4 == 0``) of the vector stream for ``P`` noise indices,
+    ``(P, NCOL)`` float32: one call per 4 consecutive elements, from its words ``x_0, x_1`` (``x_2, x_3`` unused), in
+    the 4-a-thread layout of the factor blocks (no shuffle)."""
+    x0, x1, _, _ = stream_words(k0, k1, j, t_eff, 2 << 16, e0 // 4, P, NCOL // 4, FAST_ROUNDS)
     z0, z1 = _box_muller16(x0, FAST_MATH)
     z2, z3 = _box_muller16(x1, FAST_MATH)
-    z4, z5 = _box_muller16(x2, FAST_MATH)
-    z6, z7 = _box_muller16(x3, FAST_MATH)
-    # join adds a trailing axis: (P, NCOL/8, 2, 2, 2)[..., r, q, p] = z_{4r + 2q + p}
-    lo = tl.join(tl.join(z0, z4), tl.join(z2, z6))
-    hi = tl.join(tl.join(z1, z5), tl.join(z3, z7))
-    return tl.reshape(tl.join(lo, hi), [P, NCOL])
+    # as gaussian_block: (P, NCOL/4, 2, 2)[..., q, p] = the quad's element 2q + p
+    return tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [P, NCOL])
 
 
 @triton.jit
@@ -298,7 +295,7 @@ def vector_block(
     k0, k1, j, t_eff, e0, P: tl.constexpr, NCOL: tl.constexpr, NOISE: tl.constexpr, FAST_MATH: tl.constexpr
 ):
     """Elements ``e0 .. e0+NCOL-1`` (``e0 % 4 == 0``) of the vector stream (full-rank noise of a non-matrix
-    parameter) for ``P`` noise indices: ``(P, NCOL)`` float32 (``NOISE == 2``: ``e0 % 8 == 0``, ``NCOL >= 8``)."""
+    parameter) for ``P`` noise indices: ``(P, NCOL)`` float32."""
     if NOISE == 0:
         return gaussian_block(k0, k1, j, t_eff, 2 << 16, e0, P, NCOL, FAST_MATH)
     elif NOISE == 2:
