@@ -198,7 +198,11 @@ def main() -> None:
         ("versions", ", ".join(f"{k} {v}" for k, v in summary["versions"].items())),
         ("command", f"`{summary['command']}`"),
         ("population / rank / sigma / lr", f"{config.population} / {config.rank} / {config.sigma} / {config.lr}"),
-        ("policy", f"MLP {list(config.hidden_sizes)} {config.activation}, obs_norm={config.obs_norm}"),
+        (
+            "policy",
+            f"MLP {list(config.hidden_sizes)} {config.activation}, weight_init={config.weight_init}, "
+            f"obs_norm={config.obs_norm}",
+        ),
         ("env backend", ", ".join(f"{k}={v}" for k, v in env_info.items())),
         ("generations / env steps", f"{len(metrics)} / {summary['env_steps']:,}"),
         ("stopped by", interrupted or "its budget"),

@@ -19,6 +19,7 @@ __all__ = [
     "NoiseKind",
     "Optimizer",
     "Schedule",
+    "WeightInit",
     "options",
 ]
 
@@ -33,6 +34,9 @@ Device = Literal["auto", "cuda", "cpu"]
 Schedule = Literal["constant", "linear", "exponential"]
 Activation = Literal["pqn", "tanh", "relu", "silu"]
 ActionMode = Literal["tanh", "clip"]
+WeightInit = Literal["torch", "glorot"]
+"""Initial policy weights: torch's ``nn.Linear`` default with the head scaled by 0.1 and a zero head bias, or
+Glorot-uniform on every layer with zero biases (the evosax peer's network)."""
 
 
 def options(choice: typing.Any) -> tuple[str, ...]:

@@ -48,6 +48,7 @@ def build_policy(config: TrainConfig, env: Any, device: torch.device) -> MLPPoli
         action_mode=config.action_mode,
         obs_norm=config.obs_norm,
         obs_clip=config.obs_clip,
+        weight_init=config.weight_init,
     ).to(device)
 
 

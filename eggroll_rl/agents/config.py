@@ -26,6 +26,7 @@ from eggroll_rl.choices import (
     NoiseKind,
     Optimizer,
     Schedule,
+    WeightInit,
     options,
 )
 from eggroll_rl.validation import check_choice, check_int, check_number, invalid
@@ -115,6 +116,9 @@ class TrainConfig:
     """Normalize observations with a running mean/std fed by the live steps of the whole population."""
     obs_clip: float = 10.0
     """Clip normalized observations to [-obs_clip, obs_clip] (0: no clipping)."""
+    weight_init: WeightInit = "torch"
+    """Initial policy weights: torch (nn.Linear's default; head weight x0.1, head bias 0) or glorot (Glorot-uniform
+    on every layer, zero biases)."""
 
     # --- rollout and evaluation ---------------------------------------------------------------------------------
     episodes_per_member: int = 1

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eggroll_rl.choices import ActionMode, Activation, options
+from eggroll_rl.choices import ActionMode, Activation, WeightInit, options
 from eggroll_rl.validation import check_choice
 
 __all__ = [
@@ -116,6 +116,8 @@ class MLPPolicy(nn.Module):
         action_mode: ``tanh`` squashes the output into the bounds; ``clip`` clips the raw output to them.
         obs_norm: apply running observation normalization (``self.obs_norm``, updated by the trainer).
         obs_clip: clip normalized observations to ``[-obs_clip, obs_clip]`` (0: no clipping).
+        weight_init: ``torch`` (``nn.Linear``'s default, head weight scaled by 0.1, head bias zero) or ``glorot``
+            (Glorot-uniform weights on every layer, bound ``sqrt(6 / (fan_in + fan_out))``, zero biases).
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class MLPPolicy(nn.Module):
         action_mode: ActionMode = "tanh",
         obs_norm: bool = True,
         obs_clip: float = 10.0,
+        weight_init: WeightInit = "torch",
     ) -> None:
         super().__init__()
         if obs_dim < 1:
@@ -137,6 +140,7 @@ class MLPPolicy(nn.Module):
         if action_dim < 1:
             raise ValueError(f"action_dim={action_dim} is invalid: expected >= 1")
         check_choice("action_mode", action_mode, options(ActionMode))
+        check_choice("weight_init", weight_init, options(WeightInit))
         hidden_sizes = [int(h) for h in hidden_sizes]
         if any(h < 1 for h in hidden_sizes):
             raise ValueError(f"hidden_sizes={hidden_sizes} is invalid: expected positive widths")
@@ -157,6 +161,7 @@ class MLPPolicy(nn.Module):
             action_mode=action_mode,
             obs_norm=bool(obs_norm),
             obs_clip=float(obs_clip),
+            weight_init=weight_init,
         )
         self.discrete = bool(discrete)
         self.action_mode = action_mode
@@ -168,12 +173,21 @@ class MLPPolicy(nn.Module):
             width = h
         self.trunk = nn.Sequential(*layers)
         self.head = nn.Linear(width, action_dim)
-        # A small output layer starts every member near the middle of the action range.
-        with torch.no_grad():
-            self.head.weight.mul_(0.1)
-            self.head.bias.zero_()
+        self._init_weights(weight_init)
         self.register_buffer("action_low", low)
         self.register_buffer("action_high", high)
+
+    @torch.no_grad()
+    def _init_weights(self, weight_init: WeightInit) -> None:
+        # Runs after nn.Linear drew its own init, so "torch" takes exactly the RNG draws it always took.
+        if weight_init == "torch":
+            # A small output layer starts every member near the middle of the action range.
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+            return
+        for layer in [m for m in self.trunk if isinstance(m, nn.Linear)] + [self.head]:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     @property
     def obs_dim(self) -> int:
@@ -224,6 +238,7 @@ def make_policy(
     action_mode: ActionMode = "tanh",
     obs_norm: bool = True,
     obs_clip: float = 10.0,
+    weight_init: WeightInit = "torch",
 ) -> MLPPolicy:
     """An ``MLPPolicy`` fitted to an environment's single observation and action spaces.
 
@@ -250,6 +265,7 @@ def make_policy(
         action_mode=action_mode,
         obs_norm=obs_norm,
         obs_clip=obs_clip,
+        weight_init=weight_init,
     )
 
 
