@@ -32,10 +32,7 @@ def compile_delta(noise: str, rank: int, K: int, M: int, bias_noise: bool = True
     from eggroll_rl.kernels import linear
     from eggroll_rl.kernels._launch import noise_code
 
-    block_max, tile, warps = linear.delta_launch_shape(K, M)
-    block_k = min(block_max, max(8, triton.next_power_of_2(K)))
-    block_m = min(block_max, max(8, triton.next_power_of_2(M)))
-    rows = max(1, min(linear.MAX_ROWS_PER_PROGRAM, tile // max(block_k, block_m)))
+    block_k, block_m, rows, warps = linear.delta_blocks(K, M)
     args = {
         "x_ptr": ("*bf16", None), "ids_ptr": ("*i64", None), "bias_ptr": ("*bf16", None), "d_ptr": ("*bf16", None),
         "R": ("i32", 1024), "M": ("i32", M), "K": ("i32", K), "stride_xr": ("i32", K), "stride_dr": ("i32", M),
@@ -52,13 +49,10 @@ def compile_delta(noise: str, rank: int, K: int, M: int, bias_noise: bool = True
 
 def instruction_counts(compiled) -> tuple[int, dict[str, int], str]:
     """(instructions, counts of ``OPS``, cuobjdump's resource line) of a compiled kernel."""
-    cuobjdump = dump_sass._tool("cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        sass = dump_sass._run([cuobjdump, "-sass", str(cubin)])
-        usage = " ".join(line.strip() for line in dump_sass._run([cuobjdump, "-res-usage", str(cubin)]).splitlines()
-                         if "REG:" in line)  # fmt: skip
+        sass, usage = dump_sass.sass_and_usage(compiled.asm, cubin)
     instrs = dump_sass.parse_sass(sass)
     ops = Counter(op.split(".")[0] for _, op, _ in instrs)
     return len(instrs), {o: ops.get(o, 0) for o in OPS}, usage.split(" STACK")[0]

@@ -278,25 +278,29 @@ def ptxas_report(ptx: str, arch: str, maxnreg: int | None) -> str:
         return "; ".join(line for line in lines if "Used" in line or "spill" in line or "fatal" in line)
 
 
+def sass_and_usage(asm: dict, cubin: Path) -> tuple[str, str]:
+    """A compiled kernel's SASS (``asm["sass"]``, else ``cuobjdump -sass`` of the ``cubin`` file written from it) and
+    cuobjdump's resource line (registers, stack, shared memory; "" without cuobjdump)."""
+    cuobjdump = _tool("cuobjdump")
+    if "sass" in asm and asm["sass"]:
+        sass = asm["sass"]
+    elif cuobjdump:
+        sass = _run([cuobjdump, "-sass", str(cubin)])
+    else:
+        raise SystemExit("no cuobjdump (set TRITON_CUOBJDUMP_PATH) and no asm['sass']")
+    if not cuobjdump:
+        return sass, ""
+    usage = _run([cuobjdump, "-res-usage", str(cubin)]).splitlines()
+    return sass, " ".join(line.strip() for line in usage if "REG:" in line)
+
+
 def analyse(name, compiled, shape, out: Path) -> dict:
     asm = compiled.asm
     cubin = asm["cubin"]
     (out / f"{name}.cubin").write_bytes(cubin)
     (out / f"{name}.ttgir").write_text(asm["ttgir"])
     (out / f"{name}.ptx").write_text(asm["ptx"])
-    cuobjdump = _tool("cuobjdump")
-    res_usage = ""
-    if "sass" in asm and asm["sass"]:
-        sass = asm["sass"]
-    elif cuobjdump:
-        sass = _run([cuobjdump, "-sass", str(out / f"{name}.cubin")])
-    else:
-        raise SystemExit("no cuobjdump (set TRITON_CUOBJDUMP_PATH) and no asm['sass']")
-    if cuobjdump:
-        res_usage = " ".join(
-            line.strip() for line in _run([cuobjdump, "-res-usage", str(out / f"{name}.cubin")]).splitlines()
-            if "REG:" in line
-        )  # fmt: skip
+    sass, res_usage = sass_and_usage(asm, out / f"{name}.cubin")
     sass = _labels_to_addresses(sass)
     (out / f"{name}.sass").write_text(sass)
     instrs = parse_sass(sass)

@@ -871,7 +871,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--deadline-s",
         type=float,
         help="stop this invocation after this many seconds: no cell starts with less than 30 s left, running cells "
-        "are killed at the deadline (evaluations kept, rerun next time)",
+        "are killed at the deadline (status 'deadline': not counted on the board, rerun next time)",
     )
     p.add_argument("--rerun", action="store_true", help="rerun finished cells too")
     p.add_argument("--report-only", action="store_true", help="only rebuild compare.md/.csv and the plots")

@@ -69,7 +69,7 @@ the angle, each half ``h`` a uniform on (0, 1), never 0 or 1::
   ``z_{4 (c % 2) + a % 4}`` of the call with ``c0 = a // 4``, ``c3 = (stream << 16) | (c // 2)`` (words ``x_0, x_1``
   hold column ``2g``, ``x_2, x_3`` column ``2g + 1``; at odd ranks the last call's ``z_4 .. z_7`` go unused).
 * Vector noise (stream ``2``, ``column = 0``): element ``e`` is ``z_{e % 4}`` of the call with ``c0 = e // 4``
-  (words ``x_0, x_1``; ``x_2, x_3`` go unused).
+  (words ``x_0, x_1``; ``x_2, x_3`` go unused): the layout of factor column 0, in stream 2.
 
 Why this layout: a kernel thread holds a quad of 4 consecutive rows of a block for every rank column, as for
 Gaussian noise; pairing the columns, not the rows, gives it all 8 normals of a call for its own quad (4 rows x 2
@@ -329,22 +329,15 @@ def fast_normal_stream(
     """The first ``length`` ``gaussian_fast`` normals of a factor column (``STREAM_A``, ``STREAM_B``: rows
     ``0 .. length-1`` of column ``column``) or of the vector stream (``STREAM_VECTOR``, ``column=0``): ``(J, length)``
     float32 (``(J, C, length)`` when ``column`` is a sequence of ``C`` columns). Each call is made once for both
-    columns of its pair."""
+    columns of its pair; the vector stream is laid out as factor column 0 of its own stream."""
     single, cols = _stream_columns(stream, column)
-    if stream == STREAM_VECTOR:
-        words = stream_words(seed, param_index, t_eff, noise_ids, stream, [0], -(-length // 4), device,
-                             rounds=FAST_PHILOX_ROUNDS)  # fmt: skip
-        # (J, 1, length): element e is z_{e % 4} of call e // 4 (words x_0, x_1 of each call)
-        z = _fast_normals(words)[..., :4].flatten(-2)[..., :length]
-        z = z.expand(-1, len(cols), -1)
-    else:
-        pairs = sorted({c // 2 for c in cols})
-        words = stream_words(seed, param_index, t_eff, noise_ids, stream, pairs, -(-length // 4), device,
-                             rounds=FAST_PHILOX_ROUNDS)  # fmt: skip
-        J, G, B = words.shape[:3]
-        # [j, g, b, h, l] = z_{4h + l} of call b, i.e. row 4b + l of column 2g + h; permuted to [j, g, h, b, l]
-        z = _fast_normals(words).view(J, G, B, 2, 4).permute(0, 1, 3, 2, 4).reshape(J, 2 * G, 4 * B)
-        z = z[:, [2 * pairs.index(c // 2) + c % 2 for c in cols], :length]
+    pairs = sorted({c // 2 for c in cols})
+    words = stream_words(seed, param_index, t_eff, noise_ids, stream, pairs, -(-length // 4), device,
+                         rounds=FAST_PHILOX_ROUNDS)  # fmt: skip
+    J, G, B = words.shape[:3]
+    # [j, g, b, h, l] = z_{4h + l} of call b, i.e. row 4b + l of column 2g + h; permuted to [j, g, h, b, l]
+    z = _fast_normals(words).view(J, G, B, 2, 4).permute(0, 1, 3, 2, 4).reshape(J, 2 * G, 4 * B)
+    z = z[:, [2 * pairs.index(c // 2) + c % 2 for c in cols], :length]
     return z[:, 0] if single else z
 
 

@@ -50,7 +50,6 @@ WIDE_WARPS = 8
 NARROW_WARPS = 4
 MAX_ROWS_PER_PROGRAM = 16
 INTERPRET_BLOCK_MAX = 32  # the interpreter runs small blocks unless told (fast on the CPU, same values)
-FAST_CODE = noise_code("gaussian_fast")
 _AUTOCAST_DEVICES = ("cpu", "cuda")  # device types torch.autocast knows (others raise when asked)
 
 
@@ -498,6 +497,21 @@ def delta_launch_shape(
     return block_max, tile, num_warps
 
 
+def delta_blocks(
+    K: int, M: int, block_max: int | None = None, tile: int | None = None, num_warps: int | None = None,
+    interpret: bool = False,
+) -> tuple[int, int, int, int]:  # fmt: skip
+    """``(BLOCK_K, BLOCK_M, P, num_warps)`` of a ``lowrank_delta_kernel`` launch for a ``K -> M`` layer
+    (``delta_launch_shape``'s arguments; ``interpret``: the interpreter's small blocks unless the blocks were given)."""
+    default_blocks = block_max is None
+    block_max, tile, warps = delta_launch_shape(K, M, block_max, tile, num_warps)
+    block_k = min(block_max, max(8, triton.next_power_of_2(K)))
+    block_m = min(block_max, max(8, triton.next_power_of_2(M)))
+    if interpret and default_blocks:
+        block_k, block_m, warps = min(block_k, INTERPRET_BLOCK_MAX), min(block_m, INTERPRET_BLOCK_MAX), NARROW_WARPS
+    return block_k, block_m, max(1, min(MAX_ROWS_PER_PROGRAM, tile // max(block_k, block_m))), warps
+
+
 def perturbed_linear_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -605,14 +619,8 @@ def lowrank_delta(
     if R == 0:
         return d
     paired = bool(paired) and R % 2 == 0
-    default_blocks = block_max is None
     code = noise_code(noise)
-    block_max, tile, warps = delta_launch_shape(K, M, block_max, tile, num_warps)
-    block_k = min(block_max, max(8, triton.next_power_of_2(K)))
-    block_m = min(block_max, max(8, triton.next_power_of_2(M)))
-    if INTERPRET and default_blocks:
-        block_k, block_m, warps = min(block_k, INTERPRET_BLOCK_MAX), min(block_m, INTERPRET_BLOCK_MAX), NARROW_WARPS
-    rows_per_prog = max(1, min(MAX_ROWS_PER_PROGRAM, tile // max(block_k, block_m)))
+    block_k, block_m, rows_per_prog, warps = delta_blocks(K, M, block_max, tile, num_warps, interpret=INTERPRET)
     units = R // 2 if paired else R
     grid = (triton.cdiv(units, rows_per_prog),)
     lowrank_delta_kernel[grid](

@@ -177,12 +177,10 @@ def fast_pair_block(
 def fast_vector_block(k0, k1, j, t_eff, e0, P: tl.constexpr, NCOL: tl.constexpr, FAST_MATH: tl.constexpr):
     """``gaussian_fast``: elements ``e0 .. e0+NCOL-1`` (``e0 % 4 == 0``) of the vector stream for ``P`` noise indices,
     ``(P, NCOL)`` float32: one call per 4 consecutive elements, from its words ``x_0, x_1`` (``x_2, x_3`` unused), in
-    the 4-a-thread layout of the factor blocks (no shuffle)."""
-    x0, x1, _, _ = stream_words(k0, k1, j, t_eff, 2 << 16, e0 // 4, P, NCOL // 4, FAST_ROUNDS)
-    z0, z1 = _box_muller16(x0, FAST_MATH)
-    z2, z3 = _box_muller16(x1, FAST_MATH)
-    # as gaussian_block: (P, NCOL/4, 2, 2)[..., q, p] = the quad's element 2q + p
-    return tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [P, NCOL])
+    the 4-a-thread layout of the factor blocks (no shuffle): factor column 0 of stream 2 (the compiler drops the
+    unused column 1)."""
+    z, _ = fast_pair_block(k0, k1, j, t_eff, 2, 0, e0, P, NCOL, FAST_MATH)
+    return z
 
 
 @triton.jit
