@@ -52,7 +52,9 @@ def test_torch_init_is_bit_identical_to_the_old_construction(shape, seed):
             assert torch.equal(got, want)
         assert policy.spec["weight_init"] == "torch"
     assert TrainConfig().weight_init == "torch"
-    assert all(TrainConfig.for_env(env).weight_init == "torch" for env in ("CartPole", "HalfCheetah"))
+    assert all(TrainConfig.for_env(env, device="cpu").weight_init == "torch" for env in ("CartPole", "HalfCheetah"))
+    # HalfCheetah's GPU recipe is the one that picks Glorot (config.py, halfcheetah_init_gpu_2026-11-30.md).
+    assert TrainConfig.for_env("HalfCheetah", device="cuda").weight_init == "glorot"
 
 
 def test_glorot_weights_are_uniform_within_the_bound_with_zero_biases():

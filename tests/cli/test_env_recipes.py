@@ -29,11 +29,14 @@ TUNED_CPU = {
     "swimmer": dict(hidden_sizes=(), sigma=0.05, lr=0.05, eval_every=5, time_limit_s=600.0),
 }
 
-# HalfCheetah's GPU recipe as measured (benchmarks/results/train_halfcheetah_cuda.md): must not drift.
-HALFCHEETAH_GPU = dict(
+# The locomotion recipe as measured on HalfCheetah (benchmarks/results/train_halfcheetah_cuda.md), the base of the
+# other Brax envs, Ant's and HalfCheetah's CPU recipe: must not drift.
+LOCOMOTION = dict(
     population=2048, rank=4, sigma=0.02, lr=0.01, hidden_sizes=(64, 64), activation="pqn", brax_backend="spring",
     generations=1000, time_limit_s=540.0, eval_every=10, eval_episodes=128, checkpoint_every=20,
 )  # fmt: skip
+# HalfCheetah's GPU recipe: the base with Glorot init and tanh (benchmarks/results/halfcheetah_init_gpu_2026-11-30.md).
+HALFCHEETAH_GPU = LOCOMOTION | dict(weight_init="glorot", activation="tanh")
 
 
 def _printed(capsys, env: str, device: str) -> dict:
@@ -91,7 +94,8 @@ def test_locomotion_recipes_start_from_halfcheetah(env):
                        members_per_start=1)  # fmt: skip
     expected = halfcheetah | TUNED.get(key, {})
     assert {k: getattr(gpu, k) for k in expected} == expected
-    assert (gpu.activation, gpu.obs_norm, gpu.action_mode) == ("pqn", True, "tanh")
+    net = ("glorot", "tanh") if key == "halfcheetah" else ("torch", "pqn")
+    assert (gpu.weight_init, gpu.activation, gpu.obs_norm, gpu.action_mode) == (*net, True, "tanh")
     assert 0 < gpu.time_limit_s <= 540.0
     assert gpu.reward_shift == ALIVE_BONUS.get(_canonical_env_key(env), 0.0)
     assert gpu.brax_backend == ("generalized" if env in ("Swimmer", "Reacher") else "spring")
@@ -103,12 +107,19 @@ def test_locomotion_recipes_start_from_halfcheetah(env):
     assert cpu.max_episode_steps == gpu.max_episode_steps
     assert cpu.hidden_sizes == tuned.get("hidden_sizes", gpu.hidden_sizes)
     assert {k: getattr(cpu, k) for k in tuned} == tuned
+    assert (cpu.weight_init, cpu.activation) == ("torch", "pqn")  # glorot + tanh was measured on the GPU only
 
 
 def test_halfcheetah_gpu_recipe_is_unchanged():
     config = TrainConfig.for_env("HalfCheetah", device="cuda")
     assert {k: getattr(config, k) for k in HALFCHEETAH_GPU} == HALFCHEETAH_GPU
-    assert ENV_DEFAULTS["ant"] == ENV_DEFAULTS["halfcheetah"] == HALFCHEETAH_GPU
+    assert ENV_DEFAULTS["halfcheetah"] == HALFCHEETAH_GPU
+    assert ENV_DEFAULTS["ant"] == LOCOMOTION  # Ant was measured with the base (train_ant_cuda.md)
+    cpu = TrainConfig.for_env("HalfCheetah", device="cpu")
+    assert {k: getattr(cpu, k) for k in LOCOMOTION if k not in ("population", "lr", "eval_episodes")} == {
+        k: v for k, v in LOCOMOTION.items() if k not in ("population", "lr", "eval_episodes")
+    }
+    assert (cpu.weight_init, cpu.population, cpu.lr) == ("torch", 128, 0.02)
 
 
 def test_device_auto_picks_the_recipe_of_the_device_found(monkeypatch):
