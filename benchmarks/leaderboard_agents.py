@@ -363,11 +363,11 @@ def merge_moments(stats: Any, s0: Any, s1: Any, s2: Any) -> tuple[Any, Any, Any]
 def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
     """evosax's OpenES (``evosax.algorithms.Open_ES``, evosax >= 0.3) on the Brax env, all in JAX: eggroll's
     population (antithetic), sigma, Adam learning rate, centered-rank shaping, reward shift and hidden widths; a tanh
-    MLP with Glorot-uniform weights, tanh actions and running observation normalization (eggroll's HalfCheetah default has
-    the same layers and init; its other envs' defaults use its own ``pqn`` activation and torch's init with a shrunk
-    head, and ``activation=tanh weight_init=glorot`` gives them this network). Each generation rolls out one episode per member
-    (``lax.scan`` over the episode length, finished episodes masked) and counts the steps of unfinished episodes as
-    env steps, as eggroll does."""
+    MLP with Glorot-uniform weights, tanh actions and running observation normalization (eggroll's HalfCheetah
+    default has the same layers and init; its other envs' defaults use its own ``pqn`` activation and torch's init
+    with a shrunk head, and ``activation=tanh weight_init=glorot`` gives them this network). Each generation rolls out
+    one episode per member (``lax.scan`` over the episode length, finished episodes masked) and counts the steps of
+    unfinished episodes as env steps, as eggroll does."""
     try:
         import evosax  # noqa: F401
         from evosax.algorithms import Open_ES
