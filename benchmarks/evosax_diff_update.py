@@ -30,7 +30,7 @@ def flat_torch(policy) -> "torch.Tensor":  # noqa: F821
     import torch
 
     layers = [m for m in policy.trunk if isinstance(m, torch.nn.Linear)] + [policy.head]
-    return torch.cat([t for m in layers for t in (m.weight.detach().T.reshape(-1), m.bias.detach().reshape(-1))])
+    return torch.cat([t for m in layers for t in (m.weight.detach().T.reshape(-1), m.bias.detach().reshape(-1))]).cpu()
 
 
 def main() -> None:
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.02)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--signal", type=float, default=1.0, help="fitness = signal * <c, E_i> + N(0, 1)")
+    ap.add_argument("--device", default="cpu", help="cuda: our strategy's GPU path (Triton kernels, fused Adam)")
     args = ap.parse_args()
     sys.path.insert(0, args.evosax_path)
 
@@ -58,10 +59,11 @@ def main() -> None:
     jax.config.update("jax_enable_x64", False)
     torch.manual_seed(0)
     n, sigma, lr, r = args.population, args.sigma, args.lr, args.rank
-    policy = MLPPolicy(17, 6, False, (64, 64), activation="tanh", weight_init="glorot")
+    device = torch.device(args.device)
+    policy = MLPPolicy(17, 6, False, (64, 64), activation="tanh", weight_init="glorot").to(device)
     strategy = EggrollStrategy(
         sigma=sigma, lr=lr, rank=r, optimizer="adam", antithetic=True, fitness_shaping="centered_rank",
-        seed=0, allow_cpu=True,
+        seed=0, allow_cpu=device.type == "cpu",
     )  # fmt: skip
     strategy.setup(policy)
     specs = strategy.specs
@@ -70,7 +72,7 @@ def main() -> None:
 
     # evosax's solution pytree: [(W (in, out), b), ...] with our initial values
     layers = [m for m in policy.trunk if isinstance(m, torch.nn.Linear)] + [policy.head]
-    solution = [(jnp.asarray(m.weight.detach().T.numpy()), jnp.asarray(m.bias.detach().numpy())) for m in layers]
+    solution = [(jnp.asarray(m.weight.detach().T.cpu().numpy()), jnp.asarray(m.bias.detach().cpu().numpy())) for m in layers]
     es_adam = Open_ES(
         population_size=n, solution=solution, use_antithetic_sampling=True, optimizer=optax.adam(lr),
         std_schedule=optax.constant_schedule(sigma),
@@ -94,7 +96,7 @@ def main() -> None:
         assert np.allclose(theta, np.asarray(state.mean), atol=1e-6), "means diverged"
         with strategy.perturb(population_size=n, epoch=gen) as pop:
             # dense sigma * E_i of every member, in evosax's flat order
-            ids = torch.arange(n // 2)
+            ids = torch.arange(n // 2, device=device)
             parts = []
             for m in layers:
                 spec_w = next(s for s in specs if s.param is m.weight)
@@ -104,11 +106,22 @@ def main() -> None:
                 e_w = torch.einsum("uor,uir->uio", a, b) / math.sqrt(r)  # (U, in, out): W^T's layout
                 e_b = pop.noise_of(spec_b, "eps", ids)  # (U, out)
                 parts += [e_w.reshape(n // 2, -1), e_b.reshape(n // 2, -1)]
-            e_pairs = torch.cat(parts, dim=1).numpy()  # (U, D)
+            e_pairs = torch.cat(parts, dim=1).cpu().numpy()  # (U, D)
             # spot check against the library's own dense perturbation of member 3 (noise 1, sign -1)
             w0 = layers[0].weight
-            dense = pop.perturbation(3, next(s.name for s in specs if s.param is w0)).T.reshape(-1).numpy()
+            dense = pop.perturbation(3, next(s.name for s in specs if s.param is w0)).T.reshape(-1).cpu().numpy()
             assert np.allclose(dense, -sigma * e_pairs[1, : dense.size], atol=1e-6)
+            # the batched forward (Triton on CUDA) against the policy run with each member's dense weights
+            x = torch.randn(8, 17, generator=torch.Generator().manual_seed(gen)).to(device)
+            members = [0, 1, 2, 3, n - 2, n - 1]
+            with torch.no_grad():
+                got = pop.batched_forward(policy, x.repeat(len(members), 1),
+                                          member_ids=torch.tensor(members, device=device).repeat_interleave(8))
+                want = []
+                for i in members:
+                    weights = {s.name: s.param.detach() + pop.perturbation(i, s.name) for s in specs}
+                    want.append(torch.func.functional_call(policy, weights, (x,)))
+                fwd_err = float((got - torch.cat(want)).abs().max())
         sign = np.tile([1.0, -1.0], n // 2).astype(np.float32)
         e_members = e_pairs[np.arange(n) // 2] * sign[:, None]  # member i: s_i E_{i//2}
         f = (args.signal * e_members @ c + rng.standard_normal(n)).astype(np.float32)
@@ -118,11 +131,12 @@ def main() -> None:
         # ours: gradient (ascent) and Adam step
         from eggroll_rl.fitness import shape_fitness
 
-        shaped = shape_fitness(torch.from_numpy(f), "centered_rank")
+        shaped = shape_fitness(torch.from_numpy(f).to(device), "centered_rank")
         g_ours = [t.clone() for t in strategy.estimate_gradient(shaped, n, gen)]
         by_param = {s.param: g for s, g in zip(specs, g_ours)}
-        g_ours_flat = torch.cat([t for m in layers for t in (by_param[m.weight].T.reshape(-1), by_param[m.bias])]).numpy()
-        strategy.step(torch.from_numpy(f))
+        g_ours_flat = torch.cat([t for m in layers for t in (by_param[m.weight].T.reshape(-1), by_param[m.bias])])
+        g_ours_flat = g_ours_flat.cpu().numpy()
+        strategy.step(torch.from_numpy(f).to(device))
         step_ours = flat_torch(policy).numpy() - theta
 
         # evosax: gradient via sgd(1.0) from the same mean, Adam step from the running state
@@ -134,13 +148,13 @@ def main() -> None:
         step_evosax = np.asarray(state.mean) - before
 
         # the explicit formula: g = 1/(N sigma) sum_i z_i (sigma E_i) / sigma with our shaped z
-        z = shaped.numpy()
+        z = shaped.cpu().numpy()
         g_formula = (z @ e_members) / (n * sigma)
         print(
             f"gen {gen}: |g_ours| {np.linalg.norm(g_ours_flat):.4f} |g_evosax| {np.linalg.norm(g_evosax):.4f} "
             f"|g_formula| {np.linalg.norm(g_formula):.4f} cos(g_ours,-g_evosax) {cos(g_ours_flat, -g_evosax):.6f} "
             f"max|g_ours+g_evosax| {np.abs(g_ours_flat + g_evosax).max():.2e} cos(g_ours,g_formula) "
-            f"{cos(g_ours_flat, g_formula):.6f}"
+            f"{cos(g_ours_flat, g_formula):.6f} max|batched_forward - dense forward| {fwd_err:.2e}"
         )
         print(
             f"        |step_ours| {np.linalg.norm(step_ours):.6f} |step_evosax| {np.linalg.norm(step_evosax):.6f} "
