@@ -1,8 +1,16 @@
 """One env step of our BraxVecEnv against brax vmap(reset/step) on the same keys (CPU): reset observations, then one
 step with actions 0.3.  PYTHONPATH=. taskset -c 1 python3 benchmarks/evosax_diff_envstep.py"""
-import os; os.environ["JAX_PLATFORMS"]="cpu"
-import jax, numpy as np, torch
-from eggroll_rl.envs.brax_adapter import BraxVecEnv
+
+import os
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402  (after JAX_PLATFORMS)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from eggroll_rl.envs.brax_adapter import BraxVecEnv  # noqa: E402
+
 env = BraxVecEnv("halfcheetah", num_envs=4, device="cpu", seed=0, brax_backend="spring", episode_length=1000)
 o = env.reset(seed=7).numpy().copy()
 _, sub = jax.random.split(jax.random.PRNGKey(7))

@@ -80,23 +80,25 @@ def main() -> None:
             sign = torch.tensor([1.0, -1.0]).repeat(n // 2)
             j = torch.arange(n) // 2
             with torch.no_grad():
-                member = {
-                    k: p.detach() + sigma * sign.view(-1, *[1] * p.dim()) * eps[k][j] for k, p in params.items()
-                }
-                out = torch.vmap(lambda pp: functional_call(policy, pp, (x,)))(member)
+                member = {k: p.detach() + sigma * sign.view(-1, *[1] * p.dim()) * eps[k][j] for k, p in params.items()}
+                out = torch.vmap(lambda pp: functional_call(policy, pp, (x,)))(member)  # noqa: B023  (called here)
             f = fitness_of(out)
             z = shape_fitness(f, "centered_rank")
             w = torch.zeros(n // 2).index_add_(0, j, z * sign) / (n * sigma)
             est = [torch.tensordot(w, eps[k], dims=1) for k in names]
             res["fullrank"].append(cos(torch.cat([t.reshape(-1) for t in est]), true_flat))
             per_layer["fullrank"].append([cos(e.reshape(-1), t.reshape(-1)) for e, t in zip(est, true)])
-        print(f"{init}+{act}: |true grad| {true_flat.norm():.4f}; per-layer |true| "
-              f"{[round(float(t.norm()), 4) for t in true]}")
+        print(
+            f"{init}+{act}: |true grad| {true_flat.norm():.4f}; per-layer |true| "
+            f"{[round(float(t.norm()), 4) for t in true]}"
+        )
         for kind in ("lowrank", "fullrank"):
             v = torch.tensor(res[kind])
             layers = torch.tensor(per_layer[kind]).mean(0)
-            print(f"   {kind:8s}: cos(g_hat, true) {float(v.mean()):.3f} +- {float(v.std()):.3f} "
-                  f"per layer {[round(float(t), 3) for t in layers]} ({names})")
+            print(
+                f"   {kind:8s}: cos(g_hat, true) {float(v.mean()):.3f} +- {float(v.std()):.3f} "
+                f"per layer {[round(float(t), 3) for t in layers]} ({names})"
+            )
 
 
 if __name__ == "__main__":

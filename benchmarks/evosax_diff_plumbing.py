@@ -26,12 +26,12 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
     import torch
+    from leaderboard_agents import jax_episodes
 
     from eggroll_rl import EggrollStrategy
     from eggroll_rl.agents.policy import make_policy
     from eggroll_rl.agents.rollout import rollout
     from eggroll_rl.envs.brax_adapter import BraxVecEnv
-    from leaderboard_agents import jax_episodes
 
     n = args.members
     env = BraxVecEnv("halfcheetah", num_envs=n, device="cpu", seed=0, brax_backend="spring", episode_length=1000)
@@ -66,10 +66,14 @@ def main() -> None:
                                        obs_clip=10.0)  # fmt: skip
         r_ours = ours.returns.numpy().astype(np.float64)
         r_jax = np.asarray(ret, np.float64)
-        print(f"steps {steps}: returns ours {np.round(r_ours[:4], 3).tolist()} ... jax {np.round(r_jax[:4], 3).tolist()} ...")
-        print(f"   max |diff| {np.abs(r_ours - r_jax).max():.4g}, mean |return| {np.abs(r_jax).mean():.4g}, "
-              f"corr {np.corrcoef(r_ours, r_jax)[0, 1]:.6f}; obs count ours {ours.obs_count} jax {int(s0)}; "
-              f"max |obs mean diff| {np.abs(ours.obs_sum.numpy() / ours.obs_count - np.asarray(s1) / float(s0)).max():.3g}")
+        obs_diff = np.abs(ours.obs_sum.numpy() / ours.obs_count - np.asarray(s1) / float(s0)).max()
+        head_ours, head_jax = np.round(r_ours[:4], 3).tolist(), np.round(r_jax[:4], 3).tolist()
+        print(f"steps {steps}: returns ours {head_ours} ... jax {head_jax} ...")
+        print(
+            f"   max |diff| {np.abs(r_ours - r_jax).max():.4g}, mean |return| {np.abs(r_jax).mean():.4g}, "
+            f"corr {np.corrcoef(r_ours, r_jax)[0, 1]:.6f}; obs count ours {ours.obs_count} jax {int(s0)}; "
+            f"max |obs mean diff| {obs_diff:.3g}"
+        )
 
 
 if __name__ == "__main__":

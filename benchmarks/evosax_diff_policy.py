@@ -16,6 +16,8 @@ no affine, eps 1e-5, as torch's F.layer_norm):
     taskset -c 1 python3 benchmarks/evosax_diff_policy.py
 """
 
+# ruff: noqa: B023  (the helpers defined in the loop are called within the same iteration)
+
 from __future__ import annotations
 
 import argparse
@@ -114,7 +116,7 @@ def main() -> None:
             def population(lowrank: bool):
                 half = B // 2
                 deltas = []
-                for w, b in layers:
+                for w, _b in layers:
                     i, o = w.shape
                     if lowrank:
                         A = rng.standard_normal((half, o, args.rank))
@@ -127,8 +129,12 @@ def main() -> None:
                 sign = np.tile([1.0, -1.0], half)
                 members = [
                     (
-                        jnp.asarray(np.asarray(w)[None] + args.sigma * sign[:, None, None] * e[np.arange(B) // 2], jnp.float32),
-                        jnp.asarray(np.asarray(b)[None] + args.sigma * sign[:, None] * eb[np.arange(B) // 2], jnp.float32),
+                        jnp.asarray(
+                            np.asarray(w)[None] + args.sigma * sign[:, None, None] * e[np.arange(B) // 2], jnp.float32
+                        ),
+                        jnp.asarray(
+                            np.asarray(b)[None] + args.sigma * sign[:, None] * eb[np.arange(B) // 2], jnp.float32
+                        ),
                     )
                     for (w, b), (e, eb) in zip(layers, deltas)
                 ]

@@ -25,7 +25,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def flat_torch(policy) -> "torch.Tensor":  # noqa: F821
+def flat_torch(policy) -> torch.Tensor:  # noqa: F821
     """The policy's parameters flattened in evosax's ravel order of ``[(W_in_out, b), ...]`` (``W`` transposed)."""
     import torch
 
@@ -72,7 +72,9 @@ def main() -> None:
 
     # evosax's solution pytree: [(W (in, out), b), ...] with our initial values
     layers = [m for m in policy.trunk if isinstance(m, torch.nn.Linear)] + [policy.head]
-    solution = [(jnp.asarray(m.weight.detach().T.cpu().numpy()), jnp.asarray(m.bias.detach().cpu().numpy())) for m in layers]
+    solution = [
+        (jnp.asarray(m.weight.detach().T.cpu().numpy()), jnp.asarray(m.bias.detach().cpu().numpy())) for m in layers
+    ]
     es_adam = Open_ES(
         population_size=n, solution=solution, use_antithetic_sampling=True, optimizer=optax.adam(lr),
         std_schedule=optax.constant_schedule(sigma),
@@ -115,8 +117,11 @@ def main() -> None:
             x = torch.randn(8, 17, generator=torch.Generator().manual_seed(gen)).to(device)
             members = [0, 1, 2, 3, n - 2, n - 1]
             with torch.no_grad():
-                got = pop.batched_forward(policy, x.repeat(len(members), 1),
-                                          member_ids=torch.tensor(members, device=device).repeat_interleave(8))
+                got = pop.batched_forward(
+                    policy,
+                    x.repeat(len(members), 1),
+                    member_ids=torch.tensor(members, device=device).repeat_interleave(8),
+                )
                 want = []
                 for i in members:
                     weights = {s.name: s.param.detach() + pop.perturbation(i, s.name) for s in specs}
@@ -156,11 +161,12 @@ def main() -> None:
             f"max|g_ours+g_evosax| {np.abs(g_ours_flat + g_evosax).max():.2e} cos(g_ours,g_formula) "
             f"{cos(g_ours_flat, g_formula):.6f} max|batched_forward - dense forward| {fwd_err:.2e}"
         )
+        n_ours, n_evosax = np.linalg.norm(step_ours), np.linalg.norm(step_evosax)
+        rms_ours, rms_evosax = np.sqrt(np.mean(step_ours**2)), np.sqrt(np.mean(step_evosax**2))
         print(
-            f"        |step_ours| {np.linalg.norm(step_ours):.6f} |step_evosax| {np.linalg.norm(step_evosax):.6f} "
-            f"ratio {np.linalg.norm(step_ours) / np.linalg.norm(step_evosax):.6f} cos {cos(step_ours, step_evosax):.6f} "
-            f"max|diff| {np.abs(step_ours - step_evosax).max():.2e} rms/param ours {np.sqrt(np.mean(step_ours**2)):.5f} "
-            f"evosax {np.sqrt(np.mean(step_evosax**2)):.5f}"
+            f"        |step_ours| {n_ours:.6f} |step_evosax| {n_evosax:.6f} ratio {n_ours / n_evosax:.6f} "
+            f"cos {cos(step_ours, step_evosax):.6f} max|diff| {np.abs(step_ours - step_evosax).max():.2e} "
+            f"rms/param ours {rms_ours:.5f} evosax {rms_evosax:.5f}"
         )
         # resync evosax's mean to ours (float rounding only) so the next generation starts from the same point
         state = state.replace(mean=jnp.asarray(flat_torch(policy).numpy()))
