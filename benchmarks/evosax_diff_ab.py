@@ -47,17 +47,12 @@ def main() -> None:
     import optax
     from brax import envs
     from evosax.algorithms import Open_ES
-    from leaderboard_agents import jax_episodes, merge_moments
+    from leaderboard_agents import glorot_mlp, jax_episodes, merge_moments
 
     env = envs.get_environment("halfcheetah", backend="spring")
     n, length = args.population, args.length
     sizes = [env.observation_size, 64, 64, env.action_size]
-    key = jax.random.PRNGKey(args.seed)
-    key, *layer_keys = jax.random.split(key, len(sizes))
-    mean = [
-        (jax.random.uniform(k, (a, b), minval=-1.0, maxval=1.0) * jnp.sqrt(6.0 / (a + b)), jnp.zeros(b))
-        for k, a, b in zip(layer_keys, sizes[:-1], sizes[1:])
-    ]
+    key, mean = glorot_mlp(jax.random.PRNGKey(args.seed), sizes)
     strategy = Open_ES(
         population_size=n, solution=mean, use_antithetic_sampling=True, optimizer=optax.adam(args.lr),
         std_schedule=optax.constant_schedule(args.sigma),

@@ -308,6 +308,21 @@ def tanh_mlp(layers: Any, obs: Any) -> Any:
     return x
 
 
+def glorot_mlp(key: Any, sizes: list[int]) -> tuple[Any, list[tuple[Any, Any]]]:
+    """The evosax peer's initial layers for widths ``sizes``: Glorot-uniform weights ``(in, out)`` (flax's Dense default
+    is lecun-normal; either is fine for ES) and zero biases, one subkey a layer. Returns the key left over and
+    ``[(W, b), ...]``."""
+    import jax
+    import jax.numpy as jnp
+
+    key, *layer_keys = jax.random.split(key, len(sizes))
+    layers = [
+        (jax.random.uniform(k, (a, b), minval=-1.0, maxval=1.0) * jnp.sqrt(6.0 / (a + b)), jnp.zeros(b))
+        for k, a, b in zip(layer_keys, sizes[:-1], sizes[1:])
+    ]
+    return key, layers
+
+
 def jax_episodes(
     env: Any, layers: Any, stats: Any, reset_key: Any, num_envs: int, *, length: int, shift: float, batched: bool,
     obs_clip: float | None,
@@ -383,13 +398,7 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
     brax_id, env = _brax_env(cell, envs)
     n, length, shift = config.population, cell.episode_length, config.reward_shift
     sizes = [env.observation_size, *config.hidden_sizes, env.action_size]
-    key = jax.random.PRNGKey(cell.seed)
-    key, *layer_keys = jax.random.split(key, len(sizes))
-    # Glorot-uniform weights (flax's Dense default is lecun-normal; either is fine for ES), zero biases
-    mean = [
-        (jax.random.uniform(k, (a, b), minval=-1.0, maxval=1.0) * jnp.sqrt(6.0 / (a + b)), jnp.zeros(b))
-        for k, a, b in zip(layer_keys, sizes[:-1], sizes[1:])
-    ]
+    key, mean = glorot_mlp(jax.random.PRNGKey(cell.seed), sizes)
     strategy = Open_ES(
         population_size=n, solution=mean, use_antithetic_sampling=True,
         optimizer=optax.adam(config.lr), std_schedule=optax.constant_schedule(config.sigma),

@@ -325,13 +325,7 @@ _LOCOMOTION: dict[str, Any] = dict(
     eval_episodes=128,
     checkpoint_every=20,
 )
-# HalfCheetah on a GPU: the same with Glorot-uniform weights, zero biases and tanh (the evosax peer's network). On one
-# H200, 480 s: 7062 / 4564 / 4238 (seeds 0-2) where the torch-init + pqn recipe had 4610 / 3667 (seeds 0-1); a higher
-# mean and worst seed, ahead on every seed at 120 s (1753-2080 against 1313-1583), but two of the three seeds end in
-# the former recipe's range. Glorot with pqn alone had 3820 / 4735
-# (halfcheetah_init_gpu_2026-11-30.md). The CPU recipe keeps the base: on the CPU, Glorot's worst of 5 seeds stalled
-# near 2200 and glorot + tanh (seed 0) learned less than glorot + pqn (init_ab_cpu_2026-11-30.md).
-ENV_DEFAULTS["halfcheetah"] = dict(_LOCOMOTION, weight_init="glorot", activation="tanh")
+ENV_DEFAULTS["halfcheetah"] = dict(_LOCOMOTION)  # on a GPU it changes its network (below the CPU recipes)
 # HalfCheetah's base recipe carries over to Ant (benchmarks/results/train_ant_cuda.md); positional physics with the
 # generic defaults stayed below 0 return.
 ENV_DEFAULTS["ant"] = dict(_LOCOMOTION)
@@ -378,10 +372,17 @@ ENV_DEFAULTS |= {
 # forward takes one torch thread; the env backend keeps the other cores. Measured for HalfCheetah only so far.
 _CPU_CHANGES = dict(population=128, lr=0.02, eval_episodes=16, cpu_threads=1)
 ENV_DEFAULTS |= {
-    env + CPU_SUFFIX: {**(_LOCOMOTION if env == "halfcheetah" else ENV_DEFAULTS[env]), **_CPU_CHANGES}
+    env + CPU_SUFFIX: {**ENV_DEFAULTS[env], **_CPU_CHANGES}
     for env in ("halfcheetah", "ant", "hopper", "walker2d", "humanoid", "humanoidstandup", "pusher", "reacher",
                 "swimmer", "invertedpendulum", "inverteddoublependulum")
 }  # fmt: skip
+# HalfCheetah on a GPU: the base recipe with Glorot-uniform weights, zero biases and tanh (the evosax peer's
+# network). On one H200, 480 s: 7062 / 4564 / 4238 (seeds 0-2) where the torch-init + pqn recipe had 4610 / 3667
+# (seeds 0-1); a higher mean and worst seed, ahead on every seed at 120 s (1753-2080 against 1313-1583), but two of
+# the three seeds end in the former recipe's range. Glorot with pqn alone had 3820 / 4735
+# (halfcheetah_init_gpu_2026-11-30.md). The CPU recipe keeps the base: on the CPU, Glorot's worst of 5 seeds stalled
+# near 2200 and glorot + tanh (seed 0) learned less than glorot + pqn (init_ab_cpu_2026-11-30.md).
+ENV_DEFAULTS["halfcheetah"] |= dict(weight_init="glorot", activation="tanh")
 # Reacher on a CPU: gymnasium's Reacher-v5, which seeds each sub-env as asked, so a pair can share its target
 # (EnvPool cannot), and the GPU recipe's step (recipes_2026-11-30.md: -8.1 to -5.4 in 230 s on one core).
 ENV_DEFAULTS["reacher@cpu"] |= dict(backend="gym", lr=ENV_DEFAULTS["reacher"]["lr"])
