@@ -37,6 +37,8 @@ LOCOMOTION = dict(
 )  # fmt: skip
 # HalfCheetah's GPU recipe: the base with Glorot init and tanh (benchmarks/results/halfcheetah_init_gpu_2026-11-30.md).
 HALFCHEETAH_GPU = LOCOMOTION | dict(weight_init="glorot", activation="tanh")
+# The GPU recipes that take HalfCheetah's network (hopper_init_gpu_2026-11-30.md); the others keep the base's.
+GLOROT_TANH_ON_GPU = {"halfcheetah", "hopper"}
 
 
 def _printed(capsys, env: str, device: str) -> dict:
@@ -94,7 +96,7 @@ def test_locomotion_recipes_start_from_halfcheetah(env):
                        members_per_start=1)  # fmt: skip
     expected = halfcheetah | TUNED.get(key, {})
     assert {k: getattr(gpu, k) for k in expected} == expected
-    net = ("glorot", "tanh") if key == "halfcheetah" else ("torch", "pqn")
+    net = ("glorot", "tanh") if key in GLOROT_TANH_ON_GPU else ("torch", "pqn")
     assert (gpu.weight_init, gpu.activation, gpu.obs_norm, gpu.action_mode) == (*net, True, "tanh")
     assert 0 < gpu.time_limit_s <= 540.0
     assert gpu.reward_shift == ALIVE_BONUS.get(_canonical_env_key(env), 0.0)
@@ -115,6 +117,9 @@ def test_halfcheetah_gpu_recipe_is_unchanged():
     assert {k: getattr(config, k) for k in HALFCHEETAH_GPU} == HALFCHEETAH_GPU
     assert ENV_DEFAULTS["halfcheetah"] == HALFCHEETAH_GPU
     assert ENV_DEFAULTS["ant"] == LOCOMOTION  # Ant was measured with the base (train_ant_cuda.md)
+    # Hopper's GPU recipe: the base, its alive bonus, sigma 0.05 and HalfCheetah's network (hopper_init_gpu_2026-11-30.md)
+    hopper = LOCOMOTION | dict(reward_shift=1.0, sigma=0.05, weight_init="glorot", activation="tanh")
+    assert ENV_DEFAULTS["hopper"] == hopper
     cpu = TrainConfig.for_env("HalfCheetah", device="cpu")
     assert {k: getattr(cpu, k) for k in LOCOMOTION if k not in ("population", "lr", "eval_episodes")} == {
         k: v for k, v in LOCOMOTION.items() if k not in ("population", "lr", "eval_episodes")
