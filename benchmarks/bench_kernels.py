@@ -356,6 +356,7 @@ def sweep_shapes() -> list[update.GemmShape]:
     G = update.GemmShape
     candidates = [
         update.GEMM_SHAPES[0],
+        G(64, 128, 64, 4, 4),  # the default's tile without the prefetched C (the default until session 8)
         G(128, 128, 64, 8, 3),  # Triton's usual Hopper tile: ~230 registers a thread, one program per SM
         G(128, 128, 64, 8, 3, maxnreg=128),  # two programs per SM, the epilogue spills
         G(128, 64, 64, 4, 4),

@@ -82,8 +82,9 @@ class GemmShape(NamedTuple):
 # 96 KiB of shared memory, ~200 registers a thread in the offline sm_90 compile) fit an SM, so one's epilogue (read
 # C, write C and the copy: memory bound) can overlap the other's main loop (tensor cores); 128 x 128 with 8 warps
 # needs ~230 registers a thread, one program an SM. A guess from the compiler's resource report, not from timings:
-# ``benchmarks/bench_kernels.py --cases update_sweep`` times the candidates (NOTES_kernels.md, fourth pass).
-GEMM_SHAPES = (GemmShape(64, 128, 64, 4, 4), GemmShape(64, 64, 64, 4, 3))
+# ``benchmarks/bench_kernels.py --cases update_sweep`` times the candidates (NOTES_kernels.md, fourth pass). The C tile
+# is prefetched in the first: -5 % of the GEMM at r=1, -1 % at r=4 in the session-7 sweep (NOTES_kernels.md).
+GEMM_SHAPES = (GemmShape(64, 128, 64, 4, 4, prefetch_c=True), GemmShape(64, 64, 64, 4, 3))
 # Adam in the epilogue holds the parameter and both moments besides the accumulators: 64 x 64 tiles (~250
 # registers a thread, no spills, two programs an SM); 64 x 128 spills.
 ADAM_GEMM_SHAPES = (GemmShape(64, 64, 64, 4, 3),)
