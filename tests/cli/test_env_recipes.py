@@ -117,7 +117,7 @@ def test_halfcheetah_gpu_recipe_is_unchanged():
     assert {k: getattr(config, k) for k in HALFCHEETAH_GPU} == HALFCHEETAH_GPU
     assert ENV_DEFAULTS["halfcheetah"] == HALFCHEETAH_GPU
     assert ENV_DEFAULTS["ant"] == LOCOMOTION  # Ant was measured with the base (train_ant_cuda.md)
-    # Hopper's GPU recipe: the base, its alive bonus, sigma 0.05 and HalfCheetah's network (hopper_init_gpu_2026-11-30.md)
+    # Hopper on a GPU: the base, its alive bonus, sigma 0.05 and HalfCheetah's network (hopper_init_gpu_2026-11-30.md)
     hopper = LOCOMOTION | dict(reward_shift=1.0, sigma=0.05, weight_init="glorot", activation="tanh")
     assert ENV_DEFAULTS["hopper"] == hopper
     cpu = TrainConfig.for_env("HalfCheetah", device="cpu")
