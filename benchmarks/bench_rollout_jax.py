@@ -88,6 +88,11 @@ def _bench_population(args: argparse.Namespace, population: int) -> dict:
             times.append(seconds)
             steps.append(result.num_env_steps)
             returns[path] = result.returns.double().cpu()  # the last generation's, compared below
+        # Reproducibility: the last generation once more must give the same bits (the trainer's resume relies on it).
+        _, again = _generation(path, env, policy, strategy, config, args.generations, max_steps)
+        same = torch.equal(again.returns.double().cpu(), returns[path]) and (
+            result.obs_sum is None or torch.equal(again.obs_sum, result.obs_sum)
+        )
         median = statistics.median(times)
         row[path] = {
             "first_generation_s": first_s,
@@ -96,10 +101,11 @@ def _bench_population(args: argparse.Namespace, population: int) -> dict:
             "num_env_steps": steps[-1],
             "env_steps_per_s": statistics.median(n / t for n, t in zip(steps, times)),
             "return_mean": float(returns[path].mean()),
+            "repeat_bit_identical": same,
         }
         print(
             f"N={population:5d} {path:5s}: first {first_s:7.2f} s, median {median:8.4f} s/gen, "
-            f"{row[path]['env_steps_per_s']:12,.0f} env steps/s",
+            f"{row[path]['env_steps_per_s']:12,.0f} env steps/s, a repeated generation bit-identical: {same}",
             flush=True,
         )
     row["jax_over_torch"] = row["jax"]["env_steps_per_s"] / row["torch"]["env_steps_per_s"]

@@ -132,9 +132,9 @@ class TrainConfig:
     rollout: RolloutPath = "torch"
     """Training rollout: torch (the step loop, every backend) or jax (backend brax only: the whole episode of the
     population in one jitted JAX loop, the factors handed over once per generation; an MLP policy with continuous
-    actions). The same results up to float rounding, which Brax's chaotic dynamics amplify over long episodes, so
-    curves are not bit-identical across the two. Evaluation always runs on torch. Its GPU speed is not yet
-    measured (benchmarks/bench_rollout_jax.py)."""
+    actions). The same results up to float rounding, which Brax's dynamics amplify (HalfCheetah's trajectories part
+    within tens of steps), so the two paths' curves differ; each is reproducible. Evaluation always runs on torch.
+    Its GPU speed is not yet measured (benchmarks/bench_rollout_jax.py)."""
     max_episode_steps: int = 0
     """Cap on episode length (0: the environment's own limit)."""
     eval_every: int = 10

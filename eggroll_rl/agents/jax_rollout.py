@@ -17,6 +17,8 @@ meaning field for field, for one episode per env (the trainer's case). What diff
   HalfCheetah (spring, an untrained policy, CPU) the two paths' observations parted by ~1e-7 relative after one step,
   ~1e-4 after ten and fully within twenty to fifty, as much as the JAX path against itself with one bias nudged by
   1e-7. Per-member returns of an episode are then equally valid samples, not the same numbers;
+- on the CPU a generation repeats bit for bit; on a GPU that is not yet checked (XLA may sum the observations'
+  columns with atomics; ``benchmarks/bench_rollout_jax.py`` reports it), and the trainer's bit-exact resume needs it;
 - NaN checks (``env.check_finite``) look at the live envs only, once, after the episode;
 - the env is left as ``reset`` left it (its own ``step`` is never called);
 - a finished env is frozen (its state kept, the step's result dropped) instead of restarted.

@@ -116,6 +116,7 @@ def test_jax_rollout_matches_torch_rollout_on_brax():
         kwargs = dict(num_members=NUM_MEMBERS, envs_per_member=EPISODES, max_steps=MAX_STEPS, seed=5, record_obs=True)
         ref = rollout(env, lambda obs, ids: pop.batched_forward(policy, obs, member_ids=ids), **kwargs)
         got = jax_rollout(env, policy, pop, **kwargs)
+        again = jax_rollout(env, policy, pop, **kwargs)  # reproducible: the trainer's bit-exact resume needs it
         # Half the population from member 4 on (a torchrun rank's slice), on the same envs' first half.
         half = jax_rollout(env, policy, pop, num_members=4, envs_per_member=EPISODES, max_steps=MAX_STEPS, seed=5,
                            member_ids=torch.arange(NUM_MEMBERS * EPISODES) // 4, first_member=4)  # fmt: skip
@@ -124,6 +125,7 @@ def test_jax_rollout_matches_torch_rollout_on_brax():
             envs_per_member=EPISODES, max_steps=MAX_STEPS, seed=5, member_ids=torch.arange(NUM_MEMBERS * EPISODES) // 4,
         )  # fmt: skip
     assert bool((ref.lengths < MAX_STEPS).any()), "no episode ended: the test would not check done masking"
+    assert torch.equal(again.returns, got.returns) and torch.equal(again.obs_sum, got.obs_sum)
     torch.testing.assert_close(got.returns, ref.returns, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(got.lengths, ref.lengths, atol=0, rtol=0)
     torch.testing.assert_close(got.episode_returns, ref.episode_returns, atol=1e-5, rtol=1e-6, equal_nan=True)
