@@ -137,7 +137,7 @@ def main() -> None:
         "benchmark": "bench_rollout_jax",
         "env": args.env,
         "brax_backend": args.brax_backend,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()}, {os.cpu_count()} cores visible)",
         "dtype": "float32",
         "versions": {"torch": torch.__version__, "jax": jax.__version__, "brax": brax.__version__},
         "generations_timed": args.generations,
