@@ -133,11 +133,12 @@ def main() -> None:
     import jax
 
     device = resolve_device(args.device)
+    cpu = f"cpu ({platform.machine()}, {os.cpu_count()} cores visible)"
     report = {
         "benchmark": "bench_rollout_jax",
         "env": args.env,
         "brax_backend": args.brax_backend,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()}, {os.cpu_count()} cores visible)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "dtype": "float32",
         "versions": {"torch": torch.__version__, "jax": jax.__version__, "brax": brax.__version__},
         "generations_timed": args.generations,
