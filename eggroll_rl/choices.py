@@ -18,6 +18,7 @@ __all__ = [
     "FitnessShaping",
     "NoiseKind",
     "Optimizer",
+    "RolloutPath",
     "Schedule",
     "WeightInit",
     "options",
@@ -34,6 +35,9 @@ Device = Literal["auto", "cuda", "cpu"]
 Schedule = Literal["constant", "linear", "exponential"]
 Activation = Literal["pqn", "tanh", "relu", "silu"]
 ActionMode = Literal["tanh", "clip"]
+RolloutPath = Literal["torch", "jax"]
+"""Where a training rollout runs: torch's step loop (any backend) or one jitted JAX loop per episode (Brax only,
+``eggroll_rl.agents.jax_rollout``)."""
 WeightInit = Literal["torch", "glorot"]
 """Initial policy weights: torch's ``nn.Linear`` default with the head scaled by 0.1 and a zero head bias, or
 Glorot-uniform on every layer with zero biases (the evosax peer's network)."""

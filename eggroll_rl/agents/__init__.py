@@ -7,6 +7,7 @@ __all__ = ["RolloutResult", "default_action_fn", "population_act", "rollout", "r
 # RL trainer, policies and config (issue #5).
 from .checkpoint import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from .config import ENV_DEFAULTS, TrainConfig  # noqa: E402
+from .jax_rollout import jax_rollout  # noqa: E402  (imports JAX only when called)
 from .policy import MLPPolicy, ObservationNormalizer, load_policy, make_policy, save_policy  # noqa: E402
 from .run_dir import RunLockedError  # noqa: E402
 from .trainer import TrainingInterrupted, TrainResult, evaluate, train  # noqa: E402
@@ -26,4 +27,5 @@ __all__ += [
     "UnsafeCheckpointError",
     "RunLockedError",
     "TrainingInterrupted",
+    "jax_rollout",
 ]

@@ -25,6 +25,7 @@ from eggroll_rl.choices import (
     FitnessShaping,
     NoiseKind,
     Optimizer,
+    RolloutPath,
     Schedule,
     WeightInit,
     options,
@@ -128,6 +129,12 @@ class TrainConfig:
     numbers): 1, every member its own; 2, each antithetic pair, so the pair's difference in fitness comes from its
     noise, not from its luck with the start (e.g. Reacher's random target); population, every member. A divisor of
     population. Needs a backend that can share starts: brax, gym or torch (not envpool)."""
+    rollout: RolloutPath = "torch"
+    """Training rollout: torch (the step loop, every backend) or jax (backend brax only: the whole episode of the
+    population in one jitted JAX loop, the factors handed over once per generation; an MLP policy with continuous
+    actions). The same results up to float rounding, which Brax's dynamics amplify (HalfCheetah's trajectories part
+    within tens of steps), so the two paths' curves differ; each is reproducible. Evaluation always runs on torch.
+    Its GPU speed is not yet measured (benchmarks/bench_rollout_jax.py)."""
     max_episode_steps: int = 0
     """Cap on episode length (0: the environment's own limit)."""
     eval_every: int = 10
@@ -245,6 +252,11 @@ class TrainConfig:
             raise invalid("hidden_sizes", self.hidden_sizes, "positive layer widths ([] : a linear policy)")
         if not isinstance(self.env_kwargs, dict):
             raise invalid("env_kwargs", self.env_kwargs, "a dict")
+        if self.rollout == "jax" and self.backend != "brax":
+            raise ValueError(
+                f"rollout='jax' is invalid with backend={self.backend!r}: the JAX rollout runs Brax envs only; "
+                "expected backend='brax' (not 'auto', which may pick another backend) or rollout='torch'"
+            )
         cores = os.cpu_count() or 1
         if self.cpu_threads > cores:
             # More threads than cores oversubscribes the CPU: a generation gets many times slower, not faster.

@@ -5,6 +5,7 @@ One generation, top to bottom::
     sigma, lr  <- schedules(progress)
     with strategy.perturb(N, epoch=generation) as pop:       # N perturbed policies, noise regenerated on the fly
         returns <- rollout(env, pop.batched_forward(policy, obs, member_ids))   # one episode per env, masked
+                   (config.rollout="jax": jax_rollout, the same episode in one jitted JAX loop)
     policy.obs_norm.update(live observations of the whole population)
     strategy.step(mean return - reward_shift * mean length)   # ES gradient + optimizer
     every eval_every generations: evaluate the mean policy over eval_episodes episodes
@@ -45,6 +46,7 @@ import torch
 from eggroll_rl.agents.builders import build_env, build_policy, build_strategy, episode_limit, generation_seed
 from eggroll_rl.agents.checkpoint import TrainState
 from eggroll_rl.agents.config import TrainConfig
+from eggroll_rl.agents.jax_rollout import jax_rollout
 from eggroll_rl.agents.policy import MLPPolicy
 from eggroll_rl.agents.rollout import RolloutResult, rollout
 from eggroll_rl.agents.run_dir import RunWriter
@@ -294,15 +296,28 @@ def train(
                 # 1. perturb + rollout: member i plays episodes_per_member episodes in its own envs.
                 # Under torchrun this rank plays members first .. first+num_local-1, each with its global noise.
                 with strategy.perturb(population_size=config.population, epoch=generation) as pop:
-                    episodes = rollout(
-                        env,
-                        lambda obs, ids: pop.batched_forward(policy, obs, member_ids=global_ids(ids)),
-                        num_members=num_local,
-                        envs_per_member=config.episodes_per_member,
-                        max_steps=max_steps,
-                        seed=generation_seed(config.seed, generation),
-                        record_obs=policy.obs_norm is not None,
-                    )
+                    if config.rollout == "jax":  # the whole episode in one jitted JAX loop (Brax only)
+                        episodes = jax_rollout(
+                            env,
+                            policy,
+                            pop,
+                            num_members=num_local,
+                            envs_per_member=config.episodes_per_member,
+                            max_steps=max_steps,
+                            seed=generation_seed(config.seed, generation),
+                            record_obs=policy.obs_norm is not None,
+                            first_member=first,
+                        )
+                    else:
+                        episodes = rollout(
+                            env,
+                            lambda obs, ids: pop.batched_forward(policy, obs, member_ids=global_ids(ids)),
+                            num_members=num_local,
+                            envs_per_member=config.episodes_per_member,
+                            max_steps=max_steps,
+                            seed=generation_seed(config.seed, generation),
+                            record_obs=policy.obs_norm is not None,
+                        )
                 episodes = ranks.combine(episodes, config.population)  # the whole population's results
                 interrupts.begin_update()  # a signal from here to end_update() waits: the state is being changed
                 # 2. observation statistics from the live steps of the whole population.

@@ -429,6 +429,36 @@ class BraxVecEnv(VecEnv):
                 "expected finite values. The simulation probably diverged (check the actions' scale)."
             )
 
+    # ------------------------------------------------------------- for loops written in JAX
+    def jax_reset_state(self) -> tuple[Any, Any, Any]:
+        """What a JAX loop of its own needs to continue from the last ``reset()``: ``(brax_env, state, steps)``.
+
+        ``brax_env`` is the underlying Brax env (vmap its ``step`` inside your jitted loop), ``state`` the batched
+        Brax state ``(num_envs, ...)`` that ``reset()`` drew (start rows, reset window and seed applied), ``steps``
+        the per-env step counters ``(num_envs,)`` int32 (an episode is truncated when its counter reaches
+        ``episode_length``). Nothing is copied; this env's own state is not changed. Used by
+        ``eggroll_rl.agents.jax_rollout``.
+        """
+        if self._state is None:
+            raise RuntimeError("call reset() before jax_reset_state()")
+        return self._env, self._state, self._steps
+
+    @contextlib.contextmanager
+    def jax_scope(self) -> Iterator[None]:
+        """The block's JAX calls run on this env's JAX device, and torch's current CUDA device is kept."""
+        with _on_torch_device(self.device), self._jax.default_device(self._jax_device):
+            yield
+
+    def to_jax(self, t: torch.Tensor) -> Any:
+        """A JAX array on this env's device sharing ``t``'s memory (``t`` is made contiguous first; no grad)."""
+        with _on_torch_device(self.device):
+            return self._bridge.to_jax(t.detach().contiguous())
+
+    def to_torch(self, x: Any) -> torch.Tensor:
+        """A tensor sharing the JAX array ``x``'s memory, on this env's device."""
+        with _on_torch_device(self.device):
+            return self._bridge.to_torch(x)
+
     def synchronize(self) -> None:
         """Block until JAX has finished the queued steps (its dispatch threads are idle afterwards)."""
         if self._state is not None:

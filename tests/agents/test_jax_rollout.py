@@ -1,0 +1,151 @@
+"""The JAX training rollout (``eggroll_rl.agents.jax_rollout``) against torch's: the member forward against
+``pop.batched_forward``, a short Brax episode against ``rollout``, a few generations of ``train(rollout="jax")``.
+
+The Brax tests share one configuration (env, physics, envs, network, max_steps), so JAX compiles the torch path's
+reset/step and the JAX loop once for the module (this file: about 65 s of CPU time on one core, imports included).
+"""
+
+import math
+
+import pytest
+import torch
+
+from eggroll_rl import EggrollStrategy
+from eggroll_rl.agents import TrainConfig, make_policy, rollout, train
+from eggroll_rl.agents.jax_rollout import jax_rollout, policy_forward, population_layers
+from eggroll_rl.envs.base import Box
+
+jax = pytest.importorskip("jax")
+
+ACTIVATIONS = ("pqn", "tanh", "relu", "silu")
+
+
+def _to_jax(tree):
+    if isinstance(tree, dict):
+        return {k: _to_jax(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_jax(v) for v in tree]
+    return None if tree is None else jax.numpy.asarray(tree.to(torch.float32).numpy())
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("action_mode", ["tanh", "clip"])
+def test_policy_forward_matches_batched_forward(activation, action_mode):
+    torch.manual_seed(0)
+    obs_space = Box.from_bounds(-math.inf, math.inf, (7,))
+    act_space = Box.from_bounds(torch.tensor([-1.0, -2.0, 0.0]), torch.tensor([1.0, 0.5, 3.0]), (3,))
+    policy = make_policy(obs_space, act_space, hidden_sizes=(9, 5), activation=activation, action_mode=action_mode)
+    policy.obs_norm.update(torch.randn(50, 7) * 3 + 1)  # a non-trivial normalization, with some clipping below
+    for layer in (policy.head, policy.trunk[0]):
+        layer.bias.data.normal_()  # non-zero biases: their perturbation shows
+    strategy = EggrollStrategy(sigma=0.3, lr=0.01, rank=2, allow_cpu=True, seed=5)
+    strategy.setup(policy)
+    obs = torch.randn(12, 7) * 20
+    ids = torch.tensor([3, 0, 7, 7, 2, 5, 1, 6, 4, 4, 9, 8])  # any order, members repeated, up to N-1
+    with strategy.perturb(population_size=10, epoch=3) as pop:
+        expected = pop.batched_forward(policy, obs, member_ids=ids)
+        layers = population_layers(policy, pop, ids)
+        # The factors are those of get_factors / perturbation, member by member.
+        A, B = pop.get_factors(7, "head.weight")
+        torch.testing.assert_close(layers["layers"][-1]["A"][2], A)
+        torch.testing.assert_close(layers["layers"][-1]["B"][2], B)
+        torch.testing.assert_close(layers["layers"][0]["db"][5], pop.perturbation(5, "trunk.0.bias"))
+    got = policy_forward(_to_jax(layers), jax.numpy.asarray(obs.numpy()), activation, action_mode, clip=True)
+    torch.testing.assert_close(torch.from_dlpack(got), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_population_layers_rejects_other_policies():
+    policy = make_policy(Box.from_bounds(-1.0, 1.0, (3,)), Box.from_bounds(-1.0, 1.0, (2,)), hidden_sizes=(4,))
+    other = make_policy(Box.from_bounds(-1.0, 1.0, (3,)), Box.from_bounds(-1.0, 1.0, (2,)), hidden_sizes=(4,))
+    strategy = EggrollStrategy(sigma=0.1, lr=0.01, rank=1, allow_cpu=True)
+    strategy.setup(policy)
+    with strategy.perturb(population_size=4, epoch=0) as pop:
+        with pytest.raises(ValueError, match="not the module the strategy was set up with"):
+            population_layers(other, pop, torch.arange(4))
+        with pytest.raises(ValueError, match="needs a BraxVecEnv"):
+            jax_rollout(object(), policy, pop, num_members=4)
+    discrete = torch.nn.Linear(3, 2)
+    strategy = EggrollStrategy(sigma=0.1, lr=0.01, rank=1, allow_cpu=True)
+    strategy.setup(discrete)
+    with strategy.perturb(population_size=4, epoch=0) as pop, pytest.raises(ValueError, match="MLPPolicy"):
+        population_layers(discrete, pop, torch.arange(4))
+
+
+def test_config_validates_rollout():
+    assert TrainConfig().rollout == "torch"
+    TrainConfig(env="InvertedPendulum", backend="brax", rollout="jax")
+    for backend in ("auto", "torch", "gym"):
+        with pytest.raises(ValueError, match="JAX rollout runs Brax envs only"):
+            TrainConfig(env="Pendulum", backend=backend, rollout="jax")
+    with pytest.raises(ValueError, match="rollout"):
+        TrainConfig(rollout="numpy")
+
+
+# --- Brax on the CPU: one configuration for the module (compiled once) ----------------------------------------
+NUM_MEMBERS, EPISODES, HIDDEN, RANK = 8, 2, (16, 16), 2
+# Short: Brax's dynamics are chaotic, so float rounding that differs between the paths (the member forward's sums,
+# in another order) grows along a trajectory; over 30 steps the two stay within ~1e-6, and inverted_pendulum's pole
+# still falls in most episodes (lengths 7-26), so done masking and early exit are exercised.
+MAX_STEPS = 30
+
+
+def _brax_config(**changes):
+    values = dict(
+        env="InvertedPendulum", backend="brax", brax_backend="spring", device="cpu", population=NUM_MEMBERS,
+        episodes_per_member=EPISODES, eval_episodes=NUM_MEMBERS * EPISODES, hidden_sizes=HIDDEN, rank=RANK,
+        sigma=0.5, max_episode_steps=MAX_STEPS, generations=3, eval_every=0, cpu_threads=1, tensorboard=False,
+        env_kwargs={"episode_length": 1000},
+    )  # fmt: skip
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.mark.slow
+def test_jax_rollout_matches_torch_rollout_on_brax():
+    pytest.importorskip("brax")
+    from eggroll_rl.agents.builders import build_env, build_policy, build_strategy
+
+    config = _brax_config()
+    env = build_env(config, NUM_MEMBERS * EPISODES, torch.device("cpu"), seed=0)
+    torch.manual_seed(0)
+    policy = build_policy(config, env, torch.device("cpu"))
+    policy.obs_norm.update(torch.randn(100, env.obs_shape[0]) * 0.3)
+    strategy = build_strategy(config, torch.device("cpu"))
+    strategy.setup(policy)
+    with strategy.perturb(population_size=NUM_MEMBERS, epoch=1) as pop:
+        kwargs = dict(num_members=NUM_MEMBERS, envs_per_member=EPISODES, max_steps=MAX_STEPS, seed=5, record_obs=True)
+        ref = rollout(env, lambda obs, ids: pop.batched_forward(policy, obs, member_ids=ids), **kwargs)
+        got = jax_rollout(env, policy, pop, **kwargs)
+        again = jax_rollout(env, policy, pop, **kwargs)  # reproducible: the trainer's bit-exact resume needs it
+        # Half the population from member 4 on (a torchrun rank's slice), on the same envs' first half.
+        half = jax_rollout(env, policy, pop, num_members=4, envs_per_member=EPISODES, max_steps=MAX_STEPS, seed=5,
+                           member_ids=torch.arange(NUM_MEMBERS * EPISODES) // 4, first_member=4)  # fmt: skip
+        ref_half = rollout(
+            env, lambda obs, ids: pop.batched_forward(policy, obs, member_ids=ids + 4), num_members=4,
+            envs_per_member=EPISODES, max_steps=MAX_STEPS, seed=5, member_ids=torch.arange(NUM_MEMBERS * EPISODES) // 4,
+        )  # fmt: skip
+    assert bool((ref.lengths < MAX_STEPS).any()), "no episode ended: the test would not check done masking"
+    assert torch.equal(again.returns, got.returns) and torch.equal(again.obs_sum, got.obs_sum)
+    torch.testing.assert_close(got.returns, ref.returns, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(got.lengths, ref.lengths, atol=0, rtol=0)
+    torch.testing.assert_close(got.episode_returns, ref.episode_returns, atol=1e-5, rtol=1e-6, equal_nan=True)
+    assert torch.equal(got.episode_lengths, ref.episode_lengths) and torch.equal(got.num_episodes, ref.num_episodes)
+    assert (got.num_steps, got.num_env_steps, got.obs_count) == (ref.num_steps, ref.num_env_steps, ref.obs_count)
+    # The sums: float32 per step (JAX) against float64 throughout (torch), relative to the sums of magnitudes.
+    scale = (ref.obs_sumsq * ref.obs_count).sqrt()
+    assert float(((got.obs_sum - ref.obs_sum).abs() / scale).max()) < 1e-6
+    torch.testing.assert_close(got.obs_sumsq, ref.obs_sumsq, atol=0, rtol=1e-6)
+    torch.testing.assert_close(half.returns, ref_half.returns, atol=1e-5, rtol=1e-6)
+    assert torch.equal(half.lengths, ref_half.lengths) and half.obs_count == 0 and half.obs_sum is None
+
+
+@pytest.mark.slow
+def test_train_with_jax_rollout_runs():
+    pytest.importorskip("brax")
+    result = train(_brax_config(rollout="jax"))
+    assert len(result.metrics) == 3
+    for record in result.metrics:
+        assert all(math.isfinite(record[k]) for k in ("train_return_mean", "grad_norm", "update_norm"))
+        assert 0 < record["env_steps"]
+    assert math.isfinite(result.final_eval_return)
+    assert float(result.policy.obs_norm.count) == result.metrics[-1]["env_steps"]
