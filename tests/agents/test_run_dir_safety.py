@@ -159,7 +159,17 @@ def test_directory_of_a_start_stopped_during_setup_can_be_started_again(tmp_path
     assert result.metrics and load_policy(run / "checkpoints" / "best.pt") is not None
 
 
-def test_sigint_saves_a_checkpoint_of_the_last_generation(tmp_path, reference):
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler for the test: the trainer takes SIGINT over only from it (a caller's handler is
+    left alone), and a test process may start without it (a background job of a non-interactive shell ignores
+    SIGINT; a library imported by an earlier test may have installed its own)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_sigint_saves_a_checkpoint_of_the_last_generation(tmp_path, reference, default_sigint):
     run = tmp_path / "run"
 
     def ctrl_c(record):
@@ -176,7 +186,7 @@ def test_sigint_saves_a_checkpoint_of_the_last_generation(tmp_path, reference):
     assert train_curve(resumed.metrics) == train_curve(reference.metrics)
 
 
-def test_signal_during_an_update_waits_for_its_end(tmp_path, monkeypatch, reference):
+def test_signal_during_an_update_waits_for_its_end(tmp_path, monkeypatch, reference, default_sigint):
     import eggroll_rl.agents.trainer as trainer
 
     def evaluate_then_ctrl_c(*args, **kwargs):
