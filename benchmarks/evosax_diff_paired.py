@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -66,12 +65,10 @@ def main() -> None:
 
     from eggroll_rl.agents import TrainConfig, train, trainer
 
-    cfg = TrainConfig.for_env(
-        "HalfCheetah", device="cpu", backend="brax", brax_backend="spring", env_kwargs={"episode_length": 1000},
-        max_episode_steps=1000, population=args.population, lr=0.01, sigma=0.02, rank=4,
-        generations=args.generations, eval_every=5, eval_episodes=32, weight_init="glorot", activation="tanh",
-        seed=args.seed, cpu_threads=1, out_dir="", tensorboard=False, time_limit_s=0.0,
-    )  # fmt: skip
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from evosax_diff_ours import progress_printer, small_scale_config
+
+    cfg = small_scale_config(args.seed, args.generations, args.population)
     build_policy = trainer.build_policy
 
     def build_from_evosax(config: TrainConfig, env: Any, device: torch.device) -> Any:
@@ -87,13 +84,7 @@ def main() -> None:
         return policy
 
     trainer.build_policy = build_from_evosax
-    start = time.time()
-
-    def progress(r: dict) -> None:
-        line = f"gen {r['generation'] + 1:3d} train_mean {r['train_return_mean']:9.1f}"
-        if r.get("eval_return") is not None:
-            line += f" eval {r['eval_return']:9.1f}"
-        print(line + f"  ({time.time() - start:.0f} s)", flush=True)
+    progress = progress_printer()
 
     try:
         train(cfg, progress_fn=progress)
