@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import torch  # noqa: E402
+from _report import versions  # noqa: E402  (benchmarks/, the script's folder)
 
 from eggroll_rl.agents.builders import build_env, build_policy, build_strategy, episode_limit  # noqa: E402
 from eggroll_rl.agents.config import TrainConfig  # noqa: E402
@@ -129,9 +130,6 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON output path")
     args = p.parse_args()
 
-    import brax
-    import jax
-
     device = resolve_device(args.device)
     cpu = f"cpu ({platform.machine()}, {os.cpu_count()} cores visible)"
     report = {
@@ -140,7 +138,7 @@ def main() -> None:
         "brax_backend": args.brax_backend,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "dtype": "float32",
-        "versions": {"torch": torch.__version__, "jax": jax.__version__, "brax": brax.__version__},
+        "versions": versions("jax", "brax"),
         "generations_timed": args.generations,
         "rows": [_bench_population(args, n) for n in args.population],
     }

@@ -395,11 +395,12 @@ ENV_DEFAULTS |= {
 # the three seeds end in the former recipe's range. Glorot with pqn alone had 3820 / 4735
 # (halfcheetah_init_gpu_2026-11-30.md). The CPU recipe keeps the base: on the CPU, Glorot's worst of 5 seeds stalled
 # near 2200 and glorot + tanh (seed 0) learned less than glorot + pqn (init_ab_cpu_2026-11-30.md).
-ENV_DEFAULTS["halfcheetah"] |= dict(weight_init="glorot", activation="tanh")
+_EVOSAX_NET = dict(weight_init="glorot", activation="tanh")
+ENV_DEFAULTS["halfcheetah"] |= _EVOSAX_NET
 # Hopper on a GPU: the same network. On one H200 (hopper_init_gpu_2026-11-30.md): best 5149 / 1957 / 3193 (seeds 0-2;
 # 3000 passed at 84 s and 431 s by seeds 0 and 2) where torch init + pqn had 2860 (seed 0 only). Seed 1 is below that
 # one seed. The CPU recipe (a linear policy) is unchanged.
-ENV_DEFAULTS["hopper"] |= dict(weight_init="glorot", activation="tanh")
+ENV_DEFAULTS["hopper"] |= _EVOSAX_NET
 # Reacher on a CPU: gymnasium's Reacher-v5, which seeds each sub-env as asked, so a pair can share its target
 # (EnvPool cannot), and the GPU recipe's step (recipes_2026-11-30.md: -8.1 to -5.4 in 230 s on one core).
 ENV_DEFAULTS["reacher@cpu"] |= dict(backend="gym", lr=ENV_DEFAULTS["reacher"]["lr"])
