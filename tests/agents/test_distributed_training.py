@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from eggroll_rl.agents import TrainConfig
+from eggroll_rl.agents.config import load_config_file
 from eggroll_rl.agents.trainer import _Ranks, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,3 +146,22 @@ def test_a_window_of_brax_envs_resets_as_those_rows_of_the_whole_batch():
     window.set_reset_window(4, 8)
     for seed in (3, 17):
         assert torch.equal(window.reset(seed=seed), whole.reset(seed=seed)[4:])
+
+
+@pytest.mark.slow
+def test_two_ranks_with_the_jax_rollout_give_the_single_process_metrics(tmp_path):
+    """``--rollout jax`` under torchrun: each rank runs its window of Brax envs (its members' global noise) in its own
+    jitted loop, and the gathered generation equals the single-process one (inverted_pendulum, 30-step episodes)."""
+    pytest.importorskip("brax")
+    cli = ["-m", "eggroll_rl.cli", "train", "brax:inverted_pendulum", "--out", str(tmp_path / "run2"), "--quiet"]
+    flags = ["--device", "cpu", "--backend", "brax", "--rollout", "jax", "--population", "8", "--hidden-sizes", "8",
+             "--generations", "2", "--eval-every", "0", "--max-episode-steps", "30", "--no-tensorboard"]  # fmt: skip
+    proc = _torchrun(*cli, *flags, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    values = load_config_file(tmp_path / "run2" / "config.yaml")
+    config = TrainConfig.from_dict(dict(values, out_dir=str(tmp_path / "run1")))
+    assert config.rollout == "jax" and config.backend == "brax"
+    train(config)
+    two, one = _metrics(tmp_path / "run2"), _metrics(tmp_path / "run1")
+    assert [r["generation"] for r in one] == [0, 1] and one[0]["env_steps"] > 0
+    _same_metrics(two, one)
