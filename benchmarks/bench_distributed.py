@@ -1,7 +1,8 @@
 """Scaling of `train()` over ranks (torchrun): generation time, env steps/s and scaling efficiency at 1 and G GPUs.
 
-    python benchmarks/bench_distributed.py                                  # GPUs: HalfCheetah defaults, N=16384
+    python benchmarks/bench_distributed.py            # GPUs: HalfCheetah defaults and N=16384, torch and JAX rollouts
     python benchmarks/bench_distributed.py --quick --device cpu --out /tmp/dist   # CPU check: CartPole, tiny
+    python benchmarks/bench_distributed.py --cases halfcheetah_defaults halfcheetah_defaults_jax  # two cases
 
 For each case and each rank count the driver launches ``torchrun --standalone --nproc-per-node G`` on this file
 (``--worker``): every rank trains ``warmup + timed + 1`` generations of the case's config (no evaluation but the
@@ -43,6 +44,9 @@ from _report import versions  # noqa: E402  (benchmarks/, the script's folder)
 GPU_CASES = [
     ("halfcheetah_defaults", "HalfCheetah", {}),
     ("halfcheetah_n16384", "HalfCheetah", {"population": 16384}),
+    # the same with the JAX training rollout (config.rollout="jax"): the whole episode in one jitted loop per rank
+    ("halfcheetah_defaults_jax", "HalfCheetah", {"rollout": "jax"}),
+    ("halfcheetah_n16384_jax", "HalfCheetah", {"population": 16384, "rollout": "jax"}),
 ]
 QUICK_CASES = [
     ("cartpole_n16", "CartPole", {"population": 16, "hidden_sizes": [8]}),
@@ -211,8 +215,19 @@ def main() -> None:
         "command": "python benchmarks/bench_distributed.py " + " ".join(sys.argv[1:]),
         "cases": [],
     }
+    known = QUICK_CASES if args.quick else GPU_CASES
+    unknown = sorted(set(args.cases or ()) - {c[0] for c in known})
+    if unknown:
+        raise SystemExit(f"--cases {unknown}: unknown; expected some of {[c[0] for c in known]}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every case, so that a launch killed at a machine's time limit keeps the others
+        (out / "distributed.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "distributed.md").write_text(_markdown(report))
+
     with tempfile.TemporaryDirectory() as tmp:
-        for case in [c for c in (QUICK_CASES if args.quick else GPU_CASES) if not args.cases or c[0] in args.cases]:
+        for case in [c for c in known if not args.cases or c[0] in args.cases]:
             runs, commands = [], []
             for ranks in args.ranks:
                 run, command = _launch(case, ranks, args, Path(tmp) / f"{case[0]}_{ranks}.json")
@@ -222,10 +237,8 @@ def main() -> None:
                       f"{run['steps_per_s']:,.0f} steps/s", flush=True)  # fmt: skip
             report["cases"].append({"name": case[0], "env": case[1], "overrides": case[2], "runs": runs,
                                     "commands": commands})  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distributed.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "distributed.md").write_text(_markdown(report))
+            write()
+    write()
     print(_markdown(report))
 
 
