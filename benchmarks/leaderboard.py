@@ -69,6 +69,9 @@ class Tier:
     device: str
     overrides: dict[str, Any] = field(default_factory=dict)
     """TrainConfig fields set for every agent of the tier."""
+    agent_envs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Agents planned on only these envs (canonical names; the other agents run on every env). It holds unless the
+    command line names both the envs and the agents: ``--envs Ant --agents brax_sac`` runs brax_sac on Ant."""
 
 
 TIERS: dict[str, Tier] = {
@@ -78,10 +81,11 @@ TIERS: dict[str, Tier] = {
         ("CartPole", "Pendulum"), ("eggroll", "openes"), seeds=2, budget_s=10.0, backend="torch", device="cpu",
         overrides={"cpu_threads": 1},
     ),
+    # brax_sac only where Brax publishes SAC settings (leaderboard_agents.BRAX_SAC_SETTINGS).
     "gpu": Tier(
         ("HalfCheetah", "Ant", "Hopper", "Walker2d", "Humanoid"),
-        ("eggroll", "openes", "brax_ppo", "brax_es", "evosax"),
-        seeds=3, budget_s=600.0, backend="brax", device="cuda",
+        ("eggroll", "openes", "brax_ppo", "brax_sac", "brax_es", "evosax"),
+        seeds=3, budget_s=600.0, backend="brax", device="cuda", agent_envs={"brax_sac": ("Hopper", "Walker2d")},
     ),
 }  # fmt: skip
 
@@ -101,7 +105,7 @@ class Cell:
     episode_length: int
     device: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    """TrainConfig fields changed for every ES agent (and the PPO settings of the same name), e.g. a small
+    """TrainConfig fields changed for every ES agent (and the Brax PPO/SAC settings of the same name), e.g. a small
     population for a CPU smoke test."""
 
     @property
@@ -115,9 +119,10 @@ class Cell:
 def make_cells(
     envs: list[str], agents: list[str], seeds: list[int], budget_s: float, backend: str, device: str,
     brax_backend: str | None = None, episode_length: int = 0, overrides: dict[str, Any] | None = None,
+    agent_envs: dict[str, tuple[str, ...]] | None = None,
 ) -> list[Cell]:  # fmt: skip
     """The grid, env-major, seeds innermost; each env's physics backend is eggroll_rl's default for it unless
-    ``brax_backend`` is given."""
+    ``brax_backend`` is given. An agent in ``agent_envs`` runs only on the envs it lists (canonical names)."""
     from eggroll_rl.agents.config import ENV_DEFAULTS, TrainConfig, _canonical_env_key
     from eggroll_rl.envs.registry import resolve_env
 
@@ -132,6 +137,8 @@ def make_cells(
             )
         length = episode_length or (BRAX_EPISODE_LENGTH if backend == "brax" else EPISODE_LENGTHS.get(env, 1000))
         for agent in agents:
+            if env not in (agent_envs or {}).get(agent, (env,)):
+                continue
             for seed in seeds:
                 cells.append(Cell(env, agent, seed, budget_s, backend, phys, length, device, dict(overrides or {})))
     return cells
@@ -861,7 +868,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="TrainConfig field for every ES agent (and same-named PPO settings), e.g. population=32",
+        help="TrainConfig field for every ES agent (and same-named Brax PPO/SAC settings), e.g. population=32",
     )
     p.add_argument("--gpus", type=int, default=0, help="run N cells at once, one per GPU (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--workers", type=int, default=1, help="cells at once without --gpus (CPU)")
@@ -925,6 +932,7 @@ def main(argv: list[str] | None = None) -> int:
         args.budget_s or tier.budget_s, args.backend or tier.backend, args.device or tier.device,
         brax_backend=args.brax_backend, episode_length=args.episode_length,
         overrides={**tier.overrides, **dict(args.override)},
+        agent_envs=None if args.envs and args.agents else tier.agent_envs,
     )  # fmt: skip
     import dataclasses as dc
 
@@ -932,10 +940,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from eggroll_rl.agents import TrainConfig
 
-    known = {f.name for f in dc.fields(TrainConfig)} | {k for s in la.BRAX_PPO_SETTINGS.values() for k in s}
+    known = {f.name for f in dc.fields(TrainConfig)} | la.BRAX_SETTING_KEYS
     unknown = sorted(k for k, _ in args.override if k not in known)
     if unknown:
-        raise SystemExit(f"--override {unknown}: not a TrainConfig field or a Brax PPO setting; known: {sorted(known)}")
+        raise SystemExit(
+            f"--override {unknown}: not a TrainConfig field or a Brax PPO/SAC setting; known: {sorted(known)}"
+        )
     planned: dict[tuple[str, str], int] = {}
     for c in cells:
         planned[(c.env, c.agent)] = planned.get((c.env, c.agent), 0) + 1

@@ -25,7 +25,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AGENTS", "BRAX_PPO_SETTINGS", "AgentNotInstalled", "BudgetReached", "shared_config"]
+__all__ = [
+    "AGENTS",
+    "BRAX_PPO_SETTINGS",
+    "BRAX_SAC_SETTINGS",
+    "BRAX_SETTING_KEYS",
+    "AgentNotInstalled",
+    "BudgetReached",
+    "shared_config",
+]
 
 
 class AgentNotInstalled(ImportError):
@@ -68,6 +76,36 @@ _PPO_FALLBACK = dict(
     num_updates_per_batch=4, discounting=0.97, entropy_cost=1e-2, num_envs=256, batch_size=256,
     source="no published setting: generic small recipe",
 )  # fmt: skip
+
+
+# Brax's published SAC settings (the same notebook's ``train_fn`` table: notebooks/training.ipynb in google/brax, the
+# same at v0.14.2 and main), as data: it trains hopper and walker2d with SAC. Every key is an argument of brax 0.14.2's
+# ``sac.train``; the notebook's ``seed`` is left out (each cell has its own). train()'s other arguments keep brax's
+# defaults, as PPO's do (tau 0.005, 128 eval envs, stochastic evaluation, (256, 256) networks).
+_SAC_COMMON = dict(
+    num_evals=20, episode_length=1000, normalize_observations=True, action_repeat=1, discounting=0.997,
+    learning_rate=6e-4, num_envs=128, max_devices_per_host=1, max_replay_size=1_048_576, min_replay_size=8192,
+)  # fmt: skip
+BRAX_SAC_SETTINGS: dict[str, dict[str, Any]] = {
+    "hopper": dict(
+        _SAC_COMMON, num_timesteps=6_553_600, reward_scaling=30, batch_size=512, grad_updates_per_step=64,
+        source="brax training notebook",
+    ),
+    "walker2d": dict(
+        _SAC_COMMON, num_timesteps=7_864_320, reward_scaling=5, batch_size=128, grad_updates_per_step=32,
+        source="brax training notebook",
+    ),
+}  # fmt: skip
+# Any other Brax env (the CPU smoke test's, ...): walker2d's recipe, the cheaper of the two, with reward_scaling 1.
+_SAC_FALLBACK = dict(
+    BRAX_SAC_SETTINGS["walker2d"], reward_scaling=1,
+    source="no published SAC setting: walker2d's recipe, reward_scaling 1",
+)  # fmt: skip
+# The peers' setting names, which ``--override`` accepts besides TrainConfig's fields.
+BRAX_SETTING_KEYS = frozenset(
+    k for settings in [*BRAX_PPO_SETTINGS.values(), _PPO_FALLBACK, *BRAX_SAC_SETTINGS.values(), _SAC_FALLBACK]
+    for k in settings
+) - {"source"}  # fmt: skip
 
 
 def shared_config(cell: Any) -> Any:
@@ -239,23 +277,42 @@ def _brax_progress(budget_s: float, emit: Callable[..., None], chunks: list) -> 
     return progress
 
 
-def run_brax_ppo(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
-    """brax.training.agents.ppo with Brax's published settings for the env (``BRAX_PPO_SETTINGS``)."""
-    _, envs = _import_brax()
-    from brax.training.agents.ppo import train as ppo
-
+def _run_brax_recipe(
+    cell: Any, budget_s: float, emit: Callable[..., None], envs: Any, train: Callable[..., Any],
+    table: dict[str, dict[str, Any]], fallback: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """A Brax trainer's ``train`` with ``table``'s settings for the env (``fallback`` for an env it lacks), the cell's
+    episode length and the cell's overrides of the same names."""
     brax_id, env = _brax_env(cell, envs)
-    settings = dict(BRAX_PPO_SETTINGS.get(brax_id, _PPO_FALLBACK), episode_length=cell.episode_length)
+    settings = dict(table.get(brax_id, fallback), episode_length=cell.episode_length)
     settings.update({k: v for k, v in cell.overrides.items() if k in settings})
     kwargs = {k: v for k, v in settings.items() if k != "source"}
     chunks: list[tuple[float, int]] = []
     stopped = "num_timesteps"
     try:
-        ppo.train(env, seed=cell.seed, progress_fn=_brax_progress(budget_s, emit, chunks), **kwargs)
+        train(env, seed=cell.seed, progress_fn=_brax_progress(budget_s, emit, chunks), **kwargs)
     except BudgetReached:
         stopped = "budget"
     config = dict(settings, env=brax_id, brax_backend=cell.brax_backend, seed=cell.seed)
     return {"config": config, "chunks": chunks, "stopped": stopped}
+
+
+def run_brax_ppo(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
+    """brax.training.agents.ppo with Brax's published settings for the env (``BRAX_PPO_SETTINGS``)."""
+    _, envs = _import_brax()
+    from brax.training.agents.ppo import train as ppo
+
+    return _run_brax_recipe(cell, budget_s, emit, envs, ppo.train, BRAX_PPO_SETTINGS, _PPO_FALLBACK)
+
+
+def run_brax_sac(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
+    """brax.training.agents.sac with Brax's published settings for the env (``BRAX_SAC_SETTINGS``: hopper and
+    walker2d), walker2d's recipe elsewhere. SAC evaluates once before training (at step 0), then after each of
+    ``num_evals - 1`` epochs of about ``num_timesteps / (num_evals - 1)`` env steps; the budget is checked there."""
+    _, envs = _import_brax()
+    from brax.training.agents.sac import train as sac
+
+    return _run_brax_recipe(cell, budget_s, emit, envs, sac.train, BRAX_SAC_SETTINGS, _SAC_FALLBACK)
 
 
 def run_brax_es(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
@@ -457,6 +514,7 @@ AGENTS: dict[str, Callable[[Any, float, Callable[..., None]], dict[str, Any]]] =
     "eggroll": run_eggroll,
     "openes": run_openes,
     "brax_ppo": run_brax_ppo,
+    "brax_sac": run_brax_sac,
     "brax_es": run_brax_es,
     "evosax": run_evosax,
 }

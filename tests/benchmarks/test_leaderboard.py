@@ -430,3 +430,108 @@ def test_report_only_takes_the_grid_its_board_was_run_with(tmp_path):
     (tmp_path / "board.json").write_text(json.dumps({"parts": [{"command": run + "Ant --flag-of-the-future"}]}))
     unknown = lb.grid_of_board(tmp_path, lb.parse_args(["--report-only"]))
     assert unknown.tier is None and unknown.agents is None  # an unparsable record changes nothing
+
+
+# ----------------------------------------------------------------------------------------------- the SAC peer
+def test_brax_sac_settings_are_the_notebooks():
+    # google/brax notebooks/training.ipynb (v0.14.2), the ``train_fn`` table's ``sac.train`` entries; its seed=1 is
+    # left out (each cell has its own seed).
+    shared = dict(num_evals=20, episode_length=1000, normalize_observations=True, action_repeat=1,
+                  discounting=0.997, learning_rate=6e-4, num_envs=128, max_devices_per_host=1,
+                  max_replay_size=1048576, min_replay_size=8192, source="brax training notebook")  # fmt: skip
+    assert la.BRAX_SAC_SETTINGS == {
+        "hopper": dict(shared, num_timesteps=6_553_600, reward_scaling=30, batch_size=512, grad_updates_per_step=64),
+        "walker2d": dict(shared, num_timesteps=7_864_320, reward_scaling=5, batch_size=128, grad_updates_per_step=32),
+    }
+    assert la._SAC_FALLBACK == dict(la.BRAX_SAC_SETTINGS["walker2d"], reward_scaling=1,
+                                    source="no published SAC setting: walker2d's recipe, reward_scaling 1")  # fmt: skip
+    assert {"grad_updates_per_step", "min_replay_size", "unroll_length"} <= la.BRAX_SETTING_KEYS
+    assert "source" not in la.BRAX_SETTING_KEYS
+
+
+def test_the_sac_settings_are_arguments_of_brax_sac_train():
+    pytest.importorskip("brax")
+    import inspect
+
+    from brax.training.agents.sac import train as sac
+
+    params = inspect.signature(sac.train).parameters
+    for settings in [*la.BRAX_SAC_SETTINGS.values(), la._SAC_FALLBACK]:
+        assert set(settings) - {"source"} <= set(params)
+
+
+def _planned(tmp_path, *flags):
+    out = tmp_path / ("_".join(flags).replace("-", "") or "plain")
+    assert lb.main(["--tier", "gpu", "--seeds", "1", "--report-only", "--no-plot", "--out", str(out), *flags]) == 0
+    return {(r["env"], r["agent"]) for r in csv.DictReader((out / "compare.csv").open())}
+
+
+def test_gpu_tier_plans_brax_sac_where_brax_publishes_sac_settings(tmp_path):
+    plan = _planned(tmp_path)
+    assert {env for env, agent in plan if agent == "brax_sac"} == {"Hopper", "Walker2d"}
+    assert {env for env, agent in plan if agent == "brax_ppo"} == set(lb.TIERS["gpu"].envs)
+    assert _planned(tmp_path, "--agents", "brax_sac") == {("Hopper", "brax_sac"), ("Walker2d", "brax_sac")}
+    assert ("Ant", "brax_sac") not in _planned(tmp_path, "--envs", "ant")
+    # named both ways on the command line: run as asked, with the generic recipe
+    assert _planned(tmp_path, "--envs", "Ant", "--agents", "brax_sac") == {("Ant", "brax_sac")}
+
+
+def test_override_accepts_sac_settings_and_names_the_unknown(tmp_path):
+    assert ("Hopper", "brax_sac") in _planned(tmp_path, "--override", "grad_updates_per_step=2")
+    with pytest.raises(SystemExit, match=r"\['replay_ratio'\]: not a TrainConfig field or a Brax PPO/SAC setting"):
+        _planned(tmp_path, "--override", "replay_ratio=2")
+
+
+def test_brax_progress_stops_at_the_first_evaluation_past_the_budget():
+    clock, chunks = _FakeClock(), []
+    progress = la._brax_progress(10.0, clock, chunks)
+    progress(0, {"eval/episode_reward": 1.5})  # SAC's evaluation before training: no training time yet
+    clock.ticks = 6
+    progress(1000, {"eval/episode_reward": 2.5, "training/walltime": 4.0})
+    clock.ticks = 11
+    with pytest.raises(la.BudgetReached):
+        progress(3000, {"eval/episode_reward": 3.5, "training/walltime": 7.0})
+    assert clock.evals == [(0, 1.5), (1000, 2.5), (3000, 3.5)]  # the evaluation past the budget is kept
+    assert chunks == [(4.0, 1000), (3.0, 2000)]
+
+
+def test_report_with_a_sac_peer():
+    # Hopper: SAC evaluates at 0 s (before training), passes PPO's best (400) at 20 s and ends ahead of eggroll.
+    runs = _runs("Hopper", "eggroll", 0, [(10, 1000), (40, 2000)]) + _runs("Hopper", "brax_ppo", 0, [(5, 300),
+            (30, 400)]) + _runs("Hopper", "brax_sac", 0, [(0, 10), (20, 1500), (40, 3100)])  # fmt: skip
+    cells = [_cell("Hopper", a, 0) for a in ("eggroll", "brax_ppo", "brax_sac")]
+    rows = {r["agent"]: r for r in lb.summarize(runs, cells)}
+    sac = rows["brax_sac"]
+    assert sac["ppo_best"] == 400 and (sac["reached_ppo_best"], sac["time_to_ppo_best_s"]) == (1, 20)
+    assert (sac["equal_wall_s"], sac["at_equal_wall"], sac["eggroll_at_equal_wall"]) == (40, 3100, 2000)
+    assert lb.losses(list(rows.values())) == [
+        "Hopper: brax_sac is ahead at equal wall clock (3,100.0 vs eggroll 2,000.0 at 40 s).",
+        "Hopper: brax_sac reaches 3,000 on more seeds (40.0 s vs eggroll — s, 1/1 vs 0/1 seeds).",
+    ]
+    assert "Hopper: eggroll reaches Brax PPO's best (400.0) on every seed (1), at 10.0 s (mean)." in lb.wins(
+        list(rows.values())
+    )
+
+
+def test_brax_sac_cell_on_the_cpu(tmp_path):
+    """One brax_sac cell end to end through the harness's subprocess, on Brax's trivial ``fast`` env (an episode's
+    return is known in closed form; the physics envs spend about a minute compiling on a CPU): three evaluations, at
+    0 steps (before training), after the prefill of 8 x 16 steps and 60 x 16 training steps, and at 2048."""
+    pytest.importorskip("brax")
+    overrides = dict(num_timesteps=2048, num_evals=3, num_envs=16, batch_size=32, grad_updates_per_step=2,
+                     min_replay_size=128, max_replay_size=4096)  # fmt: skip
+    argv = ["--tier", "gpu", "--envs", "brax:fast", "--agents", "brax_sac", "--seeds", "1", "--budget-s", "300",
+            "--backend", "brax", "--device", "cpu", "--episode-length", "20", "--no-plot", "--out", str(tmp_path),
+            *[f for k, v in overrides.items() for f in ("--override", f"{k}={v}")]]  # fmt: skip
+    assert lb.main(argv) == 0
+    (cell,) = lb._read_jsonl(tmp_path / "cells.jsonl")
+    assert cell["status"] == "ok", cell["error"]
+    assert cell["stopped"] == "num_timesteps" and cell["num_evals"] == 3
+    assert cell["config"] == dict(la._SAC_FALLBACK, **overrides, episode_length=20, env="fast",
+                                  brax_backend=cell["spec"]["brax_backend"], seed=0)  # fmt: skip
+    runs = lb._read_jsonl(tmp_path / "runs.jsonl")
+    assert [r["env_steps"] for r in runs] == [0, 128 + 960, 2048]
+    # fast: reward = position, which only grows, by at most dt * dt * t at step t (dt 0.02): over 20 steps the return
+    # is at most dt^2 * 20 * 21 * 22 / 6 = 0.616
+    assert all(0.0 <= r["eval_return"] <= 0.02**2 * 20 * 21 * 22 / 6 + 1e-6 for r in runs)
+    assert cell["steps_per_s"] > 0 and cell["compile_s"] is not None
