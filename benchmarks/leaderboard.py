@@ -857,6 +857,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--envs", nargs="+", help="env names (default: the tier's)")
     p.add_argument("--agents", nargs="+", help="agent names or module:function (default: the tier's)")
     p.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the tier's)")
+    p.add_argument(
+        "--only-seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="run only these seeds of the grid's 0..N-1 (e.g. one seed per GPU lane); the others are left as they are",
+    )
     p.add_argument("--budget-s", type=float, help="wall-clock budget of every cell in seconds (default: the tier's)")
     p.add_argument("--backend", choices=("torch", "brax"), help="env backend (default: the tier's)")
     p.add_argument("--brax-backend", help="Brax physics for every env (default: eggroll_rl's default per env)")
@@ -919,6 +926,17 @@ def grid_of_board(out: Path, args: argparse.Namespace) -> argparse.Namespace:
     return resolved
 
 
+def _seeds(args: argparse.Namespace, tier: Tier) -> list[int]:
+    """The seeds to plan: 0..N-1 (``--seeds`` or the tier's), or the ``--only-seeds`` among them."""
+    seeds = list(range(args.seeds or tier.seeds))
+    if not args.only_seeds:
+        return seeds
+    outside = sorted(set(args.only_seeds) - set(seeds))
+    if outside:
+        raise SystemExit(f"--only-seeds {outside}: outside the grid's seeds {seeds} (--seeds {len(seeds)})")
+    return sorted(set(args.only_seeds))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.merge:
@@ -928,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         args = grid_of_board(args.out, args)  # the grid the (merged) board was run with, where flags leave it open
     tier = TIERS[args.tier or "quick"]
     cells = make_cells(
-        args.envs or list(tier.envs), args.agents or list(tier.agents), list(range(args.seeds or tier.seeds)),
+        args.envs or list(tier.envs), args.agents or list(tier.agents), _seeds(args, tier),
         args.budget_s or tier.budget_s, args.backend or tier.backend, args.device or tier.device,
         brax_backend=args.brax_backend, episode_length=args.episode_length,
         overrides={**tier.overrides, **dict(args.override)},

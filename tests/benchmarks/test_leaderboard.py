@@ -535,3 +535,12 @@ def test_brax_sac_cell_on_the_cpu(tmp_path):
     # is at most dt^2 * 20 * 21 * 22 / 6 = 0.616
     assert all(0.0 <= r["eval_return"] <= 0.02**2 * 20 * 21 * 22 / 6 + 1e-6 for r in runs)
     assert cell["steps_per_s"] > 0 and cell["compile_s"] is not None
+
+
+def test_only_seeds_picks_seeds_of_the_grid():
+    gpu = lb.TIERS["gpu"]
+    assert lb._seeds(lb.parse_args(["--tier", "gpu"]), gpu) == [0, 1, 2]
+    assert lb._seeds(lb.parse_args(["--tier", "gpu", "--only-seeds", "2", "1", "2"]), gpu) == [1, 2]
+    assert lb._seeds(lb.parse_args(["--seeds", "5", "--only-seeds", "4"]), gpu) == [4]
+    with pytest.raises(SystemExit, match=r"--only-seeds \[3\]: outside the grid's seeds \[0, 1, 2\]"):
+        lb._seeds(lb.parse_args(["--tier", "gpu", "--only-seeds", "1", "3"]), gpu)
