@@ -276,9 +276,19 @@ def jax_rollout(
     jax_params = _tree_to_jax(env, params)
     fn = _episode_fn(brax_env, env.episode_length, max_steps, exit_check_every, record_obs,
                      policy.spec["activation"], policy.action_mode, clip)  # fmt: skip
-    with env.jax_scope():
-        ret, comp, length, calls, flags, s1, s2 = fn(jax_params, state, steps)
-    ret, comp, length = env.to_torch(ret), env.to_torch(comp), env.to_torch(length)
+    try:
+        with env.jax_scope():
+            ret, comp, length, calls, flags, s1, s2 = fn(jax_params, state, steps)
+        ret, comp, length = env.to_torch(ret), env.to_torch(comp), env.to_torch(length)
+    except Exception as exc:  # XLA's out-of-memory error (jax.errors.JaxRuntimeError), made actionable
+        if "RESOURCE_EXHAUSTED" not in str(exc):
+            raise
+        raise RuntimeError(
+            f"the JAX rollout ran out of device memory with {env.num_envs} envs ({num_members} members on this "
+            f"process, {envs_per_member} episode(s) each) on {env.device}: lower the population or "
+            "episodes_per_member, or use rollout='torch' (--rollout torch). JAX shares the GPU with torch; "
+            f"XLA said: {str(exc).splitlines()[0]}"
+        ) from exc
     if env.check_finite:
         bad_actions, bad_outputs = env.to_torch(flags).tolist()
         if bad_actions:

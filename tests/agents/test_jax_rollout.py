@@ -5,6 +5,7 @@ The Brax tests share one configuration (env, physics, envs, network, max_steps),
 reset/step and the JAX loop once for the module (this file: about 65 s of CPU time on one core, imports included).
 """
 
+import importlib
 import math
 
 import pytest
@@ -149,3 +150,40 @@ def test_train_with_jax_rollout_runs():
         assert 0 < record["env_steps"]
     assert math.isfinite(result.final_eval_return)
     assert float(result.policy.obs_norm.count) == result.metrics[-1]["env_steps"]
+
+
+@pytest.mark.parametrize(
+    "message", ["RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB.", "INTERNAL: x"]
+)
+def test_jax_rollout_out_of_memory_is_a_clear_error(monkeypatch, message):
+    pytest.importorskip("brax")
+    from jax.errors import JaxRuntimeError
+
+    from eggroll_rl.agents.builders import build_env, build_policy, build_strategy
+
+    def episode_fn(*args, **kwargs):
+        def run(*a):
+            raise JaxRuntimeError(message)
+
+        return run
+
+    # the module (the package's ``jax_rollout`` attribute is the function of that name)
+    monkeypatch.setattr(importlib.import_module("eggroll_rl.agents.jax_rollout"), "_episode_fn", episode_fn)
+    config = _brax_config()
+    env = build_env(config, NUM_MEMBERS * EPISODES, torch.device("cpu"), seed=0)
+    policy = build_policy(config, env, torch.device("cpu"))
+    strategy = build_strategy(config, torch.device("cpu"))
+    strategy.setup(policy)
+    with strategy.perturb(population_size=NUM_MEMBERS, epoch=1) as pop:
+        if message.startswith("RESOURCE_EXHAUSTED"):
+            expected = (
+                rf"ran out of device memory with {NUM_MEMBERS * EPISODES} envs \({NUM_MEMBERS} members on this "
+                rf"process, {EPISODES} episode\(s\) each\) on cpu: lower the population .*--rollout torch.*"
+                r"XLA said: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB."
+            )
+            with pytest.raises(RuntimeError, match=expected) as info:
+                jax_rollout(env, policy, pop, num_members=NUM_MEMBERS, envs_per_member=EPISODES, max_steps=MAX_STEPS)
+            assert isinstance(info.value.__cause__, JaxRuntimeError)
+        else:  # any other XLA error passes through as it is
+            with pytest.raises(JaxRuntimeError, match="INTERNAL: x"):
+                jax_rollout(env, policy, pop, num_members=NUM_MEMBERS, envs_per_member=EPISODES, max_steps=MAX_STEPS)
