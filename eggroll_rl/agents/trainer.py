@@ -295,7 +295,10 @@ def train(
 
                 # 1. perturb + rollout: member i plays episodes_per_member episodes in its own envs.
                 # Under torchrun this rank plays members first .. first+num_local-1, each with its global noise.
-                with strategy.perturb(population_size=config.population, epoch=generation) as pop:
+                with (
+                    _out_of_memory_explained(config, env, device, generation),
+                    strategy.perturb(population_size=config.population, epoch=generation) as pop,
+                ):
                     if config.rollout == "jax":  # the whole episode in one jitted JAX loop (Brax only)
                         episodes = jax_rollout(
                             env,
@@ -416,6 +419,35 @@ def _clone_policy(policy: MLPPolicy) -> MLPPolicy:
     clone = MLPPolicy(**policy.spec).to(next(policy.parameters()).device)
     clone.load_state_dict(policy.state_dict())
     return clone
+
+
+@contextlib.contextmanager
+def _out_of_memory_explained(config: TrainConfig, env: Any, device: torch.device, generation: int):
+    """A rollout that runs out of device memory (torch's ``OutOfMemoryError``, XLA's ``RESOURCE_EXHAUSTED`` from a
+    JAX env) ends the run with a ``RuntimeError`` that says what ran and what to lower; torch's or XLA's first line
+    is kept, and the original error is its cause."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise RuntimeError(_out_of_memory_message(config, env, device, generation, "torch", exc)) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in str(exc):
+            raise
+        raise RuntimeError(_out_of_memory_message(config, env, device, generation, "XLA", exc)) from exc
+
+
+def _out_of_memory_message(
+    config: TrainConfig, env: Any, device: torch.device, generation: int, who: str, exc: BaseException
+) -> str:
+    lines = str(exc).strip().splitlines()
+    backend = getattr(env, "backend", config.backend)  # the one "auto" resolved to
+    return (
+        f"out of device memory in generation {generation}'s rollout: {env.num_envs} envs on this process on {device} "
+        f"(population {config.population}, episodes_per_member {config.episodes_per_member}, backend {backend!r}, "
+        f"rollout {config.rollout!r}); lower --population or --episodes-per-member"
+        + (", or use --rollout torch" if config.rollout == "jax" else "")
+        + f". {who} said: {lines[0] if lines else type(exc).__name__}"
+    )
 
 
 def _share_starts(env: Any, first: int, num_local: int, config: TrainConfig) -> None:

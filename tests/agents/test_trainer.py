@@ -269,3 +269,37 @@ def test_evaluations_record_their_mean_episode_length():
     for r in evaluated:
         assert r["eval_length_mean"] == r["eval_return"]
         assert 1 <= r["eval_length_mean"] <= 100
+
+
+@pytest.mark.parametrize("source", ["torch", "xla", "other"])
+def test_out_of_memory_in_a_rollout_is_a_clear_error(monkeypatch, source):
+    import importlib
+
+    trainer = importlib.import_module("eggroll_rl.agents.trainer")
+    jax_errors = pytest.importorskip("jax.errors")
+    errors = {
+        "torch": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nmore detail"),
+        "xla": jax_errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB."),
+        "other": jax_errors.JaxRuntimeError("INTERNAL: something else"),
+    }
+
+    def failing_rollout(*args, **kwargs):
+        raise errors[source]
+
+    monkeypatch.setattr(trainer, "rollout", failing_rollout)
+    config = tiny(population=8, episodes_per_member=2)
+    if source == "other":  # any other error passes through as it is
+        with pytest.raises(jax_errors.JaxRuntimeError, match="INTERNAL: something else"):
+            train(config)
+        return
+    said = {
+        "torch": "torch said: CUDA out of memory. Tried to allocate 2.00 GiB.$",
+        "xla": "XLA said: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB.$",
+    }[source]
+    expected = (
+        r"out of device memory in generation 0's rollout: 16 envs on this process on cpu \(population 8, "
+        r"episodes_per_member 2, backend 'torch', rollout 'torch'\); lower --population or --episodes-per-member\. "
+    )
+    with pytest.raises(RuntimeError, match=expected + said) as info:
+        train(config)
+    assert info.value.__cause__ is errors[source]
