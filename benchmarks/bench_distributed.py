@@ -238,7 +238,6 @@ def main() -> None:
             report["cases"].append({"name": case[0], "env": case[1], "overrides": case[2], "runs": runs,
                                     "commands": commands})  # fmt: skip
             write()
-    write()
     print(_markdown(report))
 
 

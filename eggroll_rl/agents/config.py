@@ -134,7 +134,7 @@ class TrainConfig:
     population in one jitted JAX loop, the factors handed over once per generation; an MLP policy with continuous
     actions). The same results up to float rounding, which Brax's dynamics amplify (HalfCheetah's trajectories part
     within tens of steps), so the two paths' curves differ; each is reproducible. Evaluation always runs on torch.
-    Its GPU speed is not yet measured (benchmarks/bench_rollout_jax.py)."""
+    On one H200, HalfCheetah's training ran 1.24x faster with it (benchmarks/results/rollout_jax_2026-11-30.md)."""
     max_episode_steps: int = 0
     """Cap on episode length (0: the environment's own limit)."""
     eval_every: int = 10

@@ -17,8 +17,8 @@ meaning field for field, for one episode per env (the trainer's case). What diff
   HalfCheetah (spring, an untrained policy, CPU) the two paths' observations parted by ~1e-7 relative after one step,
   ~1e-4 after ten and fully within twenty to fifty, as much as the JAX path against itself with one bias nudged by
   1e-7. Per-member returns of an episode are then equally valid samples, not the same numbers;
-- on the CPU a generation repeats bit for bit; on a GPU that is not yet checked (XLA may sum the observations'
-  columns with atomics; ``benchmarks/bench_rollout_jax.py`` reports it), and the trainer's bit-exact resume needs it;
+- a generation repeats bit for bit, on the CPU (tested) and on an H200 (``benchmarks/bench_rollout_jax.py``,
+  ``benchmarks/results/rollout_jax_2026-11-30.md``), as the trainer's bit-exact resume needs;
 - NaN checks (``env.check_finite``) look at the live envs only, once, after the episode;
 - the env is left as ``reset`` left it (its own ``step`` is never called);
 - a finished env is frozen (its state kept, the step's result dropped) instead of restarted.
@@ -280,8 +280,8 @@ def jax_rollout(
         with env.jax_scope():
             ret, comp, length, calls, flags, s1, s2 = fn(jax_params, state, steps)
         ret, comp, length = env.to_torch(ret), env.to_torch(comp), env.to_torch(length)
-    except Exception as exc:  # XLA's out-of-memory error (jax.errors.JaxRuntimeError), made actionable
-        if "RESOURCE_EXHAUSTED" not in str(exc):
+    except Exception as exc:  # XLA's out-of-memory error, made actionable
+        if not is_xla_out_of_memory(exc):
             raise
         raise RuntimeError(
             f"the JAX rollout ran out of device memory with {env.num_envs} envs ({num_members} members on this "
@@ -308,6 +308,12 @@ def jax_rollout(
     del params, jax_params
     return _aggregate(table_return, table_length, ids, num_members, num_calls * env.num_envs, obs_sum, obs_sumsq,
                       int(table_length.sum()) if record_obs else 0)  # fmt: skip
+
+
+def is_xla_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is XLA's out-of-device-memory error (a ``jax.errors.JaxRuntimeError`` saying
+    ``RESOURCE_EXHAUSTED``), told apart without importing JAX."""
+    return type(exc).__name__ == "JaxRuntimeError" and "RESOURCE_EXHAUSTED" in str(exc)
 
 
 def _tree_to_jax(env: Any, tree: Any) -> Any:

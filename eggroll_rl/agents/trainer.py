@@ -46,7 +46,7 @@ import torch
 from eggroll_rl.agents.builders import build_env, build_policy, build_strategy, episode_limit, generation_seed
 from eggroll_rl.agents.checkpoint import TrainState
 from eggroll_rl.agents.config import TrainConfig
-from eggroll_rl.agents.jax_rollout import jax_rollout
+from eggroll_rl.agents.jax_rollout import is_xla_out_of_memory, jax_rollout
 from eggroll_rl.agents.policy import MLPPolicy
 from eggroll_rl.agents.rollout import RolloutResult, rollout
 from eggroll_rl.agents.run_dir import RunWriter
@@ -299,28 +299,21 @@ def train(
                     _out_of_memory_explained(config, env, device, generation),
                     strategy.perturb(population_size=config.population, epoch=generation) as pop,
                 ):
+                    kwargs = dict(
+                        num_members=num_local,
+                        envs_per_member=config.episodes_per_member,
+                        max_steps=max_steps,
+                        seed=generation_seed(config.seed, generation),
+                        record_obs=policy.obs_norm is not None,
+                    )
                     if config.rollout == "jax":  # the whole episode in one jitted JAX loop (Brax only)
-                        episodes = jax_rollout(
-                            env,
-                            policy,
-                            pop,
-                            num_members=num_local,
-                            envs_per_member=config.episodes_per_member,
-                            max_steps=max_steps,
-                            seed=generation_seed(config.seed, generation),
-                            record_obs=policy.obs_norm is not None,
-                            first_member=first,
-                        )
+                        episodes = jax_rollout(env, policy, pop, first_member=first, **kwargs)
                     else:
-                        episodes = rollout(
-                            env,
-                            lambda obs, ids: pop.batched_forward(policy, obs, member_ids=global_ids(ids)),
-                            num_members=num_local,
-                            envs_per_member=config.episodes_per_member,
-                            max_steps=max_steps,
-                            seed=generation_seed(config.seed, generation),
-                            record_obs=policy.obs_norm is not None,
-                        )
+
+                        def act(obs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+                            return pop.batched_forward(policy, obs, member_ids=global_ids(ids))
+
+                        episodes = rollout(env, act, **kwargs)
                 episodes = ranks.combine(episodes, config.population)  # the whole population's results
                 interrupts.begin_update()  # a signal from here to end_update() waits: the state is being changed
                 # 2. observation statistics from the live steps of the whole population.
@@ -431,7 +424,7 @@ def _out_of_memory_explained(config: TrainConfig, env: Any, device: torch.device
     except torch.OutOfMemoryError as exc:
         raise RuntimeError(_out_of_memory_message(config, env, device, generation, "torch", exc)) from exc
     except Exception as exc:
-        if type(exc).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in str(exc):
+        if not is_xla_out_of_memory(exc):
             raise
         raise RuntimeError(_out_of_memory_message(config, env, device, generation, "XLA", exc)) from exc
 
