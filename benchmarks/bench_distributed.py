@@ -154,8 +154,14 @@ def _launch(case: tuple, ranks: int, args: argparse.Namespace, result: Path) -> 
         NCCL_NVLS_ENABLE="0",
     )
     proc = subprocess.run(cmd, env=env_vars, capture_output=True, text=True, timeout=args.timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} on {ranks} ranks failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    if proc.returncode != 0:  # every rank's whole log is kept: the first rank to fail is rarely the last to print
+        log = Path(args.out) / f"{name}_{ranks}ranks.stderr.txt"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(proc.stderr)
+        raise RuntimeError(
+            f"{name} on {ranks} ranks failed (exit {proc.returncode}); every rank's output is in {log}:\n"
+            f"{proc.stderr[-4000:]}"
+        )
     shown = " ".join(c if " " not in c and "{" not in c else f"'{c}'" for c in cmd[1:])
     return json.loads(result.read_text()), f"python {shown}"
 

@@ -342,7 +342,10 @@ class BraxVecEnv(VecEnv):
         (``reset`` splits the key into ``total`` keys and picks ``rows``): envs given the same row share their initial
         state. Used by ``TrainConfig.members_per_start``; replaces a reset window (which is consecutive rows)."""
         rows = check_start_rows(rows, self.num_envs, total)
-        self._start_rows = (self._jax.numpy.asarray(rows.numpy()), total)
+        # On this env's JAX device, under _on_torch_device: a plain jnp.asarray landed on JAX's default device (GPU 0)
+        # and left GPU 0 current for torch, so rank 1 of a 2-GPU torchrun died ("Event device ... does not match").
+        with _on_torch_device(self.device):
+            self._start_rows = (self._jax.device_put(rows.numpy().astype("int32"), self._jax_device), total)
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Draw new initial states (from ``seed`` if given); returns ``obs`` ``(num_envs, obs_dim)`` float32."""

@@ -90,3 +90,8 @@ def test_brax_start_rows_pick_those_rows_of_the_whole_batch():
     shared.set_start_rows([2, 2, 5, 5], total=6)
     for seed in (3, 17):
         assert torch.equal(shared.reset(seed=seed), whole.reset(seed=seed)[[2, 2, 5, 5]])
+    # The rows live on the env's own JAX device, put there explicitly: an uncommitted array (jnp.asarray) lands on
+    # JAX's default device, which on rank 1 of a 2-GPU torchrun is the other GPU (and made it current for torch).
+    rows = shared._start_rows[0]
+    assert rows.committed and rows.devices() == {shared._jax_device}
+    assert rows.tolist() == [2, 2, 5, 5]

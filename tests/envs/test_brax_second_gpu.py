@@ -35,6 +35,12 @@ SCRIPT = textwrap.dedent(
         assert torch.cuda.current_device() == 1, ("after a step on cuda:0", torch.cuda.current_device())
     torch.testing.assert_close(obs.cpu(), ref_obs.cpu(), atol=1e-5, rtol=0)
     torch.testing.assert_close(rew.cpu(), ref_rew.cpu(), atol=1e-5, rtol=0)
+    # A reset window (what a torchrun rank's env gets) is handed to JAX without moving torch's device either.
+    env.set_reset_window(0, 16)
+    assert torch.cuda.current_device() == 1, ("after set_reset_window", torch.cuda.current_device())
+    assert env._start_rows[0].devices() == {env._jax_device}
+    torch.testing.assert_close(env.reset(seed=5).cpu(), ref.reset(seed=5).cpu(), atol=0, rtol=0)
+    assert torch.cuda.current_device() == 1, ("after a windowed reset", torch.cuda.current_device())
 
     from eggroll_rl.agents import TrainConfig
     from eggroll_rl.agents.trainer import train
