@@ -242,13 +242,16 @@ class _GraphedStep:
         # meanwhile (JAX's dispatch threads run Brax's step asynchronously). In the default global mode such a
         # call, legal outside a capture, fails in that thread and invalidates the capture: torch fell back to
         # eager and JAX was left with a failed stream ("Callback registry is closed" a few steps later).
+        # Both graphs are captured on ``side``, a stream of the env's GPU: torch's default capture stream is one per
+        # process, made on whichever GPU was current at the first capture; a rollout on another GPU must not capture
+        # on it (the env GPU's work would run outside the capture).
         self.act_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.act_graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.act_graph, stream=side, capture_error_mode="thread_local"):
             self.actions = act(self.obs_in, ids)
             if record_obs:
                 tally.record(self.obs_in)
         self.update_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.update_graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.update_graph, stream=side, capture_error_mode="thread_local"):
             tally.update(self.reward_in, self.terminated_in, self.truncated_in)
 
     def step(self, env: VecEnv, obs: torch.Tensor) -> torch.Tensor:
@@ -334,30 +337,33 @@ def rollout(
         raise ValueError(f"exit_check_every must be a positive int or None, got {exit_check_every!r}")
     want_graph = dev.type == "cuda" and (cuda_graph is True or (cuda_graph is None and max_steps > 8))
 
-    obs = env.reset(seed=seed)
-    tally = _Tally(num_envs, k, obs.shape[1:], record_obs, dev)
-    graphed: _GraphedStep | None = None
-    calls = 0
-    for _ in range(max_steps):
-        if graphed is not None:
-            obs = graphed.step(env, obs)
-        else:
-            actions = act(obs, ids)
-            if record_obs:
-                tally.record(obs)
-            obs, reward, terminated, truncated, _ = env.step(actions)
-            tally.update(reward, terminated, truncated)
-            if want_graph:
-                want_graph = False
-                graphed = _build_graphs(env, cuda_graph is True, act, ids, tally, obs, reward, terminated, truncated,
-                                        record_obs)  # fmt: skip
-        calls += 1
-        if calls % exit_check_every == 0 and not bool(tally.live.any()):
-            break
-    del graphed  # frees the graphs' memory pool
-    flush = getattr(env, "flush_checks", None)
-    if flush is not None:
-        flush()  # deferred NaN checks of the env (if any) raise before a result is returned
+    # The rollout runs with the env's GPU current: CUDA-graph capture and its side stream follow the current device,
+    # which another library (JAX) or the caller may have left on another GPU.
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        obs = env.reset(seed=seed)
+        tally = _Tally(num_envs, k, obs.shape[1:], record_obs, dev)
+        graphed: _GraphedStep | None = None
+        calls = 0
+        for _ in range(max_steps):
+            if graphed is not None:
+                obs = graphed.step(env, obs)
+            else:
+                actions = act(obs, ids)
+                if record_obs:
+                    tally.record(obs)
+                obs, reward, terminated, truncated, _ = env.step(actions)
+                tally.update(reward, terminated, truncated)
+                if want_graph:
+                    want_graph = False
+                    graphed = _build_graphs(env, cuda_graph is True, act, ids, tally, obs, reward, terminated,
+                                            truncated, record_obs)  # fmt: skip
+            calls += 1
+            if calls % exit_check_every == 0 and not bool(tally.live.any()):
+                break
+        del graphed  # frees the graphs' memory pool
+        flush = getattr(env, "flush_checks", None)
+        if flush is not None:
+            flush()  # deferred NaN checks of the env (if any) raise before a result is returned
 
     # Episodes cut by max_steps count as they stand; those that never started stay NaN / 0.
     t = tally

@@ -243,6 +243,34 @@ def test_cuda_graph_rollout_equals_eager_rollout():
 
 
 @pytest.mark.gpu
+def test_rollout_on_the_second_gpu_while_the_first_is_current():
+    """An env on cuda:1 rolled out while cuda:0 is current (as a torchrun rank may find it after another library ran):
+    the graphed loop captures on the env's GPU and equals the eager loop; the caller's current device is kept."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    n = 64
+    torch.manual_seed(0)
+    weight = torch.randn(2, 4, device="cuda:1")
+
+    def act(obs, ids):
+        return (obs @ weight.T + 0.01 * ids[:, None]).argmax(1)
+
+    # A capture on cuda:0 first: torch's default capture stream (one per process) is then on cuda:0 here too.
+    warm, x = torch.cuda.CUDAGraph(), torch.zeros(1, device="cuda:0")
+    with torch.cuda.graph(warm):
+        x.add_(1)
+    runs = {}
+    with torch.cuda.device(0):
+        for graph in (False, True):
+            env = CartPole(num_envs=n, device="cuda:1")
+            runs[graph] = rollout(env, act, num_members=n, max_steps=200, seed=5, record_obs=True, cuda_graph=graph)
+            assert torch.cuda.current_device() == 0
+    assert runs[True].returns.device == torch.device("cuda", 1)
+    _same(runs[False], runs[True])
+    assert int(runs[True].num_steps) > n
+
+
+@pytest.mark.gpu
 def test_cuda_graph_capture_failure_falls_back_or_raises():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
