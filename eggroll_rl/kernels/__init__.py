@@ -15,6 +15,7 @@ One file per op, each holding its Triton kernel, launcher (``*_triton``) and twi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -65,6 +66,14 @@ def use_triton(device: torch.device) -> bool:
     return True
 
 
+def _launch_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """``device`` made current for a launch: Triton launches on the current device's stream, not on the tensors'
+    device, so a model on ``cuda:1`` used while ``cuda:0`` is current would run its kernels on GPU 0 (reading GPU 1's
+    memory over the interconnect, unordered with GPU 1's stream) or fail with an opaque CUDA error. CPU tensors (the
+    Triton interpreter) need nothing."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def perturbed_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -92,7 +101,8 @@ def perturbed_linear(
     kw = dict(seed=seed, weight_index=weight_index, bias_index=bias_index, t_eff=t_eff, sigma=sigma, rank=rank,
               antithetic=antithetic, noise=noise, paired=paired, check_paired=check_paired)  # fmt: skip
     if use_triton(x.device):
-        return _linear.perturbed_linear_triton(x, weight, bias, member_ids, **kw)
+        with _launch_device(x.device):
+            return _linear.perturbed_linear_triton(x, weight, bias, member_ids, **kw)
     return _linear.perturbed_linear_reference(x, weight, bias, member_ids, noise_source=noise_source, **kw)
 
 
@@ -113,7 +123,8 @@ def lowrank_update(
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
               rank=rank, noise=noise, factor_dtype=factor_dtype)  # fmt: skip
     if use_triton(weights.device):
-        return _update.lowrank_update_triton(**kw)
+        with _launch_device(weights.device):
+            return _update.lowrank_update_triton(**kw)
     return _update.lowrank_update_reference(**kw)
 
 
@@ -139,7 +150,8 @@ def lowrank_gradient(
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
               rank=rank, noise=noise, factor_dtype=factor_dtype, scale=scale, dtype=dtype)  # fmt: skip
     if use_triton(weights.device):
-        return _update.lowrank_gradient_triton(**kw)
+        with _launch_device(weights.device):
+            return _update.lowrank_gradient_triton(**kw)
     return _update.lowrank_gradient_reference(**kw)
 
 
@@ -170,7 +182,8 @@ def lowrank_apply(
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
               rank=rank, noise=noise, factor_dtype=factor_dtype, beta=beta, copy=copy)  # fmt: skip
     if use_triton(weights.device):
-        return _update.lowrank_apply_triton(param, alpha, **kw)
+        with _launch_device(weights.device):
+            return _update.lowrank_apply_triton(param, alpha, **kw)
     return _update.lowrank_apply_reference(param, alpha, **kw)
 
 
@@ -188,7 +201,8 @@ def vector_update(
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, numel=numel,
               noise=noise)  # fmt: skip
     if use_triton(weights.device):
-        return _update.vector_update_triton(**kw)
+        with _launch_device(weights.device):
+            return _update.vector_update_triton(**kw)
     return _update.vector_update_reference(**kw)
 
 
@@ -207,7 +221,8 @@ def ascent_step(
     """
     kw = dict(alpha=alpha, beta=beta, scale=scale, copy=copy)
     if use_triton(param.device) and _optim.steppable(param, grad, copy):
-        return _optim.ascent_step_triton(param, grad, **kw)
+        with _launch_device(param.device):
+            return _optim.ascent_step_triton(param, grad, **kw)
     return _optim.ascent_step_reference(param, grad, **kw)
 
 
@@ -225,7 +240,8 @@ def adam_step(
     ``||param change||^2``. See ``optim.adam_step_reference``; the Triton kernel runs for contiguous CUDA tensors,
     the twin otherwise."""
     if use_triton(param.device) and _optim.steppable(param, grad, exp_avg, exp_avg_sq, copy):
-        return _optim.adam_step_triton(param, grad, exp_avg, exp_avg_sq, hyper, scale=scale, copy=copy)
+        with _launch_device(param.device):
+            return _optim.adam_step_triton(param, grad, exp_avg, exp_avg_sq, hyper, scale=scale, copy=copy)
     return _optim.adam_step_reference(param, grad, exp_avg, exp_avg_sq, hyper, scale=scale, copy=copy)
 
 
@@ -253,5 +269,6 @@ def lowrank_adam(
     kw = dict(copy=copy, seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m,
               n=n, rank=rank, noise=noise, factor_dtype=factor_dtype)  # fmt: skip
     if use_triton(weights.device):
-        return _update.lowrank_adam_triton(param, exp_avg, exp_avg_sq, hyper, **kw)
+        with _launch_device(weights.device):
+            return _update.lowrank_adam_triton(param, exp_avg, exp_avg_sq, hyper, **kw)
     return _update.lowrank_adam_reference(param, exp_avg, exp_avg_sq, hyper, **kw)
