@@ -337,8 +337,9 @@ def rollout(
         raise ValueError(f"exit_check_every must be a positive int or None, got {exit_check_every!r}")
     want_graph = dev.type == "cuda" and (cuda_graph is True or (cuda_graph is None and max_steps > 8))
 
-    # The rollout runs with the env's GPU current: CUDA-graph capture and its side stream follow the current device,
-    # which another library (JAX) or the caller may have left on another GPU.
+    # The rollout runs with the env's GPU current: implicit uses of the current device in ``act`` and the env (Triton
+    # launches, new streams, events) follow it, and another library (JAX) or the caller may have left another GPU
+    # current.
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         obs = env.reset(seed=seed)
         tally = _Tally(num_envs, k, obs.shape[1:], record_obs, dev)

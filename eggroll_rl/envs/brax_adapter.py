@@ -342,8 +342,8 @@ class BraxVecEnv(VecEnv):
         (``reset`` splits the key into ``total`` keys and picks ``rows``): envs given the same row share their initial
         state. Used by ``TrainConfig.members_per_start``; replaces a reset window (which is consecutive rows)."""
         rows = check_start_rows(rows, self.num_envs, total)
-        # On this env's JAX device, under _on_torch_device: a plain jnp.asarray landed on JAX's default device (GPU 0)
-        # and left GPU 0 current for torch, so rank 1 of a 2-GPU torchrun died ("Event device ... does not match").
+        # On this env's JAX device, under _on_torch_device: a plain jnp.asarray lands on JAX's default device (GPU 0),
+        # which a device_put makes current for torch; on rank 1 of a 2-GPU torchrun the run then failed.
         with _on_torch_device(self.device):
             self._start_rows = (self._jax.device_put(rows.numpy().astype("int32"), self._jax_device), total)
 
