@@ -155,8 +155,7 @@ def _launch(case: tuple, ranks: int, args: argparse.Namespace, result: Path) -> 
     )
     proc = subprocess.run(cmd, env=env_vars, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:  # every rank's whole log is kept: the first rank to fail is rarely the last to print
-        log = Path(args.out) / f"{name}_{ranks}ranks.stderr.txt"
-        log.parent.mkdir(parents=True, exist_ok=True)
+        log = Path(args.out) / f"{name}_{ranks}ranks.stderr.txt"  # main() made the folder
         log.write_text(proc.stderr)
         raise RuntimeError(
             f"{name} on {ranks} ranks failed (exit {proc.returncode}); every rank's output is in {log}:\n"
