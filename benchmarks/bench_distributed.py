@@ -45,8 +45,8 @@ GPU_CASES = [
     ("halfcheetah_defaults", "HalfCheetah", {}),
     ("halfcheetah_n16384", "HalfCheetah", {"population": 16384}),
     # the same with the JAX training rollout (config.rollout="jax"): the whole episode in one jitted loop per rank
-    ("halfcheetah_defaults_jax", "HalfCheetah", {"rollout": "jax"}),
-    ("halfcheetah_n16384_jax", "HalfCheetah", {"population": 16384, "rollout": "jax"}),
+    ("halfcheetah_defaults_jax", "HalfCheetah", {"rollout": "jax", "backend": "brax"}),
+    ("halfcheetah_n16384_jax", "HalfCheetah", {"population": 16384, "rollout": "jax", "backend": "brax"}),
 ]
 QUICK_CASES = [
     ("cartpole_n16", "CartPole", {"population": 16, "hidden_sizes": [8]}),
