@@ -2,7 +2,7 @@
 
     python benchmarks/bench_distributed.py            # GPUs: HalfCheetah defaults and N=16384, torch and JAX rollouts
     python benchmarks/bench_distributed.py --quick --device cpu --out /tmp/dist   # CPU check: CartPole, tiny
-    python benchmarks/bench_distributed.py --cases halfcheetah_defaults halfcheetah_defaults_jax  # two cases
+    python benchmarks/bench_distributed.py --cases halfcheetah_defaults halfcheetah_defaults_torch  # two cases
 
 For each case and each rank count the driver launches ``torchrun --standalone --nproc-per-node G`` on this file
 (``--worker``): every rank trains ``warmup + timed + 1`` generations of the case's config (no evaluation but the
@@ -42,11 +42,13 @@ from _report import versions  # noqa: E402  (benchmarks/, the script's folder)
 
 # (name, env, TrainConfig overrides): the GPU cases of issue 15, and the CPU check.
 GPU_CASES = [
+    # HalfCheetah's GPU defaults train with the JAX rollout (config.rollout="jax", the whole episode in one jitted
+    # loop per rank); the *_torch cases step Brax from torch instead (the default before 2026-11-30, when these two
+    # were named halfcheetah_defaults_jax / halfcheetah_n16384_jax and the torch ones had the plain names).
     ("halfcheetah_defaults", "HalfCheetah", {}),
     ("halfcheetah_n16384", "HalfCheetah", {"population": 16384}),
-    # the same with the JAX training rollout (config.rollout="jax"): the whole episode in one jitted loop per rank
-    ("halfcheetah_defaults_jax", "HalfCheetah", {"rollout": "jax", "backend": "brax"}),
-    ("halfcheetah_n16384_jax", "HalfCheetah", {"population": 16384, "rollout": "jax", "backend": "brax"}),
+    ("halfcheetah_defaults_torch", "HalfCheetah", {"rollout": "torch"}),
+    ("halfcheetah_n16384_torch", "HalfCheetah", {"population": 16384, "rollout": "torch"}),
 ]
 QUICK_CASES = [
     ("cartpole_n16", "CartPole", {"population": 16, "hidden_sizes": [8]}),

@@ -168,7 +168,8 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
     from eggroll_rl.envs import resolve_device
     from eggroll_rl.fitness import shape_fitness
 
-    config = shared_config(cell)
+    # It steps the env from torch (the JAX rollout takes low-rank factors, not dense members), so its record says so.
+    config = shared_config(cell).replace(rollout="torch")
     if config.lr_schedule != "constant" or config.sigma_schedule != "constant" or config.noise_reuse:
         raise ValueError("openes implements constant lr/sigma and fresh noise only; the env's defaults differ")
     if config.episodes_per_member != 1 or config.group_size:

@@ -166,13 +166,16 @@ class TrainConfig:
 
         When the device (``overrides["device"]``, else ``"auto"``) resolves to the CPU and ``ENV_DEFAULTS`` has a
         ``"<env>@cpu"`` entry, that recipe is used instead of the GPU one (a GPU recipe's population is far too
-        big for a CPU).
+        big for a CPU). A recipe's ``rollout="jax"`` (Brax only) is dropped when ``overrides`` pick another
+        backend and leave ``rollout`` unset.
         """
         key = _canonical_env_key(env)
         if key + CPU_SUFFIX in ENV_DEFAULTS and _trains_on_cpu(overrides.get("device", cls.device)):
             key += CPU_SUFFIX
         values = dict(ENV_DEFAULTS.get(key, {}))
         values.update(overrides)
+        if "rollout" not in overrides and values.get("backend", cls.backend) != "brax":
+            values.pop("rollout", None)  # a recipe's JAX rollout runs Brax envs only: another backend steps from torch
         values["env"] = env
         return cls.from_dict(values)
 
@@ -397,6 +400,11 @@ ENV_DEFAULTS |= {
 # near 2200 and glorot + tanh (seed 0) learned less than glorot + pqn (init_ab_cpu_2026-11-30.md).
 _EVOSAX_NET = dict(weight_init="glorot", activation="tanh")
 ENV_DEFAULTS["halfcheetah"] |= _EVOSAX_NET
+# ... trained by the JAX rollout (Brax only: the whole episode in one jitted loop). On one H200, 480 s, seeds 0-2: 4800
+# passed by all three (135 / 378 / 377 s; finals 7470 / 5019 / 5260) where the torch rollout passed it on seed 0 only
+# (205 s; 7062 / 4564 / 4238), 1.24x the env steps in the same time (leaderboard/halfcheetah_rollout_jax/,
+# rollout_jax_2026-11-30.md). A run that picks another backend gets the torch rollout (for_env).
+ENV_DEFAULTS["halfcheetah"] |= dict(backend="brax", rollout="jax")
 # Hopper on a GPU: the same network. On one H200 (hopper_init_gpu_2026-11-30.md): best 5149 / 1957 / 3193 (seeds 0-2;
 # 3000 passed at 84 s and 431 s by seeds 0 and 2) where torch init + pqn had 2860 (seed 0 only). Seed 1 is below that
 # one seed. The CPU recipe (a linear policy) is unchanged.

@@ -36,7 +36,7 @@ LOCOMOTION = dict(
     generations=1000, time_limit_s=540.0, eval_every=10, eval_episodes=128, checkpoint_every=20,
 )  # fmt: skip
 # HalfCheetah's GPU recipe: the base with Glorot init and tanh (benchmarks/results/halfcheetah_init_gpu_2026-11-30.md).
-HALFCHEETAH_GPU = LOCOMOTION | dict(weight_init="glorot", activation="tanh")
+HALFCHEETAH_GPU = LOCOMOTION | dict(weight_init="glorot", activation="tanh", backend="brax", rollout="jax")
 # The GPU recipes that take HalfCheetah's network (hopper_init_gpu_2026-11-30.md); the others keep the base's.
 GLOROT_TANH_ON_GPU = {"halfcheetah", "hopper"}
 
@@ -125,6 +125,19 @@ def test_halfcheetah_gpu_recipe_is_unchanged():
         k: v for k, v in LOCOMOTION.items() if k not in ("population", "lr", "eval_episodes")
     }
     assert (cpu.weight_init, cpu.population, cpu.lr) == ("torch", 128, 0.02)
+    assert (cpu.backend, cpu.rollout) == ("auto", "torch")
+
+
+@pytest.mark.parametrize("backend", ["auto", "gym", "envpool", "torch"])
+def test_a_recipes_jax_rollout_gives_way_to_another_backend(backend):
+    # HalfCheetah's GPU recipe trains with the JAX rollout, which runs Brax envs only: a user who picks another
+    # backend gets the torch rollout and a valid config, not an error about a field they never set.
+    config = TrainConfig.for_env("HalfCheetah", device="cuda", backend=backend)
+    assert (config.backend, config.rollout, config.population) == (backend, "torch", 2048)
+    config.validate()
+    # Asked for explicitly, the mismatch is still an error naming both fields.
+    with pytest.raises(ValueError, match="rollout='jax'.*backend"):
+        TrainConfig.for_env("HalfCheetah", device="cuda", backend=backend, rollout="jax").validate()
 
 
 def test_device_auto_picks_the_recipe_of_the_device_found(monkeypatch):

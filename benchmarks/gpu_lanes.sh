@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Two leaderboard lanes on a two-GPU machine, one GPU and 16 cores each, for one device call (issue #13).
+#
+#   git rev-parse HEAD > .board_sha     # before the call: no .git travels to the GPU machine
+#   LANE0="--envs Ant --agents eggroll --only-seeds 1" LANE1="--envs Ant --agents eggroll --only-seeds 2" \
+#     BASE=benchmarks/results/leaderboard/gpu_h200 RDIR=/tmp/lanes DEADLINE=545 bash benchmarks/gpu_lanes.sh
+#
+# Each lane runs `leaderboard.py --tier gpu --seeds 3 --gpus 1 --budget-s 480 --deadline-s $DEADLINE` with its own
+# extra arguments (LANE0 / LANE1; an empty one is not run) into $RDIR/laneN, resuming from $BASE's cells.jsonl and
+# runs.jsonl (copied in first, so a finished cell is not rerun). $OUT/lanes.tgz (the whole of $RDIR) is re-packed
+# as each lane ends. Fold the lanes back with:
+#   python benchmarks/leaderboard.py --merge <dir>/lane0 <dir>/lane1 --out benchmarks/results/leaderboard/gpu_h200
+set -u
+RDIR=${RDIR:-/tmp/lanes}; OUT=${OUT:-/tmp/out}; DEADLINE=${DEADLINE:-540}; mkdir -p "$RDIR" "$OUT"
+export LEADERBOARD_GIT_SHA=${LEADERBOARD_GIT_SHA:-$(cat .board_sha 2>/dev/null || echo unknown)}
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+pack() { tar czf "$OUT/.p$BASHPID" -C "$RDIR" . 2>/dev/null && mv "$OUT/.p$BASHPID" "$OUT/lanes.tgz"; }
+nvidia-smi > "$RDIR/nvidia-smi.txt" 2>&1
+lane() {
+  local n=$1 cpus=$2; shift 2
+  mkdir -p "$RDIR/lane$n"
+  if [ -n "${BASE:-}" ]; then cp "$BASE"/cells.jsonl "$BASE"/runs.jsonl "$RDIR/lane$n/" 2>/dev/null; fi
+  el "lane$n: $*"
+  CUDA_VISIBLE_DEVICES=$n taskset -c "$cpus" python3 benchmarks/leaderboard.py --tier gpu --seeds 3 --gpus 1 \
+    --budget-s 480 --deadline-s "$DEADLINE" --no-plot --out "$RDIR/lane$n" "$@" > "$RDIR/lane$n.log" 2>&1
+  el "lane$n exit $?"; grep -E "^\[|cells:" "$RDIR/lane$n.log" | tail -n 4; pack
+}
+read -r -a A0 <<< "${LANE0:-}"; read -r -a A1 <<< "${LANE1:-}"
+[ ${#A0[@]} -gt 0 ] && lane 0 0-15 "${A0[@]}" &
+[ ${#A1[@]} -gt 0 ] && lane 1 16-31 "${A1[@]}" &
+wait; pack; el done
