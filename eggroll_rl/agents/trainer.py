@@ -261,6 +261,9 @@ def train(
         env = build_env(config, num_local * config.episodes_per_member, device, seed=config.seed)
         env = cleanup.enter_context(contextlib.closing(env))
         ranks.window_env(env, first * config.episodes_per_member, config.num_envs)
+        note = _small_slice_note(getattr(env, "backend", ""), device, ranks.world_size, config.num_envs)
+        if note and ranks.rank == 0:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
         if config.members_per_start > 1:
             _share_starts(env, first, num_local, config)
         env_info = {k: getattr(env, k) for k in ("backend", "env_id", "brax_backend") if hasattr(env, k)}
@@ -497,6 +500,26 @@ def _end_group(dist: Any) -> None:
     nccl = dist.get_backend() == "nccl"
     dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
     dist.destroy_process_group()
+
+
+# Envs per GPU below which a Brax step costs its floor: on an H200 a HalfCheetah step took the same time at 1024 and
+# 2048 envs (1.83-1.88 ms with the JAX rollout, 2.29-2.36 ms with torch's) and 1.26 ms + 0.21 us per env above that
+# (benchmarks/results/distributed.md), so the floor holds up to about 3000 envs.
+_BRAX_FLOOR_ENVS = 3000
+
+
+def _small_slice_note(backend: str, device: torch.device, world_size: int, num_envs: int) -> str | None:
+    """The warning for a multi-GPU Brax run whose envs per GPU sit on the Brax step's latency floor, where more GPUs
+    make no generation faster (None when it does not apply)."""
+    per_rank = num_envs // max(world_size, 1)
+    if world_size < 2 or backend != "brax" or device.type != "cuda" or per_rank >= _BRAX_FLOOR_ENVS:
+        return None
+    return (
+        f"{world_size} ranks x {per_rank} envs: below about {_BRAX_FLOOR_ENVS} envs per GPU a Brax step costs as "
+        f"much as with more (its kernels' latency, not their work, sets its time), so this run's generations will "
+        f"not be faster than on one GPU; {_BRAX_FLOOR_ENVS} or more envs per GPU (population x episodes_per_member "
+        "/ ranks) use them (docs/distributed.md)"
+    )
 
 
 class _Ranks:

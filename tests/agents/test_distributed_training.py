@@ -22,7 +22,7 @@ import torch
 
 from eggroll_rl.agents import TrainConfig
 from eggroll_rl.agents.config import load_config_file
-from eggroll_rl.agents.trainer import _Ranks, train
+from eggroll_rl.agents.trainer import _BRAX_FLOOR_ENVS, _Ranks, _small_slice_note, train
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -165,3 +165,20 @@ def test_two_ranks_with_the_jax_rollout_give_the_single_process_metrics(tmp_path
     two, one = _metrics(tmp_path / "run2"), _metrics(tmp_path / "run1")
     assert [r["generation"] for r in one] == [0, 1] and one[0]["env_steps"] > 0
     _same_metrics(two, one)
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "world_size", "num_envs", "warns"),
+    [
+        ("brax", "cuda", 2, 2048, True),  # HalfCheetah's defaults on 2 GPUs: 1024 envs each, on the floor
+        ("brax", "cuda", 2, 2 * _BRAX_FLOOR_ENVS, False),  # enough envs per GPU
+        ("brax", "cuda", 1, 2048, False),  # one GPU: nothing to say
+        ("brax", "cpu", 2, 2048, False),  # Brax on the CPU has no launch floor of this kind
+        ("gym", "cuda", 2, 2048, False),  # CPU-stepped envs
+    ],
+)
+def test_a_multi_gpu_brax_run_on_the_step_floor_is_told_so(backend, device, world_size, num_envs, warns):
+    note = _small_slice_note(backend, torch.device(device), world_size, num_envs)
+    assert (note is not None) == warns
+    if warns:
+        assert f"{world_size} ranks x {num_envs // world_size} envs" in note and "docs/distributed.md" in note
