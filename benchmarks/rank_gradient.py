@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from eggroll_rl.fitness import centered_rank  # the trainer's shaping (default fitness_shaping)
+
 SHAPES = ((64, 17), (64, 64), (6, 64))  # HalfCheetah's default policy: 17 → 64 → 64 → 6
 RANKS = (1, 2, 4, 8, 16, 0)  # 0: full-rank Gaussian
 
@@ -38,12 +40,6 @@ def perturbations(pairs: int, shape: tuple[int, int], rank: int, gen: torch.Gene
         b = torch.randn(pairs, n, rank, generator=gen, dtype=torch.float64)
         eps = a @ b.transpose(1, 2) / math.sqrt(rank)
     return torch.cat([eps, -eps])
-
-
-def centered_rank(f: torch.Tensor) -> torch.Tensor:
-    ranks = torch.empty_like(f)
-    ranks[f.argsort()] = torch.arange(f.numel(), dtype=f.dtype)
-    return ranks / (f.numel() - 1) - 0.5
 
 
 def cosine(population: int, rank: int, shaping: str, seed: int) -> float:

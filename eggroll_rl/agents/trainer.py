@@ -511,7 +511,7 @@ _BRAX_FLOOR_ENVS = 3000
 def _small_slice_note(backend: str, device: torch.device, world_size: int, num_envs: int) -> str | None:
     """The warning for a multi-GPU Brax run whose envs per GPU sit on the Brax step's latency floor, where more GPUs
     make no generation faster (None when it does not apply)."""
-    per_rank = num_envs // max(world_size, 1)
+    per_rank = num_envs // world_size
     if world_size < 2 or backend != "brax" or device.type != "cuda" or per_rank >= _BRAX_FLOOR_ENVS:
         return None
     return (
