@@ -124,6 +124,11 @@ def shared_config(cell: Any) -> Any:
     return TrainConfig.for_env(cell.env, **values)
 
 
+def _capped(config: Any, generations_done: int) -> bool:
+    """Whether ``config``'s generation cap is reached (``generations=0``: no cap, a time limit is the budget)."""
+    return bool(config.generations) and generations_done >= config.generations
+
+
 # --------------------------------------------------------------------------------------------------- eggroll
 def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
     """eggroll_rl's ``train`` with its defaults for the env, stopped by the cell's clock.
@@ -150,7 +155,7 @@ def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
         train(config, progress_fn=progress)
     except BudgetReached:
         pass
-    stopped = "generations" if last["generations"] >= config.generations else "budget"
+    stopped = "generations" if _capped(config, last["generations"]) else "budget"
     return {"config": config.to_dict(), "chunks": chunks, "stopped": stopped}
 
 
@@ -222,7 +227,8 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
         generation += 1
         steps += episodes.num_steps
         chunks.append((time.perf_counter() - t0, episodes.num_steps))
-        done = generation >= config.generations or time.perf_counter() - start >= config.time_limit_s
+        timed_out = config.time_limit_s and time.perf_counter() - start >= config.time_limit_s
+        done = _capped(config, generation) or timed_out
         done = done or emit.elapsed() >= budget_s
         if done or (config.eval_every and generation % config.eval_every == 0):
             ev = evaluate(
@@ -232,7 +238,7 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
             emit(steps, ev["return_mean"])
         if done:
             break
-    stopped = "generations" if generation >= config.generations else "budget"
+    stopped = "generations" if _capped(config, generation) else "budget"
     return {"config": dict(config.to_dict(), noise="dense gaussian (full rank)"), "chunks": chunks, "stopped": stopped}
 
 
@@ -494,7 +500,7 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
         gen_steps = int(gen_steps)  # waits for the generation
         chunks.append((time.perf_counter() - t0, gen_steps))
         steps, gen = steps + gen_steps, gen + 1
-        last = gen >= config.generations
+        last = _capped(config, gen)
         if last or gen % config.eval_every == 0 or emit.elapsed() >= budget_s:
             emit(steps, float(evaluation(es_state, stats, key_eval)))
             if emit.elapsed() >= budget_s or last:

@@ -2,6 +2,7 @@
 
     eggroll-rl train CartPole                       # tuned defaults, run directory under runs/
     eggroll-rl train HalfCheetah --population 2048 --generations 300 --out runs/cheetah
+    eggroll-rl train HalfCheetah --time-limit-s 480  # a budget replaces the default one: 480 s, no generation cap
     eggroll-rl train Ant --help                     # every setting, with Ant's defaults
     eggroll-rl train Ant --print-config             # the resolved config as YAML (a --config FILE)
     eggroll-rl train --resume runs/cheetah --generations 600   # the run directory knows its env
@@ -168,12 +169,10 @@ def _parse_train(argv: list[str]) -> tuple[_TrainArgs, TrainConfig]:
         raise _UsageError("argument --total-steps: not allowed with argument --generations")
     if args.env is None and not args.resume:
         raise _UsageError("ENV is missing: give an environment name (e.g. `eggroll-rl train CartPole`) or --resume DIR")
-    # An explicit budget replaces the default budget (steps, generations and time limit together).
+    # An explicit budget (flags and config file) replaces the default or stored one whole: the limits given apply,
+    # the others are off (generations=0: no cap), so `--time-limit-s 480` alone trains for 480 s.
     if any(k in values for k in _BUDGET_FIELDS):
-        values.setdefault("total_steps", 0)
-        values.setdefault("time_limit_s", 0.0)
-        if values["total_steps"] == 0:
-            values.setdefault("generations", TrainConfig.generations)
+        values = {"generations": 0, "total_steps": 0, "time_limit_s": 0.0} | values
     if not args.resume:
         return args, TrainConfig.for_env(args.env, **values)
     if "out_dir" in values and Path(values["out_dir"]).resolve() != Path(args.resume).resolve():

@@ -115,10 +115,13 @@ def training_fitness(episodes: RolloutResult, reward_shift: float = 0.0) -> torc
 
 
 def _progress(config: TrainConfig, generation: int, env_steps: int) -> float:
-    """Fraction of the budget used; schedules use the reproducible part (generations or steps) only."""
+    """Fraction of the budget used; schedules use the reproducible part (generations or steps) only. 0 when a time
+    limit is the whole budget (the config then refuses schedules)."""
     if config.total_steps:
         return min(env_steps / config.total_steps, 1.0)
-    return min(generation / config.generations, 1.0)
+    if config.generations:
+        return min(generation / config.generations, 1.0)
+    return 0.0
 
 
 def _budget_left(config: TrainConfig, generation: int, env_steps: int, wall_time_s: float) -> bool:
@@ -126,7 +129,7 @@ def _budget_left(config: TrainConfig, generation: int, env_steps: int, wall_time
         return False
     if config.total_steps:
         return env_steps < config.total_steps
-    return generation < config.generations
+    return not config.generations or generation < config.generations  # generations=0: no cap
 
 
 def _fraction_done(state: TrainState) -> float:
@@ -509,16 +512,21 @@ _BRAX_FLOOR_ENVS = 3000
 
 
 def _small_slice_note(backend: str, device: torch.device, world_size: int, num_envs: int) -> str | None:
-    """The warning for a multi-GPU Brax run whose envs per GPU sit on the Brax step's latency floor, where more GPUs
-    make no generation faster (None when it does not apply)."""
+    """The warning for a multi-GPU Brax run whose envs per GPU sit on the Brax step's latency floor, where each GPU's
+    step costs about what ``_BRAX_FLOOR_ENVS`` envs would, so the GPUs speed a generation up far less than their
+    number (None when it does not apply)."""
     per_rank = num_envs // world_size
     if world_size < 2 or backend != "brax" or device.type != "cuda" or per_rank >= _BRAX_FLOOR_ENVS:
         return None
+    # Above the floor a step costs a + b * n with a > 0, so one GPU stepping all n envs takes at most
+    # n / _BRAX_FLOOR_ENVS times the floor that each GPU pays here: a bound true for any population.
+    bound = max(num_envs / _BRAX_FLOOR_ENVS, 1.0)
     return (
-        f"{world_size} ranks x {per_rank} envs: below about {_BRAX_FLOOR_ENVS} envs per GPU a Brax step costs as "
-        f"much as with more (its kernels' latency, not their work, sets its time), so this run's generations will "
-        f"not be faster than on one GPU; {_BRAX_FLOOR_ENVS} or more envs per GPU (population x episodes_per_member "
-        "/ ranks) use them (docs/distributed.md)"
+        f"{world_size} ranks x {per_rank} envs: below about {_BRAX_FLOOR_ENVS} envs per GPU a Brax step costs about "
+        f"as much as with {_BRAX_FLOOR_ENVS} (its kernels' latency, not their work, sets its time), so a generation "
+        f"here is at most about {bound:.1f}x as fast as with all {num_envs} envs on one GPU; more GPUs pay off "
+        f"through a larger population: {_BRAX_FLOOR_ENVS} or more envs per GPU (population x episodes_per_member / "
+        "ranks) (docs/distributed.md)"
     )
 
 

@@ -168,17 +168,22 @@ def test_two_ranks_with_the_jax_rollout_give_the_single_process_metrics(tmp_path
 
 
 @pytest.mark.parametrize(
-    ("backend", "device", "world_size", "num_envs", "warns"),
+    ("backend", "device", "world_size", "num_envs", "speedup"),
     [
-        ("brax", "cuda", 2, 2048, True),  # HalfCheetah's defaults on 2 GPUs: 1024 envs each, on the floor
-        ("brax", "cuda", 2, 2 * _BRAX_FLOOR_ENVS, False),  # enough envs per GPU
-        ("brax", "cuda", 1, 2048, False),  # one GPU: nothing to say
-        ("brax", "cpu", 2, 2048, False),  # Brax on the CPU has no launch floor of this kind
-        ("gym", "cuda", 2, 2048, False),  # CPU-stepped envs
+        ("brax", "cuda", 2, 2048, "1.0"),  # HalfCheetah's defaults on 2 GPUs: 1024 envs each, on the floor
+        ("brax", "cuda", 2, 4096, "1.4"),  # 2048 each: faster than one GPU with all 4096, but far from 2x
+        ("brax", "cuda", 4, 8192, "2.7"),
+        ("brax", "cuda", 2, 2 * _BRAX_FLOOR_ENVS, None),  # enough envs per GPU
+        ("brax", "cuda", 1, 2048, None),  # one GPU: nothing to say
+        ("brax", "cpu", 2, 2048, None),  # Brax on the CPU has no launch floor of this kind
+        ("gym", "cuda", 2, 2048, None),  # CPU-stepped envs
     ],
 )
-def test_a_multi_gpu_brax_run_on_the_step_floor_is_told_so(backend, device, world_size, num_envs, warns):
+def test_a_multi_gpu_brax_run_on_the_step_floor_is_told_so(backend, device, world_size, num_envs, speedup):
     note = _small_slice_note(backend, torch.device(device), world_size, num_envs)
-    assert (note is not None) == warns
-    if warns:
-        assert f"{world_size} ranks x {num_envs // world_size} envs" in note and "docs/distributed.md" in note
+    assert (note is None) == (speedup is None)
+    if speedup is not None:
+        assert f"{world_size} ranks x {num_envs // world_size} envs" in note
+        # the bound on the generation's speed-up over one GPU with every env (num_envs / floor, at least 1)
+        assert f"at most about {speedup}x as fast as with all {num_envs} envs on one GPU" in note
+        assert f"larger population: {_BRAX_FLOOR_ENVS} or more envs per GPU" in note and "docs/distributed.md" in note

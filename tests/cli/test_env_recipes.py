@@ -39,6 +39,8 @@ LOCOMOTION = dict(
 HALFCHEETAH_GPU = LOCOMOTION | dict(weight_init="glorot", activation="tanh", backend="brax", rollout="jax")
 # The GPU recipes that take HalfCheetah's network (hopper_init_gpu_2026-11-30.md); the others keep the base's.
 GLOROT_TANH_ON_GPU = {"halfcheetah", "hopper"}
+# The GPU recipes that step through the JAX rollout (rollout_jax_2026-11-30.md, rollout_jax_2026-12-01.md); Brax only.
+JAX_ROLLOUT_ON_GPU = {"halfcheetah", "hopper", "walker2d", "humanoid"}
 
 
 def _printed(capsys, env: str, device: str) -> dict:
@@ -101,6 +103,8 @@ def test_locomotion_recipes_start_from_halfcheetah(env):
     assert 0 < gpu.time_limit_s <= 540.0
     assert gpu.reward_shift == ALIVE_BONUS.get(_canonical_env_key(env), 0.0)
     assert gpu.brax_backend == ("generalized" if env in ("Swimmer", "Reacher") else "spring")
+    jax = key in JAX_ROLLOUT_ON_GPU
+    assert (gpu.rollout, gpu.backend) == (("jax", "brax") if jax else ("torch", "auto"))
     cpu = TrainConfig.for_env(env, device="cpu")
     assert cpu.population <= 256 and cpu.cpu_threads >= 1
     tuned = TUNED_CPU.get(key, {})
@@ -108,6 +112,7 @@ def test_locomotion_recipes_start_from_halfcheetah(env):
     assert cpu.sigma == tuned.get("sigma", gpu.sigma)
     assert cpu.max_episode_steps == gpu.max_episode_steps
     assert cpu.hidden_sizes == tuned.get("hidden_sizes", gpu.hidden_sizes)
+    assert cpu.rollout == "torch"  # EnvPool / gymnasium on a CPU: the JAX rollout is for Brax
     assert {k: getattr(cpu, k) for k in tuned} == tuned
     assert (cpu.weight_init, cpu.activation) == ("torch", "pqn")  # glorot + tanh was measured on the GPU only
 
@@ -119,6 +124,7 @@ def test_halfcheetah_gpu_recipe_is_unchanged():
     assert ENV_DEFAULTS["ant"] == LOCOMOTION  # Ant was measured with the base (train_ant_cuda.md)
     # Hopper on a GPU: the base, its alive bonus, sigma 0.05 and HalfCheetah's network (hopper_init_gpu_2026-11-30.md)
     hopper = LOCOMOTION | dict(reward_shift=1.0, sigma=0.05, weight_init="glorot", activation="tanh")
+    hopper |= dict(backend="brax", rollout="jax")
     assert ENV_DEFAULTS["hopper"] == hopper
     cpu = TrainConfig.for_env("HalfCheetah", device="cpu")
     assert {k: getattr(cpu, k) for k in LOCOMOTION if k not in ("population", "lr", "eval_episodes")} == {
