@@ -456,12 +456,15 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
     import jax.numpy as jnp
     import optax
 
+    from eggroll_rl.envs.brax_adapter import observation_size
+
     config = shared_config(cell)
     if config.fitness_shaping != "centered_rank" or not config.antithetic or config.optimizer != "adam":
         raise ValueError("the evosax adapter mirrors centered-rank shaping, antithetic pairs and Adam only")
     brax_id, env = _brax_env(cell, envs)
     n, length, shift = config.population, cell.episode_length, config.reward_shift
-    sizes = [env.observation_size, *config.hidden_sizes, env.action_size]
+    obs_size = observation_size(env)  # traced abstractly: Brax's own property compiles its reset op by op
+    sizes = [obs_size, *config.hidden_sizes, env.action_size]
     key, mean = glorot_mlp(jax.random.PRNGKey(cell.seed), sizes)
     strategy = Open_ES(
         population_size=n, solution=mean, use_antithetic_sampling=True,
@@ -490,7 +493,7 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
 
     key, key_init = jax.random.split(key)
     es_state = strategy.init(key_init, mean, es_params)
-    stats = (jnp.zeros(()), jnp.zeros(env.observation_size), jnp.zeros(env.observation_size))
+    stats = (jnp.zeros(()), jnp.zeros(obs_size), jnp.zeros(obs_size))
     chunks: list[tuple[float, int]] = []
     steps, gen, stopped = 0, 0, "budget"
     while True:

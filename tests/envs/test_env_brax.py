@@ -178,3 +178,13 @@ def test_swimmer_steps_with_its_viscosity():
     assert obs.shape == (2, 8) and torch.isfinite(obs).all() and torch.isfinite(reward).all()
     assert not terminated.any()
     env.close()
+
+
+def test_observation_size_is_braxs_own_without_running_reset():
+    # Brax's observation_size runs reset op by op (seconds of compilation); ours traces it abstractly: same answer.
+    from eggroll_rl.envs.brax_adapter import observation_size
+
+    _, brax_envs = import_brax()
+    env = brax_envs.get_environment("inverted_pendulum", backend="positional")
+    assert observation_size(env) == env.observation_size == 4
+    assert observation_size(brax_envs.wrappers.training.EpisodeWrapper(env, 10, 1)) == 4  # through a wrapper
