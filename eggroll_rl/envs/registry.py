@@ -167,7 +167,8 @@ def _missing_backend(backend: str) -> ImportError:
     extra = _EXTRAS[backend]
     return ImportError(
         f"backend {backend!r} is not installed (needs {' and '.join(_PACKAGES[backend])}): "
-        f"pip install eggroll-rl[{extra}]"
+        f"pip install eggroll-rl[{extra}], or pick an installed backend with backend= / --backend "
+        "(`eggroll-rl envs` lists each env's)"
     )
 
 

@@ -87,3 +87,10 @@ def test_resolve_env_is_public():
     assert resolve_env("gym:LunarLander-v3") is None  # prefixed id outside the registry: passed through
     with pytest.raises(ValueError, match="Did you mean 'HalfCheetah'"):
         resolve_env("HalfChetah")
+
+
+def test_a_missing_backend_says_how_to_install_it_or_pick_another(monkeypatch):
+    # A GPU recipe names Brax (HalfCheetah, Hopper, ...): without it the user learns both ways out.
+    monkeypatch.setattr(registry, "_installed", lambda backend: backend != "brax")
+    with pytest.raises(ImportError, match=r"'brax' is not installed.*pip install eggroll-rl\[brax\].*--backend"):
+        registry.make_env("HalfCheetah", backend="brax", num_envs=2, device="cpu")
