@@ -124,11 +124,6 @@ def shared_config(cell: Any) -> Any:
     return TrainConfig.for_env(cell.env, **values)
 
 
-def _capped(config: Any, generations_done: int) -> bool:
-    """Whether ``config``'s generation cap is reached (``generations=0``: no cap, a time limit is the budget)."""
-    return bool(config.generations) and generations_done >= config.generations
-
-
 # --------------------------------------------------------------------------------------------------- eggroll
 def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
     """eggroll_rl's ``train`` with its defaults for the env, stopped by the cell's clock.
@@ -138,6 +133,7 @@ def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
     that ends past the budget, the rule the Brax peers follow (their progress callbacks run at evaluations only).
     The time limit stays as a backstop."""
     from eggroll_rl.agents import train
+    from eggroll_rl.agents.trainer import generation_cap_reached
 
     config = shared_config(cell).replace(time_limit_s=max(budget_s - emit.elapsed(), 1.0))
     chunks: list[tuple[float, int]] = []
@@ -155,7 +151,7 @@ def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
         train(config, progress_fn=progress)
     except BudgetReached:
         pass
-    stopped = "generations" if _capped(config, last["generations"]) else "budget"
+    stopped = "generations" if generation_cap_reached(config, last["generations"]) else "budget"
     return {"config": config.to_dict(), "chunks": chunks, "stopped": stopped}
 
 
@@ -169,7 +165,7 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
 
     from eggroll_rl.agents import evaluate, rollout
     from eggroll_rl.agents.builders import build_env, build_policy, episode_limit, generation_seed
-    from eggroll_rl.agents.trainer import training_fitness
+    from eggroll_rl.agents.trainer import generation_cap_reached, training_fitness
     from eggroll_rl.envs import resolve_device
     from eggroll_rl.fitness import shape_fitness
 
@@ -228,7 +224,7 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
         steps += episodes.num_steps
         chunks.append((time.perf_counter() - t0, episodes.num_steps))
         timed_out = config.time_limit_s and time.perf_counter() - start >= config.time_limit_s
-        done = _capped(config, generation) or timed_out
+        done = generation_cap_reached(config, generation) or timed_out
         done = done or emit.elapsed() >= budget_s
         if done or (config.eval_every and generation % config.eval_every == 0):
             ev = evaluate(
@@ -238,7 +234,7 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
             emit(steps, ev["return_mean"])
         if done:
             break
-    stopped = "generations" if _capped(config, generation) else "budget"
+    stopped = "generations" if generation_cap_reached(config, generation) else "budget"
     return {"config": dict(config.to_dict(), noise="dense gaussian (full rank)"), "chunks": chunks, "stopped": stopped}
 
 
@@ -456,6 +452,7 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
     import jax.numpy as jnp
     import optax
 
+    from eggroll_rl.agents.trainer import generation_cap_reached
     from eggroll_rl.envs.brax_adapter import observation_size
 
     config = shared_config(cell)
@@ -503,7 +500,7 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
         gen_steps = int(gen_steps)  # waits for the generation
         chunks.append((time.perf_counter() - t0, gen_steps))
         steps, gen = steps + gen_steps, gen + 1
-        last = _capped(config, gen)
+        last = generation_cap_reached(config, gen)
         if last or gen % config.eval_every == 0 or emit.elapsed() >= budget_s:
             emit(steps, float(evaluation(es_state, stats, key_eval)))
             if emit.elapsed() >= budget_s or last:

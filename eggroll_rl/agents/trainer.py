@@ -124,12 +124,18 @@ def _progress(config: TrainConfig, generation: int, env_steps: int) -> float:
     return 0.0
 
 
+def generation_cap_reached(config: TrainConfig, generations_done: int) -> bool:
+    """Whether ``generations_done`` generations use up ``config.generations`` (0: no cap, a time limit is the
+    budget). The trainer's rule; loops of one's own (the leaderboard's peers) share it."""
+    return bool(config.generations) and generations_done >= config.generations
+
+
 def _budget_left(config: TrainConfig, generation: int, env_steps: int, wall_time_s: float) -> bool:
     if config.time_limit_s and wall_time_s >= config.time_limit_s:
         return False
     if config.total_steps:
         return env_steps < config.total_steps
-    return not config.generations or generation < config.generations  # generations=0: no cap
+    return not generation_cap_reached(config, generation)
 
 
 def _fraction_done(state: TrainState) -> float:
