@@ -187,3 +187,39 @@ def test_jax_rollout_out_of_memory_is_a_clear_error(monkeypatch, message):
         else:  # any other XLA error passes through as it is
             with pytest.raises(JaxRuntimeError, match="INTERNAL: x"):
                 jax_rollout(env, policy, pop, num_members=NUM_MEMBERS, envs_per_member=EPISODES, max_steps=MAX_STEPS)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_policy_forward_matches_the_triton_forward_on_cuda(noise):
+    """On a GPU the torch rollout perturbs through the Triton kernels (noise made in registers) and the update
+    regenerates the same noise; the JAX rollout takes the factors from ``population_layers`` (``pop.noise_of``).
+    They must be the same numbers for both noise kinds, or the update would not match the episodes played."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from eggroll_rl.envs.brax_adapter import import_brax
+
+    import_brax()  # JAX's GPU client set up as the adapter does (memory preallocation off)
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    obs_space = Box.from_bounds(-math.inf, math.inf, (17,))  # Walker2d's shapes, the population of its recipe
+    act_space = Box.from_bounds(-1.0, 1.0, (6,))
+    policy = make_policy(obs_space, act_space, hidden_sizes=(64, 64), activation="pqn").to(device)
+    policy.obs_norm.update(torch.randn(500, 17, device=device) * 2 + 0.5)
+    strategy = EggrollStrategy(sigma=0.05, lr=0.01, rank=4, seed=3, noise=noise)
+    strategy.setup(policy)
+    obs = torch.randn(2048, 17, device=device) * 3
+    ids = torch.arange(2048, device=device)
+    with strategy.perturb(population_size=2048, epoch=11) as pop:
+        expected = pop.batched_forward(policy, obs, member_ids=ids)
+        layers = population_layers(policy, pop, ids)
+        for member in (0, 1, 777, 2047):  # the factors, member by member (antithetic pairs share |noise|)
+            A, B = pop.get_factors(member, "head.weight")
+            torch.testing.assert_close(layers["layers"][-1]["A"][member], A, atol=0, rtol=0)
+            torch.testing.assert_close(layers["layers"][-1]["B"][member], B, atol=0, rtol=0)
+            torch.testing.assert_close(layers["layers"][0]["db"][member], pop.perturbation(member, "trunk.0.bias"))
+    got = policy_forward(
+        jax.tree_util.tree_map(jax.dlpack.from_dlpack, layers, is_leaf=lambda x: isinstance(x, torch.Tensor)),
+        jax.dlpack.from_dlpack(obs), "pqn", "tanh", clip=True,
+    )  # fmt: skip
+    torch.testing.assert_close(torch.from_dlpack(got), expected, atol=2e-5, rtol=1e-4)
