@@ -23,6 +23,10 @@ meaning field for field, for one episode per env (the trainer's case). What diff
 - the env is left as ``reset`` left it (its own ``step`` is never called);
 - a finished env is frozen (its state kept, the step's result dropped) instead of restarted.
 
+``jax_policy_rollout(env, policy, ...)`` plays the unperturbed policy the same way (the trainer's evaluation when
+``rollout="jax"``): ``rollout(env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs, ...)``,
+with the same differences.
+
 The policy must be an ``MLPPolicy`` with continuous actions and float32 weights, the env a ``BraxVecEnv``.
 """
 
@@ -38,21 +42,22 @@ from eggroll_rl.agents.rollout import RolloutResult, _aggregate, _member_ids
 from eggroll_rl.envs.base import NonFiniteError
 from eggroll_rl.noise import member_noise_and_sign
 
-__all__ = ["jax_rollout", "population_layers", "policy_forward"]
+__all__ = ["jax_rollout", "jax_policy_rollout", "population_layers", "policy_layers", "policy_forward"]
 
 _LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which PQNActivation uses
 
 
-def _check_policy(policy: Any, pop: Any) -> list[torch.nn.Linear]:
+def _check_policy(policy: Any, pop: Any | None) -> list[torch.nn.Linear]:
     if not isinstance(policy, MLPPolicy) or policy.discrete:
         raise ValueError(
             f"the JAX rollout runs an MLPPolicy with continuous actions; got {type(policy).__name__}"
             f"{' with discrete actions' if isinstance(policy, MLPPolicy) else ''}. Use rollout=torch for other "
             "policies"
         )
-    if policy is not pop.strategy.model:
-        raise ValueError("policy is not the module the strategy was set up with; pass the model given to setup()")
-    pop._check_active("jax_rollout()")
+    if pop is not None:
+        if policy is not pop.strategy.model:
+            raise ValueError("policy is not the module the strategy was set up with; pass the model given to setup()")
+        pop._check_active("jax_rollout()")
     linears = [m for m in policy.trunk if isinstance(m, torch.nn.Linear)] + [policy.head]
     for layer in linears:
         if layer.weight.dtype != torch.float32:
@@ -91,6 +96,19 @@ def population_layers(policy: MLPPolicy, pop: Any, member_ids: torch.Tensor) -> 
             entry["B"] = pop.noise_of(ws, "B", uniq)[inv]
         entry["db"] = (st.sigma * s)[:, None] * pop.noise_of(bs, "eps", uniq)[inv] if bs is not None else None
         layers.append(entry)
+    return _with_normalizer_and_bounds(policy, layers)
+
+
+@torch.no_grad()
+def policy_layers(policy: MLPPolicy) -> dict[str, Any]:
+    """The unperturbed policy as torch tensors, for ``policy_forward``: ``population_layers``' structure with every
+    ``A``, ``B`` and ``db`` ``None`` (what ``policy(obs)`` applies to every row)."""
+    linears = _check_policy(policy, None)
+    layers = [{"W": m.weight.detach(), "b": m.bias.detach(), "A": None, "B": None, "db": None} for m in linears]
+    return _with_normalizer_and_bounds(policy, layers)
+
+
+def _with_normalizer_and_bounds(policy: MLPPolicy, layers: list[dict[str, Any]]) -> dict[str, Any]:
     norm = None
     if policy.obs_norm is not None:
         n = policy.obs_norm
@@ -250,29 +268,64 @@ def jax_rollout(
     Returns:
         ``RolloutResult`` with ``returns``/``lengths`` ``(num_members,)``.
     """
-    from eggroll_rl.envs.brax_adapter import BraxVecEnv
-
-    if not isinstance(env, BraxVecEnv):
-        raise ValueError(f"the JAX rollout needs a BraxVecEnv (backend='brax'), got {type(env).__name__}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    exit_check_every = _check_arguments(env, max_steps, exit_check_every)
     if not isinstance(first_member, int) or first_member < 0:
         raise ValueError(f"first_member must be a non-negative int, got {first_member!r}")
-    if exit_check_every is None:
-        exit_check_every = 8 if env.device.type == "cuda" else 1
-    if not isinstance(exit_check_every, int) or exit_check_every < 1:
-        raise ValueError(f"exit_check_every must be a positive int or None, got {exit_check_every!r}")
     _check_policy(policy, pop)
     ids = _member_ids(env, num_members, envs_per_member, member_ids)
     if first_member + num_members > pop.population_size:
         raise ValueError(
             f"first_member + num_members = {first_member} + {num_members} exceeds population_size {pop.population_size}"
         )
-    clip = policy.obs_norm is not None and policy.obs_norm.clip > 0
-
     env.reset(seed=seed)
-    brax_env, state, steps = env.jax_reset_state()
     params = population_layers(policy, pop, ids + first_member)  # torch tensors: kept alive until the results are read
+    who = f"{num_members} members on this process, {envs_per_member} episode(s) each"
+    return _play(env, policy, params, ids, num_members, max_steps, record_obs, exit_check_every,
+                 f"{who}) on {env.device}: lower the population or episodes_per_member")  # fmt: skip
+
+
+@torch.no_grad()
+def jax_policy_rollout(
+    env: Any, policy: MLPPolicy, max_steps: int = 1000, seed: int | None = None, exit_check_every: int | None = None
+) -> RolloutResult:
+    """One episode of the unperturbed ``policy`` in each of ``env``'s envs, in one JAX loop.
+
+    The same result as ``rollout(env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs,
+    max_steps=max_steps, seed=seed)`` (the trainer's evaluation), with the floats of ``jax_rollout`` (module
+    docstring): ``episode_returns`` / ``episode_lengths`` ``(1, num_envs)``, one episode per env in env order.
+    ``env`` is a ``BraxVecEnv``, reset with ``env.reset(seed=seed)`` first; ``policy`` an ``MLPPolicy`` with continuous
+    actions and float32 weights (no strategy needed); ``exit_check_every`` as in ``jax_rollout``.
+    """
+    exit_check_every = _check_arguments(env, max_steps, exit_check_every)
+    _check_policy(policy, None)
+    ids = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
+    env.reset(seed=seed)
+    params = policy_layers(policy)
+    who = f"an evaluation of the policy) on {env.device}: lower eval_episodes"
+    return _play(env, policy, params, ids, 1, max_steps, False, exit_check_every, who)
+
+
+def _check_arguments(env: Any, max_steps: Any, exit_check_every: Any) -> int:
+    """Checks shared by both entry points; returns ``exit_check_every`` resolved (8 on CUDA, 1 on the CPU)."""
+    from eggroll_rl.envs.brax_adapter import BraxVecEnv
+
+    if not isinstance(env, BraxVecEnv):
+        raise ValueError(f"the JAX rollout needs a BraxVecEnv (backend='brax'), got {type(env).__name__}")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    if exit_check_every is None:
+        exit_check_every = 8 if env.device.type == "cuda" else 1
+    if not isinstance(exit_check_every, int) or exit_check_every < 1:
+        raise ValueError(f"exit_check_every must be a positive int or None, got {exit_check_every!r}")
+    return exit_check_every
+
+
+def _play(env: Any, policy: MLPPolicy, params: dict[str, Any], ids: torch.Tensor, num_members: int, max_steps: int,
+          record_obs: bool, exit_check_every: int, what: str) -> RolloutResult:  # fmt: skip
+    """One episode of every env (just reset) with the rows' policies ``params``; ``what`` completes the
+    out-of-memory error (what ran, where, what to lower)."""
+    clip = policy.obs_norm is not None and policy.obs_norm.clip > 0
+    brax_env, state, steps = env.jax_reset_state()
     jax_params = _tree_to_jax(env, params)
     fn = _episode_fn(brax_env, env.episode_length, max_steps, exit_check_every, record_obs,
                      policy.spec["activation"], policy.action_mode, clip)  # fmt: skip
@@ -284,10 +337,8 @@ def jax_rollout(
         if not is_xla_out_of_memory(exc):
             raise
         raise RuntimeError(
-            f"the JAX rollout ran out of device memory with {env.num_envs} envs ({num_members} members on this "
-            f"process, {envs_per_member} episode(s) each) on {env.device}: lower the population or "
-            "episodes_per_member, or use rollout='torch' (--rollout torch). JAX shares the GPU with torch; "
-            f"XLA said: {str(exc).splitlines()[0]}"
+            f"the JAX rollout ran out of device memory with {env.num_envs} envs ({what}, or use rollout='torch' "
+            f"(--rollout torch). JAX shares the GPU with torch; XLA said: {str(exc).splitlines()[0]}"
         ) from exc
     if env.check_finite:
         bad_actions, bad_outputs = env.to_torch(flags).tolist()

@@ -8,7 +8,7 @@ One generation, top to bottom::
                    (config.rollout="jax": jax_rollout, the same episode in one jitted JAX loop)
     policy.obs_norm.update(live observations of the whole population)
     strategy.step(mean return - reward_shift * mean length)   # ES gradient + optimizer
-    every eval_every generations: evaluate the mean policy over eval_episodes episodes
+    every eval_every generations: evaluate the mean policy over eval_episodes episodes (with config.rollout's loop)
 
 Reproducibility: every generation resets the environments with a seed derived from ``(config.seed, generation)``
 and the policy is deterministic, so a generation depends only on the state saved in a checkpoint (strategy,
@@ -46,7 +46,7 @@ import torch
 from eggroll_rl.agents.builders import build_env, build_policy, build_strategy, episode_limit, generation_seed
 from eggroll_rl.agents.checkpoint import TrainState
 from eggroll_rl.agents.config import TrainConfig
-from eggroll_rl.agents.jax_rollout import is_xla_out_of_memory, jax_rollout
+from eggroll_rl.agents.jax_rollout import is_xla_out_of_memory, jax_policy_rollout, jax_rollout
 from eggroll_rl.agents.policy import MLPPolicy
 from eggroll_rl.agents.rollout import RolloutResult, rollout
 from eggroll_rl.agents.run_dir import RunWriter
@@ -80,18 +80,29 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def evaluate(policy: MLPPolicy, env: Any, seed: int = 0, max_steps: int = 1000) -> dict[str, float]:
+def evaluate(
+    policy: MLPPolicy, env: Any, seed: int = 0, max_steps: int = 1000, rollout: str = "torch"
+) -> dict[str, float]:
     """Statistics of the deterministic ``policy`` over one episode in each of ``env``'s envs.
+
+    ``rollout``: ``"torch"`` steps the env from torch (any env); ``"jax"`` plays the episodes in one jitted JAX loop
+    (``jax_policy_rollout``; a ``BraxVecEnv`` and an ``MLPPolicy`` with continuous actions), the trainer's choice when
+    its config trains with ``rollout="jax"``. Both play the same episodes up to float rounding.
 
     Returns:
         ``{"return_mean", "return_std", "return_min", "return_max", "length_mean", "episodes"}``.
     """
+    if rollout not in ("torch", "jax"):
+        raise ValueError(f"rollout must be 'torch' or 'jax', got {rollout!r}")
     was_training = policy.training
     policy.eval()
-    result = rollout(
-        env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs, max_steps=max_steps, seed=seed
-    )
-    policy.train(was_training)
+    try:
+        if rollout == "jax":
+            result = jax_policy_rollout(env, policy, max_steps=max_steps, seed=seed)
+        else:
+            result = _torch_episodes(policy, env, max_steps, seed)
+    finally:
+        policy.train(was_training)
     r = result.episode_returns.reshape(-1).double()
     return {
         "return_mean": float(r.mean()),
@@ -101,6 +112,12 @@ def evaluate(policy: MLPPolicy, env: Any, seed: int = 0, max_steps: int = 1000) 
         "length_mean": float(result.episode_lengths.double().mean()),
         "episodes": int(r.numel()),
     }
+
+
+def _torch_episodes(policy: MLPPolicy, env: Any, max_steps: int, seed: int) -> RolloutResult:
+    return rollout(
+        env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs, max_steps=max_steps, seed=seed
+    )
 
 
 def training_fitness(episodes: RolloutResult, reward_shift: float = 0.0) -> torch.Tensor:
@@ -352,6 +369,7 @@ def train(
                             eval_env,
                             seed=generation_seed(config.seed, state.generation, salt=1),
                             max_steps=episode_limit(eval_env, config),
+                            rollout=config.rollout,
                         )
                     ev = ranks.share_evaluation(ev)
                     record["eval_return"] = ev["return_mean"]

@@ -141,6 +141,41 @@ def test_jax_rollout_matches_torch_rollout_on_brax():
 
 
 @pytest.mark.slow
+def test_jax_policy_rollout_matches_torch_evaluation_on_brax():
+    """The trainer's evaluation with ``rollout="jax"``: the unperturbed policy's episodes, one per env, against the
+    torch loop's (``evaluate``'s default) on the same envs, seed and normalizer."""
+    pytest.importorskip("brax")
+    from eggroll_rl.agents.builders import build_env, build_policy
+    from eggroll_rl.agents.jax_rollout import jax_policy_rollout
+    from eggroll_rl.agents.trainer import evaluate
+
+    config = _brax_config()
+    env = build_env(config, NUM_MEMBERS * EPISODES, torch.device("cpu"), seed=0)
+    torch.manual_seed(1)
+    policy = build_policy(config, env, torch.device("cpu"))
+    policy.obs_norm.update(torch.randn(100, env.obs_shape[0]) * 0.3)
+    for layer in (policy.head, policy.trunk[0]):
+        layer.bias.data.normal_(std=0.3)  # biases that change the actions: the episodes end at different steps
+    ref = rollout(env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs, max_steps=MAX_STEPS,
+                  seed=9)  # fmt: skip
+    got = jax_policy_rollout(env, policy, max_steps=MAX_STEPS, seed=9)
+    assert bool((ref.episode_lengths < MAX_STEPS).any()) and len(set(ref.episode_lengths.tolist()[0])) > 1
+    torch.testing.assert_close(got.episode_returns, ref.episode_returns, atol=1e-5, rtol=1e-6)
+    assert torch.equal(got.episode_lengths, ref.episode_lengths) and got.num_steps == ref.num_steps
+    assert (got.episode_returns.shape, got.num_env_steps) == ((1, env.num_envs), ref.num_env_steps)
+    policy.train()
+    expected = evaluate(policy, env, seed=9, max_steps=MAX_STEPS)
+    stats = evaluate(policy, env, seed=9, max_steps=MAX_STEPS, rollout="jax")
+    assert policy.training  # evaluate restores the mode it found
+    assert stats["episodes"] == expected["episodes"] == env.num_envs
+    assert stats["length_mean"] == expected["length_mean"]
+    for key in ("return_mean", "return_std", "return_min", "return_max"):
+        assert stats[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-5), key
+    with pytest.raises(ValueError, match="rollout must be 'torch' or 'jax', got 'numpy'"):
+        evaluate(policy, env, rollout="numpy")
+
+
+@pytest.mark.slow
 def test_train_with_jax_rollout_runs():
     pytest.importorskip("brax")
     result = train(_brax_config(rollout="jax"))
