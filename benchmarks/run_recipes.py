@@ -126,9 +126,13 @@ def command(job: Job, args: argparse.Namespace) -> list[str]:
     if args.max_train_s and "time_limit_s" not in settings:
         from eggroll_rl.agents.config import TrainConfig
 
-        own = TrainConfig.for_env(job.env, device=args.device).time_limit_s
-        if not own or own > args.max_train_s:
+        own = TrainConfig.for_env(job.env, device=args.device)
+        if not own.time_limit_s or own.time_limit_s > args.max_train_s:
             settings["time_limit_s"] = args.max_train_s
+            # A budget given replaces the recipe's whole (TrainConfig.for_env): keep its other limits, capped in time.
+            for name in ("generations", "total_steps"):
+                if getattr(own, name) and name not in settings:
+                    settings[name] = getattr(own, name)
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"]
     return (["taskset", "-c", job.cpus] if job.cpus else []) + cmd

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from eggroll_rl.agents.config import TrainConfig, load_config_file
+from eggroll_rl.agents.config import BUDGET_FIELDS, TrainConfig, load_config_file
 from eggroll_rl.choices import Device
 
 __all__ = ["main"]
@@ -43,7 +43,6 @@ _COMMANDS = {
     "eval": "evaluate a trained run",
     "envs": "list environment names and installed backends",
 }
-_BUDGET_FIELDS = ("generations", "total_steps", "time_limit_s")
 
 
 class _UsageError(ValueError):
@@ -171,7 +170,7 @@ def _parse_train(argv: list[str]) -> tuple[_TrainArgs, TrainConfig]:
         raise _UsageError("ENV is missing: give an environment name (e.g. `eggroll-rl train CartPole`) or --resume DIR")
     # An explicit budget (flags and config file) replaces the default or stored one whole: the limits given apply,
     # the others are off (generations=0: no cap), so `--time-limit-s 480` alone trains for 480 s.
-    if any(k in values for k in _BUDGET_FIELDS):
+    if any(k in values for k in BUDGET_FIELDS):
         values = {"generations": 0, "total_steps": 0, "time_limit_s": 0.0} | values
     if not args.resume:
         return args, TrainConfig.for_env(args.env, **values)

@@ -170,11 +170,17 @@ class TrainConfig:
         ``"<env>@cpu"`` entry, that recipe is used instead of the GPU one (a GPU recipe's population is far too
         big for a CPU). A recipe's ``rollout="jax"`` (Brax only) is dropped when ``overrides`` pick another
         backend and leave ``rollout`` unset.
+
+        A budget in ``overrides`` (any of ``generations``, ``total_steps``, ``time_limit_s``) replaces the recipe's
+        whole, as on the command line: the limits given apply, the others are off. So
+        ``for_env("Walker2d", time_limit_s=1200)`` trains 1200 s, not up to the recipe's 1000-generation cap.
         """
         key = _canonical_env_key(env)
         if key + CPU_SUFFIX in ENV_DEFAULTS and _trains_on_cpu(overrides.get("device", cls.device)):
             key += CPU_SUFFIX
         values = dict(ENV_DEFAULTS.get(key, {}))
+        if any(k in overrides for k in BUDGET_FIELDS):
+            values.update(generations=0, total_steps=0, time_limit_s=0.0)
         values.update(overrides)
         if "rollout" not in overrides and values.get("backend", cls.backend) != "brax":
             values.pop("rollout", None)  # a recipe's JAX rollout runs Brax envs only: another backend steps from torch
@@ -309,6 +315,9 @@ def _canonical_env_key(name: str) -> str:
     # "HalfCheetah-v5", "halfcheetah" and "HalfCheetah" share defaults.
     return name.split("-v")[0].replace("_", "").lower()
 
+
+BUDGET_FIELDS = ("generations", "total_steps", "time_limit_s")
+"""The limits a run stops at (the first reached); given together they replace a recipe's whole budget."""
 
 # Per-environment defaults, keyed by the lower-case name without version suffix. Tuned so that
 # `eggroll-rl train <Env>` does well with no flags (numbers in benchmarks/results/train_*.md).

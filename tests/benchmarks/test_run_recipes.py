@@ -34,9 +34,11 @@ def test_dry_run_commands(capsys):
     assert rr.main([*argv, "--set", "seed=3", "--dry-run"]) == 0
     hopper, reacher, pendulum = capsys.readouterr().out.splitlines()
     assert hopper.startswith("CUDA_VISIBLE_DEVICES=1 ") and "--env Hopper --device cuda --results R" in hopper
-    assert hopper.endswith("--tag recipe --set seed=3 --set time_limit_s=300.0")  # the recipe's 540 s, capped
-    assert reacher.endswith("--set seed=3 --set time_limit_s=600")  # the job's own wins
-    assert pendulum.startswith("taskset -c 0-1 ") and pendulum.endswith("--set seed=3 --set time_limit_s=300.0")
+    # The recipe's 540 s, capped; its generation cap stays (a budget given replaces the recipe's whole).
+    assert hopper.endswith("--tag recipe --set seed=3 --set time_limit_s=300.0 --set generations=1000")
+    assert reacher.endswith("--set seed=3 --set time_limit_s=600")  # the job's own budget wins
+    assert pendulum.startswith("taskset -c 0-1 ")
+    assert pendulum.endswith("--set seed=3 --set time_limit_s=300.0 --set generations=300")  # 300 generations or 300 s
 
 
 def test_eval_at_reads_the_last_evaluation_before():

@@ -100,3 +100,16 @@ def test_resume_with_a_time_limit_goes_past_the_stored_generations(tmp_path):
     assert config.population == 4 and config.hidden_sizes == (4,)  # the run's own settings
     result = train(config, resume=run)
     assert len(result.metrics) > 2 and result.metrics[-1]["wall_time_s"] >= limit
+
+
+def test_for_env_budget_replaces_the_recipe_whole():
+    """The same rule from Python: ``TrainConfig.for_env(env, time_limit_s=T)`` trains T seconds, not up to the
+    recipe's generation cap as well."""
+    assert _budget(TrainConfig.for_env("HalfCheetah", device="cuda")) == (1000, 0, 540.0)  # the recipe's
+    assert _budget(TrainConfig.for_env("HalfCheetah", device="cuda", time_limit_s=1200)) == (0, 0, 1200.0)
+    assert _budget(TrainConfig.for_env("HalfCheetah", device="cuda", generations=50)) == (50, 0, 0.0)
+    assert _budget(TrainConfig.for_env("HalfCheetah", device="cuda", generations=50, time_limit_s=9)) == (50, 0, 9.0)
+    assert _budget(TrainConfig.for_env("CartPole", total_steps=5000)) == (0, 5000, 0.0)
+    assert _budget(TrainConfig.for_env("CartPole", seed=3)) == (30, 0, TrainConfig().time_limit_s)  # none given
+    with pytest.raises(ValueError, match="no budget"):
+        TrainConfig.for_env("HalfCheetah", device="cuda", time_limit_s=0.0)  # the only limit given is "off"
