@@ -228,7 +228,7 @@ def worker_main(cell_dir: Path) -> int:
     result: dict[str, Any] = {"status": "ok", "error": None, "config": None, "chunks": [], "stopped": None}
     try:
         out = _resolve_agent(cell.agent)(cell, cell.budget_s, emit)
-        result.update({k: out.get(k) for k in ("config", "chunks", "stopped")})
+        result.update({k: out.get(k) for k in ("config", "chunks", "stopped", "eval_s")})  # eval_s: eggroll only
     except la.AgentNotInstalled as exc:
         result.update(status="skipped", error=f"not installed: {exc}")
     except Exception as exc:

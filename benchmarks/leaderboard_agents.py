@@ -137,11 +137,12 @@ def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
 
     config = shared_config(cell).replace(time_limit_s=max(budget_s - emit.elapsed(), 1.0))
     chunks: list[tuple[float, int]] = []
-    last = {"wall": 0.0, "steps": 0, "generations": 0}
+    last = {"wall": 0.0, "steps": 0, "generations": 0, "eval_s": 0.0}
 
     def progress(record: dict[str, Any]) -> None:
         chunks.append((record["wall_time_s"] - last["wall"], record["env_steps"] - last["steps"]))
         last.update(wall=record["wall_time_s"], steps=record["env_steps"], generations=last["generations"] + 1)
+        last["eval_s"] += record.get("eval_time_s") or 0.0  # within the chunks: the evaluations' share of them
         if record.get("eval_return") is not None:
             emit(record["env_steps"], record["eval_return"])
             if emit.elapsed() >= budget_s:
@@ -152,7 +153,7 @@ def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
     except BudgetReached:
         pass
     stopped = "generations" if generation_cap_reached(config, last["generations"]) else "budget"
-    return {"config": config.to_dict(), "chunks": chunks, "stopped": stopped}
+    return {"config": config.to_dict(), "chunks": chunks, "stopped": stopped, "eval_s": last["eval_s"]}
 
 
 # ---------------------------------------------------------------------------------------------------- openes

@@ -359,7 +359,8 @@ def train(
                 done = ranks.agree(done)  # rank 0's clock decides a time limit for every rank
                 improved = False
                 if done or (config.eval_every and state.generation % config.eval_every == 0):
-                    ev = {"return_mean": math.nan, "return_std": math.nan, "length_mean": math.nan}
+                    eval_start = time.perf_counter()
+                    ev = {"return_mean": math.nan, "return_std": math.nan, "length_mean": math.nan, "time_s": math.nan}
                     if ranks.rank == 0:
                         if eval_env is None:
                             eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
@@ -371,10 +372,12 @@ def train(
                             max_steps=episode_limit(eval_env, config),
                             rollout=config.rollout,
                         )
+                        ev["time_s"] = time.perf_counter() - eval_start  # the first one builds the eval env too
                     ev = ranks.share_evaluation(ev)
                     record["eval_return"] = ev["return_mean"]
                     record["eval_return_std"] = ev["return_std"]
                     record["eval_length_mean"] = ev["length_mean"]
+                    record["eval_time_s"] = ev["time_s"]
                     if ev["return_mean"] > state.best_eval_return:
                         state.best_eval_return, improved = ev["return_mean"], True
                         best_policy = _clone_policy(policy)
@@ -682,12 +685,12 @@ class _Ranks:
         return bool(value.item())
 
     def share_evaluation(self, ev: dict[str, float]) -> dict[str, float]:
-        """Rank 0's evaluation (``return_mean``, ``return_std``, ``length_mean``) on every rank."""
+        """Rank 0's evaluation (``return_mean``, ``return_std``, ``length_mean``, ``time_s``) on every rank."""
         if self.world_size == 1:
             return ev
         import torch.distributed as dist
 
-        keys = ("return_mean", "return_std", "length_mean")
+        keys = ("return_mean", "return_std", "length_mean", "time_s")
         value = torch.tensor([ev[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.broadcast(value, src=0)
         return dict(zip(keys, value.tolist(), strict=True))

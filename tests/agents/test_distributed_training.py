@@ -26,7 +26,7 @@ from eggroll_rl.agents.trainer import _BRAX_FLOOR_ENVS, _Ranks, _small_slice_not
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("distributed_worker.py")
-TIMING = ("wall_time_s", "steps_per_s")
+TIMING = ("wall_time_s", "steps_per_s", "eval_time_s")
 SMALL = dict(device="cpu", population=16, hidden_sizes=(8,), eval_every=2, eval_episodes=4, tensorboard=False)
 
 

@@ -14,7 +14,7 @@ from eggroll_rl.agents.rollout import rollout
 from eggroll_rl.agents.trainer import train, training_fitness
 from eggroll_rl.envs import make_env
 
-DROP = ("wall_time_s", "steps_per_s")
+DROP = ("wall_time_s", "steps_per_s", "eval_time_s")
 
 
 class _ShiftedRewards:

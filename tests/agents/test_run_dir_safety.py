@@ -24,7 +24,7 @@ from eggroll_rl.agents.trainer import TrainingInterrupted, train
 from eggroll_rl.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMING = ("wall_time_s", "steps_per_s")
+TIMING = ("wall_time_s", "steps_per_s", "eval_time_s")
 EVAL = ("eval_return", "eval_return_std", "eval_length_mean")
 # The same tiny CartPole run as flags (for the CLI) and as a config (for train()).
 TINY_FLAGS = [

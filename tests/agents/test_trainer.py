@@ -14,7 +14,7 @@ from eggroll_rl.agents.policy import load_policy
 from eggroll_rl.agents.run_dir import read_metrics
 from eggroll_rl.agents.trainer import train
 
-DROP = ("wall_time_s", "steps_per_s")
+DROP = ("wall_time_s", "steps_per_s", "eval_time_s")
 
 
 def tiny(**overrides) -> TrainConfig:
@@ -72,6 +72,11 @@ def test_cartpole_learns_and_records_metrics(tmp_path):
     required = {"generation", "env_steps", "wall_time_s", "train_return_mean", "train_return_max"}
     assert all(required <= set(r) for r in lines)
     assert [r["generation"] for r in lines if "eval_return" in r] == [1, 3, 5, 7]
+    # each evaluation's own seconds (the first builds the eval env too), within its generation's
+    evaluated = [(i, r) for i, r in enumerate(lines) if "eval_return" in r]
+    assert all("eval_time_s" not in r for r in lines if "eval_return" not in r)
+    for i, r in evaluated:
+        assert 0 < r["eval_time_s"] < r["wall_time_s"] - (lines[i - 1]["wall_time_s"] if i else 0.0)
     csv_lines = (run / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 9 and csv_lines[0].startswith("generation,env_steps,wall_time_s")
     # env steps are the live steps: the sum of the members' episode lengths

@@ -337,6 +337,8 @@ def test_eggroll_stops_on_the_cells_clock_not_its_training_loops(monkeypatch):
     assert out["stopped"] == "budget"
     # generation 3 ends at 'second' 3 = the budget without an evaluation; generation 4's evaluation is the stop
     assert clock.ticks == 4 and len(out["chunks"]) == 4
+    # the seconds of the two evaluations (generations 1 and 3), part of those generations' chunks
+    assert 0 < out["eval_s"] < out["chunks"][1][0] + out["chunks"][3][0]
     assert [steps for steps, _ in clock.evals] == [
         out["chunks"][0][1] + out["chunks"][1][1],
         sum(c[1] for c in out["chunks"]),
