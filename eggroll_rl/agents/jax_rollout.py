@@ -279,9 +279,9 @@ def jax_rollout(
         )
     env.reset(seed=seed)
     params = population_layers(policy, pop, ids + first_member)  # torch tensors: kept alive until the results are read
-    who = f"{num_members} members on this process, {envs_per_member} episode(s) each"
+    what = f"{num_members} members on this process, {envs_per_member} episode(s) each"
     return _play(env, policy, params, ids, num_members, max_steps, record_obs, exit_check_every,
-                 f"{who}) on {env.device}: lower the population or episodes_per_member")  # fmt: skip
+                 what, "the population or episodes_per_member")  # fmt: skip
 
 
 @torch.no_grad()
@@ -301,8 +301,7 @@ def jax_policy_rollout(
     ids = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
     env.reset(seed=seed)
     params = policy_layers(policy)
-    who = f"an evaluation of the policy) on {env.device}: lower eval_episodes"
-    return _play(env, policy, params, ids, 1, max_steps, False, exit_check_every, who)
+    return _play(env, policy, params, ids, 1, max_steps, False, exit_check_every, "an evaluation", "eval_episodes")
 
 
 def _check_arguments(env: Any, max_steps: Any, exit_check_every: Any) -> int:
@@ -321,9 +320,9 @@ def _check_arguments(env: Any, max_steps: Any, exit_check_every: Any) -> int:
 
 
 def _play(env: Any, policy: MLPPolicy, params: dict[str, Any], ids: torch.Tensor, num_members: int, max_steps: int,
-          record_obs: bool, exit_check_every: int, what: str) -> RolloutResult:  # fmt: skip
-    """One episode of every env (just reset) with the rows' policies ``params``; ``what`` completes the
-    out-of-memory error (what ran, where, what to lower)."""
+          record_obs: bool, exit_check_every: int, what: str, lower: str) -> RolloutResult:  # fmt: skip
+    """One episode of every env (just reset) with the rows' policies ``params``; ``what`` ran and what to ``lower``
+    name themselves in the out-of-memory error."""
     clip = policy.obs_norm is not None and policy.obs_norm.clip > 0
     brax_env, state, steps = env.jax_reset_state()
     jax_params = _tree_to_jax(env, params)
@@ -337,8 +336,9 @@ def _play(env: Any, policy: MLPPolicy, params: dict[str, Any], ids: torch.Tensor
         if not is_xla_out_of_memory(exc):
             raise
         raise RuntimeError(
-            f"the JAX rollout ran out of device memory with {env.num_envs} envs ({what}, or use rollout='torch' "
-            f"(--rollout torch). JAX shares the GPU with torch; XLA said: {str(exc).splitlines()[0]}"
+            f"the JAX rollout ran out of device memory with {env.num_envs} envs ({what}) on {env.device}: lower "
+            f"{lower}, or use rollout='torch' (--rollout torch). JAX shares the GPU with torch; XLA said: "
+            f"{str(exc).splitlines()[0]}"
         ) from exc
     if env.check_finite:
         bad_actions, bad_outputs = env.to_torch(flags).tolist()

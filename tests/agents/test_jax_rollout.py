@@ -13,7 +13,7 @@ import torch
 
 from eggroll_rl import EggrollStrategy
 from eggroll_rl.agents import TrainConfig, make_policy, rollout, train
-from eggroll_rl.agents.jax_rollout import jax_rollout, policy_forward, population_layers
+from eggroll_rl.agents.jax_rollout import jax_policy_rollout, jax_rollout, policy_forward, population_layers
 from eggroll_rl.envs.base import Box
 
 jax = pytest.importorskip("jax")
@@ -146,7 +146,6 @@ def test_jax_policy_rollout_matches_torch_evaluation_on_brax():
     torch loop's (``evaluate``'s default) on the same envs, seed and normalizer."""
     pytest.importorskip("brax")
     from eggroll_rl.agents.builders import build_env, build_policy
-    from eggroll_rl.agents.jax_rollout import jax_policy_rollout
     from eggroll_rl.agents.trainer import evaluate
 
     config = _brax_config()
@@ -222,6 +221,10 @@ def test_jax_rollout_out_of_memory_is_a_clear_error(monkeypatch, message):
         else:  # any other XLA error passes through as it is
             with pytest.raises(JaxRuntimeError, match="INTERNAL: x"):
                 jax_rollout(env, policy, pop, num_members=NUM_MEMBERS, envs_per_member=EPISODES, max_steps=MAX_STEPS)
+    if message.startswith("RESOURCE_EXHAUSTED"):  # the evaluation's names what it can lower
+        expected = rf"with {NUM_MEMBERS * EPISODES} envs \(an evaluation\) on cpu: lower eval_episodes, or use rollout"
+        with pytest.raises(RuntimeError, match=expected):
+            jax_policy_rollout(env, policy, max_steps=MAX_STEPS)
 
 
 @pytest.mark.gpu
