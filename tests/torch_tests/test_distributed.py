@@ -81,6 +81,9 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         s.step(all_gather_fitness(local, n))
     assert check_replicas_in_sync(model)
     torch.save([p.detach() for p in model.parameters()], f"{out_dir}/rank{rank}.pt")
+    # Both ranks leave together, as the trainer does: a rank that tears its gloo pairs down while the other still
+    # holds them can abort the other ("terminate called without an active exception", seen once on a loaded CPU).
+    dist.barrier()
     dist.destroy_process_group()
 
 
