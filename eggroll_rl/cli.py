@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from eggroll_rl.agents.config import BUDGET_FIELDS, TrainConfig, load_config_file
+from eggroll_rl.agents.config import TrainConfig, load_config_file, with_overrides
 from eggroll_rl.choices import Device
 
 __all__ = ["main"]
@@ -169,9 +169,7 @@ def _parse_train(argv: list[str]) -> tuple[_TrainArgs, TrainConfig]:
     if args.env is None and not args.resume:
         raise _UsageError("ENV is missing: give an environment name (e.g. `eggroll-rl train CartPole`) or --resume DIR")
     # An explicit budget (flags and config file) replaces the default or stored one whole: the limits given apply,
-    # the others are off (generations=0: no cap), so `--time-limit-s 480` alone trains for 480 s.
-    if any(k in values for k in BUDGET_FIELDS):
-        values = {"generations": 0, "total_steps": 0, "time_limit_s": 0.0} | values
+    # the others are off (generations=0: no cap), so `--time-limit-s 480` alone trains for 480 s (with_overrides).
     if not args.resume:
         return args, TrainConfig.for_env(args.env, **values)
     if "out_dir" in values and Path(values["out_dir"]).resolve() != Path(args.resume).resolve():
@@ -179,7 +177,7 @@ def _parse_train(argv: list[str]) -> tuple[_TrainArgs, TrainConfig]:
             f"--out {values['out_dir']} and --resume {args.resume} differ; a resumed run writes to its own directory"
         )
     env = args.env or stored.get("env")  # a different ENV is refused by train() with both names
-    return args, TrainConfig.from_dict({**stored, **values, "env": env, "out_dir": args.resume})
+    return args, TrainConfig.from_dict(with_overrides(stored, values) | {"env": env, "out_dir": args.resume})
 
 
 def _defaults(env: str | None, stored: dict[str, Any] | None, file_values: dict[str, Any]) -> dict[str, Any]:

@@ -178,10 +178,7 @@ class TrainConfig:
         key = _canonical_env_key(env)
         if key + CPU_SUFFIX in ENV_DEFAULTS and _trains_on_cpu(overrides.get("device", cls.device)):
             key += CPU_SUFFIX
-        values = dict(ENV_DEFAULTS.get(key, {}))
-        if any(k in overrides for k in BUDGET_FIELDS):
-            values.update(generations=0, total_steps=0, time_limit_s=0.0)
-        values.update(overrides)
+        values = with_overrides(ENV_DEFAULTS.get(key, {}), overrides)
         if "rollout" not in overrides and values.get("backend", cls.backend) != "brax":
             values.pop("rollout", None)  # a recipe's JAX rollout runs Brax envs only: another backend steps from torch
         values["env"] = env
@@ -318,6 +315,16 @@ def _canonical_env_key(name: str) -> str:
 
 BUDGET_FIELDS = ("generations", "total_steps", "time_limit_s")
 """The limits a run stops at (the first reached); given together they replace a recipe's whole budget."""
+
+
+def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a recipe, a resumed run's config) updated by ``overrides``, where a budget in ``overrides`` (any of
+    ``BUDGET_FIELDS``) replaces ``base``'s whole: the limits given apply, the others are off (0)."""
+    values = dict(base)
+    if any(k in overrides for k in BUDGET_FIELDS):
+        values.update(generations=0, total_steps=0, time_limit_s=0.0)
+    return values | overrides
+
 
 # Per-environment defaults, keyed by the lower-case name without version suffix. Tuned so that
 # `eggroll-rl train <Env>` does well with no flags (numbers in benchmarks/results/train_*.md).
