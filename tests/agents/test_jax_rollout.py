@@ -101,16 +101,28 @@ def _brax_config(**changes):
     return TrainConfig(**values)
 
 
+def _brax_env_and_policy(config, num_envs, seed, bias_std=0.0):
+    """The module's Brax env and a policy for it with a non-trivial normalizer (and, with ``bias_std``, biases that
+    change the actions, so the episodes end at different steps), on ``config.device``."""
+    from eggroll_rl.agents.builders import build_env, build_policy
+
+    device = torch.device(config.device)
+    env = build_env(config, num_envs, device, seed=0)
+    torch.manual_seed(seed)
+    policy = build_policy(config, env, device)
+    policy.obs_norm.update(torch.randn(100, env.obs_shape[0], device=device) * 0.3)
+    for layer in (policy.head, policy.trunk[0]) if bias_std else ():
+        layer.bias.data.normal_(std=bias_std)
+    return env, policy
+
+
 @pytest.mark.slow
 def test_jax_rollout_matches_torch_rollout_on_brax():
     pytest.importorskip("brax")
-    from eggroll_rl.agents.builders import build_env, build_policy, build_strategy
+    from eggroll_rl.agents.builders import build_strategy
 
     config = _brax_config()
-    env = build_env(config, NUM_MEMBERS * EPISODES, torch.device("cpu"), seed=0)
-    torch.manual_seed(0)
-    policy = build_policy(config, env, torch.device("cpu"))
-    policy.obs_norm.update(torch.randn(100, env.obs_shape[0]) * 0.3)
+    env, policy = _brax_env_and_policy(config, NUM_MEMBERS * EPISODES, seed=0)
     strategy = build_strategy(config, torch.device("cpu"))
     strategy.setup(policy)
     with strategy.perturb(population_size=NUM_MEMBERS, epoch=1) as pop:
@@ -145,16 +157,9 @@ def test_jax_policy_rollout_matches_torch_evaluation_on_brax():
     """The trainer's evaluation with ``rollout="jax"``: the unperturbed policy's episodes, one per env, against the
     torch loop's (``evaluate``'s default) on the same envs, seed and normalizer."""
     pytest.importorskip("brax")
-    from eggroll_rl.agents.builders import build_env, build_policy
     from eggroll_rl.agents.trainer import evaluate
 
-    config = _brax_config()
-    env = build_env(config, NUM_MEMBERS * EPISODES, torch.device("cpu"), seed=0)
-    torch.manual_seed(1)
-    policy = build_policy(config, env, torch.device("cpu"))
-    policy.obs_norm.update(torch.randn(100, env.obs_shape[0]) * 0.3)
-    for layer in (policy.head, policy.trunk[0]):
-        layer.bias.data.normal_(std=0.3)  # biases that change the actions: the episodes end at different steps
+    env, policy = _brax_env_and_policy(_brax_config(), NUM_MEMBERS * EPISODES, seed=1, bias_std=0.3)
     ref = rollout(env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs, max_steps=MAX_STEPS,
                   seed=9)  # fmt: skip
     got = jax_policy_rollout(env, policy, max_steps=MAX_STEPS, seed=9)
@@ -270,17 +275,9 @@ def test_jax_evaluation_on_cuda_matches_the_torch_evaluation_and_trains():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     pytest.importorskip("brax")
-    from eggroll_rl.agents.builders import build_env, build_policy
     from eggroll_rl.agents.trainer import evaluate
 
-    cuda = torch.device("cuda")
-    config = _brax_config(device="cuda")
-    env = build_env(config, 64, cuda, seed=0)
-    torch.manual_seed(1)
-    policy = build_policy(config, env, cuda)
-    policy.obs_norm.update(torch.randn(100, env.obs_shape[0], device=cuda) * 0.3)
-    for layer in (policy.head, policy.trunk[0]):
-        layer.bias.data.normal_(std=0.3)
+    env, policy = _brax_env_and_policy(_brax_config(device="cuda"), 64, seed=1, bias_std=0.3)
     expected = evaluate(policy, env, seed=9, max_steps=MAX_STEPS)
     stats = evaluate(policy, env, seed=9, max_steps=MAX_STEPS, rollout="jax")
     assert stats["episodes"] == expected["episodes"] == 64
