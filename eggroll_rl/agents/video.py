@@ -159,13 +159,16 @@ def _record_brax(
     from brax import envs as brax_envs
     from brax.io import html
 
+    from eggroll_rl.envs.brax_adapter import typed_like
+
     kwargs = dict(config.env_kwargs)
     brax_backend = kwargs.pop("brax_backend", config.brax_backend)
     episode_length = int(kwargs.pop("episode_length", max_steps))
     kwargs.pop("check_finite", None)
     env = brax_envs.get_environment(env_name, backend=brax_backend, **kwargs)
-    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    reset = jax.jit(env.reset)
     state = reset(jax.random.PRNGKey(seed))
+    step = jax.jit(lambda s, a, first=state: typed_like(jax, first, env.step(s, a)))  # one compile (typed_like)
     device = next(policy.parameters()).device
     states = [state.pipeline_state]
     total, length = 0.0, 0

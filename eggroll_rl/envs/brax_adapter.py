@@ -194,6 +194,24 @@ class _DLPackBridge:
 _FN_CACHE: dict[tuple, tuple[Any, Callable, Callable]] = {}
 
 
+def typed_like(jax: Any, reference: Any, state: Any) -> Any:
+    """``state`` with each leaf of ``reference``'s dtype made strongly typed, as Brax's ``reset`` leaves are.
+
+    A Brax ``step`` returns some leaves weakly typed (``reward``, ``done``, ``info`` entries made from Python floats);
+    fed back into a jitted step, that state's signature differs from ``reset``'s and the step compiles a second time.
+    The values are unchanged."""
+
+    def like(ref, x):
+        dtype = getattr(ref, "dtype", None)
+        if dtype is None:
+            return x
+        if not hasattr(x, "dtype"):  # a Python scalar in the step's state
+            return jax.numpy.asarray(x, dtype=dtype)
+        return jax.lax.convert_element_type(x, dtype) if x.dtype == dtype else x
+
+    return jax.tree_util.tree_map(like, reference, state)
+
+
 def observation_size(env: Any) -> Any:
     """A Brax env's ``observation_size`` (an int, or the shapes of structured observations) from its reset traced
     abstractly (``jax.eval_shape``): nothing is compiled or run. Brax's own property runs ``reset`` op by op, which
@@ -237,6 +255,9 @@ def _batch_functions(
         pipeline_state = jax.tree_util.tree_map(restart, first_state.pipeline_state, nxt.pipeline_state)
         obs = restart(first_state.obs, nxt.obs)
         new_state = nxt.replace(pipeline_state=pipeline_state, obs=obs, done=jnp.zeros_like(nxt.done))
+        # The state handed back must have reset's exact types, or the second call compiles the step again: a Brax
+        # step returns some leaves weakly typed (reward, done, info from Python floats) where reset's are not.
+        new_state = typed_like(jax, first_state, new_state)
         steps = jnp.where(done, 0, steps)
         # NaN checks fused into the step: one tiny output read by the host instead of extra torch kernels.
         status = jnp.stack(
@@ -377,7 +398,8 @@ class BraxVecEnv(VecEnv):
             keys = jax.random.split(sub, total)[rows]
         with jax.default_device(self._jax_device):
             self._state, obs = self._reset_fn(keys)
-            self._steps = jax.numpy.zeros(self.num_envs, dtype=jax.numpy.int32)
+            # committed to the device as the step's outputs are: an uncommitted input compiles the step a second time
+            self._steps = jax.device_put(jax.numpy.zeros(self.num_envs, dtype=jax.numpy.int32), self._jax_device)
         self._first_state = self._state
         self._flags = jax.device_put(jax.numpy.zeros(2, dtype=bool), self._jax_device)
         self._no_flags = self._flags

@@ -11,7 +11,10 @@ from eggroll_rl.envs import make_env  # noqa: E402
 from eggroll_rl.envs.brax_adapter import import_brax  # noqa: E402
 
 
-def _run(device: str):
+def _run(device: str, monkeypatch):
+    from eggroll_rl.envs import brax_adapter
+
+    monkeypatch.setattr(brax_adapter, "_FN_CACHE", {})  # fresh jitted functions: their compilations are counted below
     num, seed, length = 4, 7, 6
     env = make_env(
         "brax:inverted_pendulum",
@@ -82,19 +85,22 @@ def _run(device: str):
     env.step(torch.full((num, 1), float("nan"), device=device))
     with pytest.raises(ValueError, match="NaN/inf"):
         env.flush_checks()
+    # One compilation of the step for all of it: reset's state and the step's have the same jit signature (dtypes,
+    # weak types, committed arrays); before typed_like the second step compiled it again.
+    assert env._step_fn._cache_size() == 1
     env.close()
 
 
 @pytest.mark.slow
-def test_brax_cpu_matches_raw_jax():
-    _run("cpu")
+def test_brax_cpu_matches_raw_jax(monkeypatch):
+    _run("cpu", monkeypatch)
 
 
 @pytest.mark.gpu
-def test_brax_gpu_zero_copy_matches_raw_jax():
+def test_brax_gpu_zero_copy_matches_raw_jax(monkeypatch):
     if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in import_brax()[0].devices()):
         pytest.skip("needs CUDA for torch and JAX")
-    _run("cuda")
+    _run("cuda", monkeypatch)
 
 
 def test_unknown_brax_backend():
