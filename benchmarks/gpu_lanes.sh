@@ -7,7 +7,8 @@
 #
 # Each lane runs `leaderboard.py --tier gpu --seeds 3 --gpus 1 --budget-s 480 --deadline-s $DEADLINE` with its own
 # extra arguments (LANE0 / LANE1; an empty one is not run) into $RDIR/laneN, resuming from $BASE's cells.jsonl and
-# runs.jsonl (copied in first, so a finished cell is not rerun). $OUT/lanes.tgz (the whole of $RDIR) is re-packed
+# runs.jsonl (copied in first, so a finished cell is not rerun; not again into a lane folder an earlier call on the
+# same machine left, whose records already include them). $OUT/lanes.tgz (the whole of $RDIR) is re-packed
 # as each lane ends. Fold the lanes back with:
 #   python benchmarks/leaderboard.py --merge <dir>/lane0 <dir>/lane1 --out benchmarks/results/leaderboard/gpu_h200
 set -u
@@ -19,7 +20,11 @@ nvidia-smi > "$RDIR/nvidia-smi.txt" 2>&1
 lane() {
   local n=$1 cpus=$2; shift 2
   mkdir -p "$RDIR/lane$n"
-  if [ -n "${BASE:-}" ]; then cp "$BASE"/cells.jsonl "$BASE"/runs.jsonl "$RDIR/lane$n/" 2>/dev/null; fi
+  # a lane folder left by an earlier call on the same (still warm) machine keeps its cells: the last lanes.tgz then
+  # holds every cell of the session, not only the last call's
+  if [ -n "${BASE:-}" ] && [ ! -f "$RDIR/lane$n/cells.jsonl" ]; then
+    cp "$BASE"/cells.jsonl "$BASE"/runs.jsonl "$RDIR/lane$n/" 2>/dev/null
+  fi
   el "lane$n: $*"
   CUDA_VISIBLE_DEVICES=$n taskset -c "$cpus" python3 benchmarks/leaderboard.py --tier gpu --seeds 3 --gpus 1 \
     --budget-s 480 --deadline-s "$DEADLINE" --no-plot --out "$RDIR/lane$n" "$@" > "$RDIR/lane$n.log" 2>&1
