@@ -84,7 +84,7 @@ def test_runs_summarizes_and_skips_finished_jobs(tmp_path, capsys):
 
 def test_deadline_stops_a_run_that_keeps_its_results(tmp_path):
     job = f"Pendulum:{TINY},generations=100000,tag=long"
-    argv = [job, "--device", "cpu", "--results", str(tmp_path), "--deadline-s", "25", "--grace-s", "60"]
+    argv = [job, "--device", "cpu", "--results", str(tmp_path), "--deadline-s", "15", "--grace-s", "60"]
     assert rr.main(argv) == 0
     data = json.loads((tmp_path / "train_pendulum_cpu_long.json").read_text())
     assert data["interrupted"] == "SIGTERM" and 0 < data["generations"] < 100000
