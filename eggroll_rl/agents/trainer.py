@@ -46,7 +46,12 @@ import torch
 from eggroll_rl.agents.builders import build_env, build_policy, build_strategy, episode_limit, generation_seed
 from eggroll_rl.agents.checkpoint import TrainState
 from eggroll_rl.agents.config import TrainConfig
-from eggroll_rl.agents.jax_rollout import is_xla_out_of_memory, jax_policy_rollout, jax_rollout
+from eggroll_rl.agents.jax_rollout import (
+    is_xla_out_of_memory,
+    jax_policy_rollout,
+    jax_rollout,
+    start_compiling_evaluation,
+)
 from eggroll_rl.agents.policy import MLPPolicy
 from eggroll_rl.agents.rollout import RolloutResult, rollout
 from eggroll_rl.agents.run_dir import RunWriter
@@ -153,6 +158,13 @@ def _budget_left(config: TrainConfig, generation: int, env_steps: int, wall_time
     if config.total_steps:
         return env_steps < config.total_steps
     return not generation_cap_reached(config, generation)
+
+
+def _compile_evaluation_ahead(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the evaluation's JAX loop compiles in a background thread from the start of the run: with the JAX
+    rollout on a GPU, where XLA compiles on an otherwise idle host core while the GPU trains (on a CPU it would take
+    cores from the training)."""
+    return config.rollout == "jax" and device.type == "cuda"
 
 
 def _fraction_done(state: TrainState) -> float:
@@ -302,6 +314,13 @@ def train(
         state = TrainState(config, strategy, policy)
         if checkpoint is not None:
             state.load(checkpoint)
+        eval_compile = None
+        if ranks.rank == 0 and _compile_evaluation_ahead(config, device):
+            # The evaluation's JAX loop compiles in a thread while the GPU trains, not at the first evaluation.
+            eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
+            cleanup.enter_context(contextlib.closing(eval_env))
+            eval_compile = start_compiling_evaluation(eval_env, policy, episode_limit(eval_env, config))
+            cleanup.callback(eval_compile.join)  # before the eval env closes (the stack unwinds last in, first out)
 
         interrupts.begin_update()  # until the loop starts: a stop now leaves a checkpoint and config.yaml, or neither
         if writer is not None:
@@ -365,6 +384,9 @@ def train(
                         if eval_env is None:
                             eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
                             cleanup.enter_context(contextlib.closing(eval_env))
+                        if eval_compile is not None:
+                            eval_compile.join()  # the loop compiled ahead (or, had that failed, it compiles now)
+                            eval_compile = None
                         ev = evaluate(
                             policy,
                             eval_env,
@@ -372,7 +394,7 @@ def train(
                             max_steps=episode_limit(eval_env, config),
                             rollout=config.rollout,
                         )
-                        ev["time_s"] = time.perf_counter() - eval_start  # the first one builds the eval env too
+                        ev["time_s"] = time.perf_counter() - eval_start  # the first: env build / compile, or the wait
                     ev = ranks.share_evaluation(ev)
                     record["eval_return"] = ev["return_mean"]
                     record["eval_return_std"] = ev["return_std"]

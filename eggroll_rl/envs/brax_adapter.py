@@ -481,6 +481,24 @@ class BraxVecEnv(VecEnv):
             raise RuntimeError("call reset() before jax_reset_state()")
         return self._env, self._state, self._steps
 
+    def compile_reset(self) -> tuple[Any, Any, Any]:
+        """Compile the batched reset for this env's batch without running it (nothing is drawn, nothing changes);
+        returns ``(brax_env, state, steps)`` as ``jax_reset_state()`` will after a ``reset()``, with ``state`` and
+        ``steps`` as ``jax.ShapeDtypeStruct`` trees: the shapes to compile a JAX loop of one's own ahead of time
+        (``jax.jit(f).lower(...).compile()``; JAX's compilation cache then serves the later call)."""
+        jax = self._jax
+        # committed to this env's device, as reset()'s keys and outputs are: the same signature, the same program
+        on_device = jax.sharding.SingleDeviceSharding(self._jax_device)
+
+        def placed(x: Any) -> Any:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device)
+
+        with self.jax_scope():
+            keys = placed(jax.eval_shape(lambda: jax.random.split(jax.random.PRNGKey(0), self.num_envs)))
+            self._reset_fn.lower(keys).compile()
+            state = jax.tree_util.tree_map(placed, jax.eval_shape(self._reset_fn, keys)[0])
+        return self._env, state, placed(jax.ShapeDtypeStruct((self.num_envs,), jax.numpy.int32))
+
     @contextlib.contextmanager
     def jax_scope(self) -> Iterator[None]:
         """The block's JAX calls run on this env's JAX device, and torch's current CUDA device is kept."""

@@ -5,6 +5,7 @@ The Brax tests share one configuration (env, physics, envs, network, max_steps),
 reset/step and the JAX loop once for the module (this file: about 65 s of CPU time on one core, imports included).
 """
 
+import contextlib
 import importlib
 import math
 
@@ -13,7 +14,13 @@ import torch
 
 from eggroll_rl import EggrollStrategy
 from eggroll_rl.agents import TrainConfig, make_policy, rollout, train
-from eggroll_rl.agents.jax_rollout import jax_policy_rollout, jax_rollout, policy_forward, population_layers
+from eggroll_rl.agents.jax_rollout import (
+    jax_policy_rollout,
+    jax_rollout,
+    policy_forward,
+    population_layers,
+    start_compiling_evaluation,
+)
 from eggroll_rl.envs.base import Box
 
 jax = pytest.importorskip("jax")
@@ -101,6 +108,24 @@ def _brax_config(**changes):
     return TrainConfig(**values)
 
 
+@contextlib.contextmanager
+def _backend_compiles(*names):
+    """The XLA compilations of the jitted functions ``names`` (``"jit(run)"``: the episode loop) inside the block."""
+    import jax
+
+    seen = []
+
+    def listen(event, duration, fun_name="", **_):
+        if event == "/jax/core/compile/backend_compile_duration" and fun_name in names:
+            seen.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
 def _brax_env_and_policy(config, num_envs, seed, bias_std=0.0):
     """The module's Brax env and a policy for it with a non-trivial normalizer (and, with ``bias_std``, biases that
     change the actions, so the episodes end at different steps), on ``config.device``."""
@@ -162,9 +187,14 @@ def test_jax_policy_rollout_matches_torch_evaluation_on_brax():
     env, policy = _brax_env_and_policy(_brax_config(), NUM_MEMBERS * EPISODES, seed=1, bias_std=0.3)
     ref = rollout(env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs, max_steps=MAX_STEPS,
                   seed=9)  # fmt: skip
-    got = jax_policy_rollout(env, policy, max_steps=MAX_STEPS, seed=9)
+    ahead = start_compiling_evaluation(env, policy, max_steps=MAX_STEPS)
+    ahead.join()
+    assert ahead.error is None
+    with _backend_compiles("jit(run)", "jit(reset)") as compiled:
+        got = jax_policy_rollout(env, policy, max_steps=MAX_STEPS, seed=9)
     assert bool((ref.episode_lengths < MAX_STEPS).any()) and len(set(ref.episode_lengths.tolist()[0])) > 1
     torch.testing.assert_close(got.episode_returns, ref.episode_returns, atol=1e-5, rtol=1e-6)
+    assert not compiled  # compiled ahead (below the reference), in a thread: the evaluation compiled nothing more
     assert torch.equal(got.episode_lengths, ref.episode_lengths) and got.num_steps == ref.num_steps
     assert (got.episode_returns.shape, got.num_env_steps) == ((1, env.num_envs), ref.num_env_steps)
     policy.train()
@@ -180,15 +210,27 @@ def test_jax_policy_rollout_matches_torch_evaluation_on_brax():
 
 
 @pytest.mark.slow
-def test_train_with_jax_rollout_runs():
+def test_train_with_jax_rollout_runs(monkeypatch):
     pytest.importorskip("brax")
-    result = train(_brax_config(rollout="jax"))
+    trainer = importlib.import_module("eggroll_rl.agents.trainer")
+    result = train(_brax_config(rollout="jax", eval_every=2))
     assert len(result.metrics) == 3
     for record in result.metrics:
         assert all(math.isfinite(record[k]) for k in ("train_return_mean", "grad_norm", "update_norm"))
         assert 0 < record["env_steps"]
     assert math.isfinite(result.final_eval_return)
     assert float(result.policy.obs_norm.count) == result.metrics[-1]["env_steps"]
+    # The evaluation's loop compiled ahead in a thread (the trainer's way on a GPU): the same run, the same metrics.
+    started = []
+    monkeypatch.setattr(trainer, "_compile_evaluation_ahead", lambda config, device: True)
+    monkeypatch.setattr(trainer, "start_compiling_evaluation", lambda *a: started.append(start_compiling_evaluation(*a))
+                        or started[-1])  # fmt: skip
+    again = train(_brax_config(rollout="jax", eval_every=2))
+    assert len(started) == 1 and started[0].error is None
+    timing = ("wall_time_s", "steps_per_s", "eval_time_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in again.metrics] == [
+        {k: v for k, v in r.items() if k not in timing} for r in result.metrics
+    ]
 
 
 @pytest.mark.parametrize(
