@@ -314,8 +314,13 @@ def train(
         state = TrainState(config, strategy, policy)
         if checkpoint is not None:
             state.load(checkpoint)
+
         eval_compile = None
-        if ranks.rank == 0 and _compile_evaluation_ahead(config, device):
+        if (
+            ranks.rank == 0
+            and _compile_evaluation_ahead(config, device)
+            and _budget_left(config, state.generation, state.env_steps, state.wall_time_s)
+        ):
             # The evaluation's JAX loop compiles in a thread while the GPU trains, not at the first evaluation.
             eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
             cleanup.enter_context(contextlib.closing(eval_env))
