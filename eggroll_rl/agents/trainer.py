@@ -391,6 +391,13 @@ def train(
                             cleanup.enter_context(contextlib.closing(eval_env))
                         if eval_compile is not None:
                             eval_compile.join()  # the loop compiled ahead (or, had that failed, it compiles now)
+                            if eval_compile.error is not None:
+                                warnings.warn(
+                                    f"compiling the evaluation ahead failed ({eval_compile.error!r}); the evaluation "
+                                    "compiles its loop itself now",
+                                    RuntimeWarning,
+                                    stacklevel=2,
+                                )
                             eval_compile = None
                         ev = evaluate(
                             policy,

@@ -228,9 +228,17 @@ def test_train_with_jax_rollout_runs(monkeypatch):
     again = train(_brax_config(rollout="jax", eval_every=2))
     assert len(started) == 1 and started[0].error is None
     timing = ("wall_time_s", "steps_per_s", "eval_time_s")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in again.metrics] == [
-        {k: v for k, v in r.items() if k not in timing} for r in result.metrics
-    ]
+
+    def untimed(metrics):
+        return [{k: v for k, v in r.items() if k not in timing} for r in metrics]
+
+    assert untimed(again.metrics) == untimed(result.metrics)
+    # A compile ahead that fails is said, and the evaluation compiles as before: the same run again.
+    jr = importlib.import_module("eggroll_rl.agents.jax_rollout")
+    monkeypatch.setattr(jr, "_compile_episode_fn", lambda *a: 1 / 0)
+    with pytest.warns(RuntimeWarning, match=r"compiling the evaluation ahead failed \(ZeroDivisionError"):
+        failed = train(_brax_config(rollout="jax", eval_every=2))
+    assert started[-1].error is not None and untimed(failed.metrics) == untimed(result.metrics)
 
 
 @pytest.mark.parametrize(
