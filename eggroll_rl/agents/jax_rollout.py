@@ -48,7 +48,6 @@ __all__ = [
     "population_layers",
     "policy_layers",
     "policy_forward",
-    "compile_evaluation",
     "start_compiling_evaluation",
 ]
 
@@ -313,21 +312,33 @@ def jax_policy_rollout(
 
 
 class EvaluationCompile:
-    """``compile_evaluation`` running in a daemon thread (``start_compiling_evaluation``). ``join()`` waits for it;
-    ``error`` is what it raised, if anything: then nothing is compiled ahead and the evaluation compiles as usual."""
+    """The evaluation's reset and loop compiling in a daemon thread (``start_compiling_evaluation``). ``join()`` waits
+    for it; ``error`` is what it raised, if anything: then nothing is compiled ahead and the evaluation compiles as
+    usual."""
 
     def __init__(self, env: Any, policy: MLPPolicy, max_steps: int, exit_check_every: int | None = None) -> None:
         import threading
 
+        import jax
+
         self.error: BaseException | None = None
+        exit_check_every = _check_arguments(env, max_steps, exit_check_every)
+        _check_policy(policy, None)
         # The parameters' shapes are read here, not in the thread: the training changes the policy in place.
-        args = _evaluation_compile_args(env, policy, max_steps, exit_check_every)
+        params = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            _tree_to_jax(env, policy_layers(policy)),
+        )
+        args = (env, policy, params, max_steps, exit_check_every)
         self._thread = threading.Thread(target=self._run, args=args, name="eggroll-eval-compile", daemon=True)
         self._thread.start()
 
-    def _run(self, *args: Any) -> None:
+    def _run(self, env: Any, policy: MLPPolicy, params: Any, max_steps: int, exit_check_every: int) -> None:
         try:
-            _compile_episode_fn(*args)
+            brax_env, state, steps = env.compile_reset()
+            fn = _policy_episode_fn(env, brax_env, policy, max_steps, exit_check_every, record_obs=False)
+            with env.jax_scope():
+                fn.lower(params, state, steps).compile()  # what jax_policy_rollout's _play will call
         except BaseException as exc:  # noqa: BLE001 - reported in .error; the evaluation then compiles itself
             self.error = exc
 
@@ -338,7 +349,10 @@ class EvaluationCompile:
 def start_compiling_evaluation(
     env: Any, policy: MLPPolicy, max_steps: int = 1000, exit_check_every: int | None = None
 ) -> EvaluationCompile:
-    """``compile_evaluation`` in a background thread; ``join()`` the result before evaluating on ``env``.
+    """Compile what ``jax_policy_rollout(env, policy, max_steps, exit_check_every=...)`` runs (the env's batched
+    reset and the episode loop) from the shapes alone, in a background thread; ``join()`` the result before
+    evaluating on ``env``. Nothing runs, ``env`` and ``policy`` are unchanged; the later evaluation with these shapes
+    and settings is served by JAX's compilation cache.
 
     XLA compiles on the host while the GPU trains: the trainer starts it at the beginning of a ``rollout="jax"`` run
     on a GPU, so that the first evaluation finds its loop compiled instead of compiling it then (13-18 s of a Brax
@@ -346,33 +360,12 @@ def start_compiling_evaluation(
     return EvaluationCompile(env, policy, max_steps, exit_check_every)
 
 
-def compile_evaluation(env: Any, policy: MLPPolicy, max_steps: int = 1000, exit_check_every: int | None = None) -> None:
-    """Compile what ``jax_policy_rollout(env, policy, max_steps, exit_check_every=...)`` runs (the env's batched
-    reset and the episode loop) from the shapes alone: nothing runs, ``env`` and ``policy`` are unchanged. A later
-    evaluation with these shapes and settings is served by JAX's compilation cache."""
-    _compile_episode_fn(*_evaluation_compile_args(env, policy, max_steps, exit_check_every))
-
-
-def _evaluation_compile_args(env: Any, policy: MLPPolicy, max_steps: int, exit_check_every: int | None) -> tuple:
-    import jax
-
-    exit_check_every = _check_arguments(env, max_steps, exit_check_every)
-    _check_policy(policy, None)
-    params = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _tree_to_jax(env, policy_layers(policy))
-    )
+def _policy_episode_fn(env: Any, brax_env: Any, policy: MLPPolicy, max_steps: int, exit_check_every: int,
+                       record_obs: bool) -> Any:  # fmt: skip
+    """``_episode_fn`` for ``policy``'s forward on ``env`` (the one program ``_play`` and the compile ahead share)."""
     clip = policy.obs_norm is not None and policy.obs_norm.clip > 0
-    # _play's settings for an evaluation (no observation sums)
-    settings = (env.episode_length, max_steps, exit_check_every, False, policy.spec["activation"],
-                policy.action_mode, clip)  # fmt: skip
-    return env, params, settings
-
-
-def _compile_episode_fn(env: Any, params: Any, settings: tuple) -> None:
-    brax_env, state, steps = env.compile_reset()
-    fn = _episode_fn(brax_env, *settings)
-    with env.jax_scope():
-        fn.lower(params, state, steps).compile()
+    return _episode_fn(brax_env, env.episode_length, max_steps, exit_check_every, record_obs,
+                       policy.spec["activation"], policy.action_mode, clip)  # fmt: skip
 
 
 def _check_arguments(env: Any, max_steps: Any, exit_check_every: Any) -> int:
@@ -394,11 +387,9 @@ def _play(env: Any, policy: MLPPolicy, params: dict[str, Any], ids: torch.Tensor
           record_obs: bool, exit_check_every: int, what: str, lower: str) -> RolloutResult:  # fmt: skip
     """One episode of every env (just reset) with the rows' policies ``params``; ``what`` ran and what to ``lower``
     name themselves in the out-of-memory error."""
-    clip = policy.obs_norm is not None and policy.obs_norm.clip > 0
     brax_env, state, steps = env.jax_reset_state()
     jax_params = _tree_to_jax(env, params)
-    fn = _episode_fn(brax_env, env.episode_length, max_steps, exit_check_every, record_obs,
-                     policy.spec["activation"], policy.action_mode, clip)  # fmt: skip
+    fn = _policy_episode_fn(env, brax_env, policy, max_steps, exit_check_every, record_obs)
     try:
         with env.jax_scope():
             ret, comp, length, calls, flags, s1, s2 = fn(jax_params, state, steps)

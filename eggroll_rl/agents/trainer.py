@@ -306,6 +306,12 @@ def train(
             _share_starts(env, first, num_local, config)
         env_info = {k: getattr(env, k) for k in ("backend", "env_id", "brax_backend") if hasattr(env, k)}
         eval_env = None
+
+        def open_eval_env() -> Any:  # rank 0's evaluation envs, closed with the run
+            return cleanup.enter_context(
+                contextlib.closing(build_env(config, config.eval_episodes, device, seed=config.seed + 1))
+            )
+
         torch.manual_seed(config.seed)  # the policy's initial weights
         policy = build_policy(config, env, device)
         strategy = build_strategy(config, device)
@@ -322,8 +328,7 @@ def train(
             and _budget_left(config, state.generation, state.env_steps, state.wall_time_s)
         ):
             # The evaluation's JAX loop compiles in a thread while the GPU trains, not at the first evaluation.
-            eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
-            cleanup.enter_context(contextlib.closing(eval_env))
+            eval_env = open_eval_env()
             eval_compile = start_compiling_evaluation(eval_env, policy, episode_limit(eval_env, config))
             cleanup.callback(eval_compile.join)  # before the eval env closes (the stack unwinds last in, first out)
 
@@ -387,8 +392,7 @@ def train(
                     ev = {"return_mean": math.nan, "return_std": math.nan, "length_mean": math.nan, "time_s": math.nan}
                     if ranks.rank == 0:
                         if eval_env is None:
-                            eval_env = build_env(config, config.eval_episodes, device, seed=config.seed + 1)
-                            cleanup.enter_context(contextlib.closing(eval_env))
+                            eval_env = open_eval_env()
                         if eval_compile is not None:
                             eval_compile.join()  # the loop compiled ahead (or, had that failed, it compiles now)
                             if eval_compile.error is not None:

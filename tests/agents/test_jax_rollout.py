@@ -234,8 +234,9 @@ def test_train_with_jax_rollout_runs(monkeypatch):
 
     assert untimed(again.metrics) == untimed(result.metrics)
     # A compile ahead that fails is said, and the evaluation compiles as before: the same run again.
-    jr = importlib.import_module("eggroll_rl.agents.jax_rollout")
-    monkeypatch.setattr(jr, "_compile_episode_fn", lambda *a: 1 / 0)
+    from eggroll_rl.envs.brax_adapter import BraxVecEnv
+
+    monkeypatch.setattr(BraxVecEnv, "compile_reset", lambda self: 1 / 0)
     with pytest.warns(RuntimeWarning, match=r"compiling the evaluation ahead failed \(ZeroDivisionError"):
         failed = train(_brax_config(rollout="jax", eval_every=2))
     assert started[-1].error is not None and untimed(failed.metrics) == untimed(result.metrics)
