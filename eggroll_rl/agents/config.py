@@ -135,7 +135,8 @@ class TrainConfig:
     """Training rollout: torch (the step loop, every backend) or jax (backend brax only: the whole episode of the
     population in one jitted JAX loop, the factors handed over once per generation; an MLP policy with continuous
     actions). The same results up to float rounding, which Brax's dynamics amplify (HalfCheetah's trajectories part
-    within tens of steps), so the two paths' curves differ; each is reproducible. Evaluation always runs on torch.
+    within tens of steps), so the two paths' curves differ; each is reproducible on the CPU. The evaluation of the
+    mean policy takes the same path (with jax on a GPU its loop compiles in a background thread from the start).
     On one H200, HalfCheetah's training ran 1.24x faster with it (benchmarks/results/rollout_jax_2026-11-30.md)."""
     max_episode_steps: int = 0
     """Cap on episode length (0: the environment's own limit)."""
