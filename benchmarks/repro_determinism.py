@@ -11,8 +11,9 @@ between the two commits on the CPU. This tells whether the GPU repeats a run, an
 
 Each run is ``train()`` with ``TrainConfig.for_env(env)`` (the GPU default) for ``--generations`` generations and no
 evaluation but the last. Per generation it records the training metrics (mean, max and min training return,
-gradient and update norms) exactly (``repr`` of the floats). The report names the first generation at which any
-run differs from the first run, and by how much; ``<out>/runs.jsonl`` keeps every run's metrics.
+gradient and update norms) as its run directory's ``metrics.jsonl`` holds them (``<out>/run<i>/``). The report
+names the first generation at which any run differs from the first run, and by how much; ``<out>/runs.jsonl``
+keeps every run's metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,17 +30,21 @@ KEYS = ("train_return_mean", "train_return_max", "train_return_min", "grad_norm"
 
 
 def child(args: argparse.Namespace) -> None:
-    """One run, in this process: prints one JSON line per generation."""
+    """One run, in this process, into the run directory ``args.out`` (its ``metrics.jsonl`` is what is compared)."""
     import eggroll_rl.agents.trainer as trainer
     from eggroll_rl.agents import TrainConfig
 
     if args.no_compile_ahead:
         trainer._compile_evaluation_ahead = lambda config, device: False
     config = TrainConfig.for_env(args.env, seed=args.seed, generations=args.generations, time_limit_s=0,
-                                 eval_every=0, out_dir="", tensorboard=False)  # fmt: skip
-    result = trainer.train(config)
-    for record in result.metrics:
-        print("METRICS " + json.dumps({k: record.get(k) for k in ("generation", *KEYS)}), flush=True)
+                                 eval_every=0, out_dir=str(args.out), tensorboard=False)  # fmt: skip
+    trainer.train(config)
+
+
+def run_metrics(run_dir: Path) -> list[dict]:
+    """The compared metrics of each generation in ``run_dir``'s ``metrics.jsonl``."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: record.get(k) for k in ("generation", *KEYS)} for record in map(json.loads, lines)]
 
 
 def first_difference(base: list[dict], other: list[dict]) -> dict | None:
@@ -73,16 +79,18 @@ def main() -> None:
     if args.xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     argv = [sys.executable, __file__, "--child", "--env", args.env, "--seed", str(args.seed),
-            "--generations", str(args.generations), "--out", str(args.out)]  # fmt: skip
+            "--generations", str(args.generations)]  # fmt: skip
     if args.no_compile_ahead:
         argv.append("--no-compile-ahead")
     runs = []
     for i in range(args.runs):
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+        run_dir = args.out / f"run{i}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an earlier call's
+        proc = subprocess.run([*argv, "--out", str(run_dir)], env=env, capture_output=True, text=True)
         (args.out / f"run{i}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode:
             sys.exit(f"run {i} failed (exit {proc.returncode}); see {args.out / f'run{i}.log'}")
-        runs.append([json.loads(line[8:]) for line in proc.stdout.splitlines() if line.startswith("METRICS ")])
+        runs.append(run_metrics(run_dir))
         print(f"run {i}: {len(runs[-1])} generations, last train_return_mean {runs[-1][-1]['train_return_mean']!r}")
     with open(args.out / "runs.jsonl", "w") as f:
         for i, metrics in enumerate(runs):
