@@ -44,7 +44,9 @@ def _extras() -> dict[str, list[str]]:
 def test_readme_test_section_installs_what_its_command_needs():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("\n## Test\n", 1)[1].split("\n## ", 1)[0]
-    assert 'python -m pytest -m "not gpu" -q' in section
+    command = 'python -m pytest -m "not gpu" -q -n 2'
+    assert command in section
+    assert command in (ROOT / ".ci" / "run").read_text()  # CI runs the README's command
     installs = re.findall(r'pip install -e "\.\[([a-z,]+)\]"', section)
     assert installs, "the Test section says what to install"
     extras = _extras()
