@@ -160,7 +160,9 @@ def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
 def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[str, Any]:
     """Full-rank OpenES: eggroll's population, optimizer, shaping, sigma, reward shift, policy, rollout and
     evaluation, but each member's weights are ``W + sigma * s * E_j`` with a dense Gaussian ``E_j`` drawn and stored
-    per generation."""
+    per generation. Where eggroll's config trains with the JAX rollout (Brax), so does this peer: the members' dense
+    perturbations go to ``jax_rows_rollout`` and the evaluation plays in the JAX loop, compiled ahead on a GPU as
+    the trainer does; elsewhere both step the env from torch."""
     import torch
     from torch.func import functional_call
 
@@ -170,8 +172,8 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
     from eggroll_rl.envs import resolve_device
     from eggroll_rl.fitness import shape_fitness
 
-    # It steps the env from torch (the JAX rollout takes low-rank factors, not dense members), so its record says so.
-    config = shared_config(cell).replace(rollout="torch")
+    config = shared_config(cell)
+    jax_loop = config.rollout == "jax"
     if config.lr_schedule != "constant" or config.sigma_schedule != "constant" or config.noise_reuse:
         raise ValueError("openes implements constant lr/sigma and fresh noise only; the env's defaults differ")
     if config.episodes_per_member != 1 or config.group_size:
@@ -185,6 +187,17 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
     torch.manual_seed(config.seed)
     policy = build_policy(config, env, device)
     params = {k: p for k, p in policy.named_parameters()}
+    eval_compile = None
+    if jax_loop:
+        from eggroll_rl.agents.jax_rollout import jax_rows_rollout, policy_layers, start_compiling_evaluation
+
+        linears = [m for m in policy.trunk if isinstance(m, torch.nn.Linear)] + [policy.head]
+        name_of = {id(p): k for k, p in params.items()}
+        keys = [(name_of[id(m.weight)], name_of[id(m.bias)]) for m in linears]
+        if len(keys) * 2 != len(params):
+            raise ValueError("openes's JAX loop perturbs Linear weights and biases only; the policy has others")
+        if device.type == "cuda":  # as the trainer: the evaluation's loop compiles on the host while the GPU trains
+            eval_compile = start_compiling_evaluation(eval_env, policy, episode_limit(eval_env, config))
     optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[config.optimizer](
         params.values(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -205,15 +218,19 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
         # noise (num_noise, *shape) per parameter, materialized; member i uses sign[i] * E[i // 2].
         eps = {k: torch.randn((num_noise, *p.shape), generator=gen_rng, device=device) for k, p in params.items()}
         with torch.no_grad():
-            member = {
-                k: p.detach() + config.sigma * sign.view(-1, *[1] * p.dim()) * eps[k][noise_of]
-                for k, p in params.items()
-            }
-            episodes = rollout(
-                env, lambda obs, ids, member=member: batched(member, obs[:, None])[:, 0],  # env i is member i
-                num_members=n, max_steps=max_steps, seed=generation_seed(config.seed, generation),
-                record_obs=policy.obs_norm is not None,
-            )  # fmt: skip
+            delta = {k: config.sigma * sign.view(-1, *[1] * p.dim()) * eps[k][noise_of] for k, p in params.items()}
+            kwargs = dict(num_members=n, max_steps=max_steps, seed=generation_seed(config.seed, generation),
+                          record_obs=policy.obs_norm is not None)  # fmt: skip
+            if jax_loop:  # env i is member i: row i of each layer's dense dW / db
+                layers = policy_layers(policy)
+                for entry, (w, b) in zip(layers["layers"], keys):
+                    entry["dW"], entry["db"] = delta[w], delta[b]
+                episodes = jax_rows_rollout(env, policy, layers, **kwargs)
+            else:
+                member = {k: p.detach() + delta[k] for k, p in params.items()}
+                episodes = rollout(
+                    env, lambda obs, ids, member=member: batched(member, obs[:, None])[:, 0], **kwargs
+                )  # env i is member i
             if policy.obs_norm is not None and episodes.obs_count > 0:
                 policy.obs_norm.update_moments(episodes.obs_count, episodes.obs_mean, episodes.obs_var)
             z = shape_fitness(training_fitness(episodes, config.reward_shift), config.fitness_shaping)
@@ -228,9 +245,12 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
         done = generation_cap_reached(config, generation) or timed_out
         done = done or emit.elapsed() >= budget_s
         if done or (config.eval_every and generation % config.eval_every == 0):
+            if eval_compile is not None:
+                eval_compile.join()
+                eval_compile = None
             ev = evaluate(
                 policy, eval_env, seed=generation_seed(config.seed, generation, salt=1),
-                max_steps=episode_limit(eval_env, config),
+                max_steps=episode_limit(eval_env, config), rollout=config.rollout,
             )  # fmt: skip
             emit(steps, ev["return_mean"])
         if done:

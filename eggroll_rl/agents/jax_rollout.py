@@ -27,6 +27,9 @@ meaning field for field, for one episode per env (the trainer's case). What diff
 ``rollout="jax"``): ``rollout(env, lambda obs, ids: policy(obs), num_members=1, envs_per_member=env.num_envs, ...)``,
 with the same differences.
 
+``jax_rows_rollout(env, policy, layers, ...)`` plays rows whose perturbations are given explicitly (a dense ``dW`` per
+row, say), with the same differences.
+
 The policy must be an ``MLPPolicy`` with continuous actions and float32 weights, the env a ``BraxVecEnv``.
 """
 
@@ -45,6 +48,7 @@ from eggroll_rl.noise import member_noise_and_sign
 __all__ = [
     "jax_rollout",
     "jax_policy_rollout",
+    "jax_rows_rollout",
     "population_layers",
     "policy_layers",
     "policy_forward",
@@ -150,6 +154,8 @@ def policy_forward(params: Any, obs: Any, activation: str, action_mode: str, cli
             # Each row has its own factors: a batched mat-vec, written as a product and a sum (exact float32).
             t = jnp.sum(x[:, :, None] * layer["B"], axis=1)  # (R, r)
             y = y + jnp.sum(t[:, None, :] * layer["A"], axis=2)
+        if layer.get("dW") is not None:  # a dense perturbation of each row (jax_rows_rollout), exact float32 too
+            y = y + jnp.sum(x[:, None, :] * layer["dW"], axis=2)
         if layer["db"] is not None:
             y = y + layer["db"]
         x = y if i == len(layers) - 1 else _activate(x=y, name=activation)
@@ -288,6 +294,39 @@ def jax_rollout(
     params = population_layers(policy, pop, ids + first_member)  # torch tensors: kept alive until the results are read
     what = f"{num_members} members on this process, {envs_per_member} episode(s) each"
     return _play(env, policy, params, ids, num_members, max_steps, record_obs, exit_check_every,
+                 what, "the population or episodes_per_member")  # fmt: skip
+
+
+@torch.no_grad()
+def jax_rows_rollout(
+    env: Any,
+    policy: MLPPolicy,
+    layers: dict[str, Any],
+    num_members: int,
+    envs_per_member: int = 1,
+    max_steps: int = 1000,
+    seed: int | None = None,
+    record_obs: bool = False,
+    member_ids: torch.Tensor | None = None,
+    exit_check_every: int | None = None,
+) -> RolloutResult:
+    """``jax_rollout`` with each env's policy given explicitly instead of by a strategy's population: for a
+    perturbation scheme of one's own (the leaderboard's full-rank OpenES peer).
+
+    Args:
+        env, policy, num_members, envs_per_member, max_steps, seed, record_obs, member_ids, exit_check_every: as in
+            ``jax_rollout``; ``policy`` gives the architecture, the normalizer and the action bounds.
+        layers: ``policy_layers(policy)``'s structure, one row per env: per Linear ``W`` ``(m, n)`` and ``b``
+            ``(m,)`` shared, and optionally per row low-rank ``A`` ``(R, m, r)`` / ``B`` ``(R, n, r)``, a dense
+            ``dW`` ``(R, m, n)`` and ``db`` ``(R, m)``, each added to the row's output as ``policy_forward`` says.
+            Torch tensors on ``env``'s device, float32.
+    """
+    exit_check_every = _check_arguments(env, max_steps, exit_check_every)
+    _check_policy(policy, None)
+    ids = _member_ids(env, num_members, envs_per_member, member_ids)
+    env.reset(seed=seed)
+    what = f"{num_members} members, {envs_per_member} episode(s) each"
+    return _play(env, policy, layers, ids, num_members, max_steps, record_obs, exit_check_every,
                  what, "the population or episodes_per_member")  # fmt: skip
 
 

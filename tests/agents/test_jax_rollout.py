@@ -17,7 +17,9 @@ from eggroll_rl.agents import TrainConfig, make_policy, rollout, train
 from eggroll_rl.agents.jax_rollout import (
     jax_policy_rollout,
     jax_rollout,
+    jax_rows_rollout,
     policy_forward,
+    policy_layers,
     population_layers,
     start_compiling_evaluation,
 )
@@ -175,6 +177,44 @@ def test_jax_rollout_matches_torch_rollout_on_brax():
     torch.testing.assert_close(got.obs_sumsq, ref.obs_sumsq, atol=0, rtol=1e-6)
     torch.testing.assert_close(half.returns, ref_half.returns, atol=1e-5, rtol=1e-6)
     assert torch.equal(half.lengths, ref_half.lengths) and half.obs_count == 0 and half.obs_sum is None
+
+
+@pytest.mark.slow
+def test_jax_rows_rollout_with_dense_members_matches_their_materialized_weights():
+    """Rows given explicitly (the full-rank OpenES peer's case): each env's policy is ``W + dW_i``, ``b + db_i``
+    (dense, per row), played in the JAX loop, against the torch loop with every row's weights materialized."""
+    pytest.importorskip("brax")
+    from torch.func import functional_call
+
+    env, policy = _brax_env_and_policy(_brax_config(), NUM_MEMBERS * EPISODES, seed=2)
+    member_of_row = torch.arange(NUM_MEMBERS).repeat_interleave(EPISODES)
+    gen = torch.Generator().manual_seed(3)
+    linears = [m for m in policy.trunk if isinstance(m, torch.nn.Linear)] + [policy.head]
+    layers = policy_layers(policy)
+    weights = {}
+    for name, module in policy.named_modules():
+        if module in linears:
+            entry = layers["layers"][linears.index(module)]
+            d_w = 0.3 * torch.randn(NUM_MEMBERS, *module.weight.shape, generator=gen)
+            d_b = 0.3 * torch.randn(NUM_MEMBERS, *module.bias.shape, generator=gen)
+            entry["dW"], entry["db"] = d_w[member_of_row], d_b[member_of_row]
+            weights[f"{name}.weight"] = module.weight.detach() + entry["dW"]
+            weights[f"{name}.bias"] = module.bias.detach() + entry["db"]
+    assert len(weights) == len(dict(policy.named_parameters()))  # every parameter is some Linear's
+    per_row = torch.vmap(lambda p, o: functional_call(policy, p, (o,)))
+
+    def forward(obs, ids):  # the env rows in order: row i's policy is member_of_row[i]'s
+        return per_row(weights, obs[:, None])[:, 0]
+
+    kwargs = dict(num_members=NUM_MEMBERS, envs_per_member=EPISODES, max_steps=MAX_STEPS, seed=6, record_obs=True)
+    with torch.no_grad():
+        ref = rollout(env, forward, **kwargs)
+    got = jax_rows_rollout(env, policy, layers, **kwargs)
+    assert bool((ref.lengths < MAX_STEPS).any()), "no episode ended: the test would not check done masking"
+    assert len(set(ref.returns.tolist())) > NUM_MEMBERS // 2  # the perturbations matter (returns: episode lengths)
+    torch.testing.assert_close(got.returns, ref.returns, atol=1e-5, rtol=1e-6)
+    assert torch.equal(got.lengths, ref.lengths) and got.num_env_steps == ref.num_env_steps
+    torch.testing.assert_close(got.obs_sumsq, ref.obs_sumsq, atol=0, rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -546,3 +546,28 @@ def test_only_seeds_picks_seeds_of_the_grid():
     assert lb._seeds(lb.parse_args(["--seeds", "5", "--only-seeds", "4"]), gpu) == [4]
     with pytest.raises(SystemExit, match=r"--only-seeds \[3\]: outside the grid's seeds \[0, 1, 2\]"):
         lb._seeds(lb.parse_args(["--tier", "gpu", "--only-seeds", "1", "3"]), gpu)
+
+
+@pytest.mark.slow
+def test_openes_trains_in_the_jax_loop_where_eggroll_does(tmp_path):
+    """Where eggroll's config takes the JAX rollout (Brax), the full-rank peer plays its dense members through
+    ``jax_rows_rollout`` and evaluates in the JAX loop, so the two differ in the noise's rank alone. On short
+    InvertedPendulum episodes (return = steps alive: whole numbers) the same cell stepped from torch gives the same
+    training and so the same evaluations."""
+    pytest.importorskip("brax")
+    import time
+
+    def run(rollout):
+        overrides = dict(rollout=rollout, population=8, hidden_sizes=(8,), sigma=0.5, lr=1.0, eval_episodes=4,
+                         generations=3, eval_every=1, cpu_threads=1)  # fmt: skip
+        cell = lb.Cell("InvertedPendulum", "openes", 0, 1e9, "brax", "spring", 30, "cpu", overrides)
+        emit = lb._Emitter(time.perf_counter(), tmp_path / f"{rollout}.jsonl")
+        result = la.run_openes(cell, 1e9, emit)
+        emit.file.close()
+        return result, [(r["env_steps"], r["eval_return"]) for r in lb._read_jsonl(tmp_path / f"{rollout}.jsonl")]
+
+    jax_result, jax_evals = run("jax")
+    torch_result, torch_evals = run("torch")
+    assert (jax_result["config"]["rollout"], torch_result["config"]["rollout"]) == ("jax", "torch")
+    assert len(jax_evals) == 3 and jax_evals == torch_evals
+    assert len({ret for _, ret in jax_evals}) > 1  # the policy changed between evaluations: updates were applied
