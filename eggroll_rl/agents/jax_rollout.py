@@ -290,11 +290,9 @@ def jax_rollout(
         raise ValueError(
             f"first_member + num_members = {first_member} + {num_members} exceeds population_size {pop.population_size}"
         )
-    env.reset(seed=seed)
     params = population_layers(policy, pop, ids + first_member)  # torch tensors: kept alive until the results are read
     what = f"{num_members} members on this process, {envs_per_member} episode(s) each"
-    return _play(env, policy, params, ids, num_members, max_steps, record_obs, exit_check_every,
-                 what, "the population or episodes_per_member")  # fmt: skip
+    return _play(env, policy, params, ids, num_members, max_steps, seed, record_obs, exit_check_every, what)
 
 
 @torch.no_grad()
@@ -324,10 +322,8 @@ def jax_rows_rollout(
     exit_check_every = _check_arguments(env, max_steps, exit_check_every)
     _check_policy(policy, None)
     ids = _member_ids(env, num_members, envs_per_member, member_ids)
-    env.reset(seed=seed)
     what = f"{num_members} members, {envs_per_member} episode(s) each"
-    return _play(env, policy, layers, ids, num_members, max_steps, record_obs, exit_check_every,
-                 what, "the population or episodes_per_member")  # fmt: skip
+    return _play(env, policy, layers, ids, num_members, max_steps, seed, record_obs, exit_check_every, what)
 
 
 @torch.no_grad()
@@ -345,9 +341,9 @@ def jax_policy_rollout(
     exit_check_every = _check_arguments(env, max_steps, exit_check_every)
     _check_policy(policy, None)
     ids = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
-    env.reset(seed=seed)
     params = policy_layers(policy)
-    return _play(env, policy, params, ids, 1, max_steps, False, exit_check_every, "an evaluation", "eval_episodes")
+    return _play(env, policy, params, ids, 1, max_steps, seed, False, exit_check_every, "an evaluation",
+                 "eval_episodes")  # fmt: skip
 
 
 class EvaluationCompile:
@@ -423,9 +419,11 @@ def _check_arguments(env: Any, max_steps: Any, exit_check_every: Any) -> int:
 
 
 def _play(env: Any, policy: MLPPolicy, params: dict[str, Any], ids: torch.Tensor, num_members: int, max_steps: int,
-          record_obs: bool, exit_check_every: int, what: str, lower: str) -> RolloutResult:  # fmt: skip
-    """One episode of every env (just reset) with the rows' policies ``params``; ``what`` ran and what to ``lower``
-    name themselves in the out-of-memory error."""
+          seed: int | None, record_obs: bool, exit_check_every: int, what: str,
+          lower: str = "the population or episodes_per_member") -> RolloutResult:  # fmt: skip
+    """One episode of every env, reset first with ``env.reset(seed=seed)`` as ``rollout`` does, with the rows'
+    policies ``params``; ``what`` ran and what to ``lower`` name themselves in the out-of-memory error."""
+    env.reset(seed=seed)
     brax_env, state, steps = env.jax_reset_state()
     jax_params = _tree_to_jax(env, params)
     fn = _policy_episode_fn(env, brax_env, policy, max_steps, exit_check_every, record_obs)
