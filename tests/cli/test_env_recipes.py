@@ -38,8 +38,8 @@ LOCOMOTION = dict(
 # HalfCheetah's GPU recipe: the base with Glorot init and tanh (benchmarks/results/halfcheetah_init_gpu_2026-11-30.md).
 HALFCHEETAH_GPU = LOCOMOTION | dict(weight_init="glorot", activation="tanh", backend="brax", rollout="jax")
 # The GPU recipes that take HalfCheetah's network (hopper_init_gpu_2026-11-30.md; Walker2d:
-# leaderboard/gpu_h200/notes.md, session 17); the others keep the base's.
-GLOROT_TANH_ON_GPU = {"halfcheetah", "hopper", "walker2d"}
+# leaderboard/gpu_h200/notes.md, sessions 17-18: Walker2d, Humanoid); the others keep the base's.
+GLOROT_TANH_ON_GPU = {"halfcheetah", "hopper", "walker2d", "humanoid"}
 # The GPU recipes that step through the JAX rollout (rollout_jax_2026-11-30.md, rollout_jax_2026-12-01.md); Brax only.
 JAX_ROLLOUT_ON_GPU = {"halfcheetah", "hopper", "walker2d", "humanoid"}
 
