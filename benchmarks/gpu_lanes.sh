@@ -30,7 +30,12 @@ lane() {
     --budget-s 480 --deadline-s "$DEADLINE" --no-plot --out "$RDIR/lane$n" "$@" > "$RDIR/lane$n.log" 2>&1
   el "lane$n exit $?"; grep -E "^\[|cells:" "$RDIR/lane$n.log" | tail -n 4; pack
 }
+# re-pack every 30 s too: if the machine is taken back mid-cell, the streamed evaluations still come back, and
+# `leaderboard.py --merge` records such a cell (recover_killed_cells)
+( while sleep 30; do pack; done ) >/dev/null 2>&1 & PACKER=$!
 read -r -a A0 <<< "${LANE0:-}"; read -r -a A1 <<< "${LANE1:-}"
-[ ${#A0[@]} -gt 0 ] && lane 0 0-15 "${A0[@]}" &
-[ ${#A1[@]} -gt 0 ] && lane 1 16-31 "${A1[@]}" &
-wait; pack; el done
+LANES=()
+if [ ${#A0[@]} -gt 0 ]; then lane 0 0-15 "${A0[@]}" & LANES+=($!); fi
+if [ ${#A1[@]} -gt 0 ]; then lane 1 16-31 "${A1[@]}" & LANES+=($!); fi
+[ ${#LANES[@]} -gt 0 ] && wait "${LANES[@]}"
+pkill -P "$PACKER" 2>/dev/null; kill "$PACKER" 2>/dev/null; pack; el done

@@ -418,6 +418,8 @@ def run_board(
             by_deadline = left is not None and left < limit
             if by_deadline:
                 limit = left  # killed at the deadline
+            started = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "limit_s": limit}
+            (cell_dir / "started.json").write_text(json.dumps(started))  # for recover_killed_cells
             code, tail = _launch_cell(cell_dir, env, limit)
             record, evals = _cell_record(cell, cell_dir, code, tail, limit, deadline=by_deadline)
             with lock:
@@ -443,11 +445,61 @@ def run_board(
     return counts
 
 
+RECOVERED_SHARE = 0.9  # a cell killed from outside counts when its last evaluation is past this share of its budget
+
+
+def recover_killed_cells(folder: Path, log: Any = print) -> list[str]:
+    """Write the records of cells that were killed from outside the harness (the machine's time limit, the
+    harness itself killed): their folder has ``started.json`` and streamed evaluations but no ``result.json`` and
+    no record newer than that start. Such a cell is recorded as "timeout" (counted, marked, rerun on resume) when
+    its last evaluation is past ``RECOVERED_SHARE`` of its budget, else as "deadline" (kept, not counted); its
+    ``error`` says what happened. A cell with no evaluation is left alone (the next invocation reruns it).
+    Returns the ids recovered."""
+    records = {r["cell_id"]: r for r in _read_jsonl(folder / "cells.jsonl")}
+    recovered = []
+    for cell_dir in sorted((folder / "cells").glob("*/")):
+        started_path = cell_dir / "started.json"
+        if not started_path.exists() or (cell_dir / "result.json").exists():
+            continue
+        started = json.loads(started_path.read_text())
+        held = records.get(cell_dir.name)
+        if held is not None and (held.get("finished_at") or "") >= started["started_at"]:
+            continue  # the harness recorded this run itself
+        evals = _read_jsonl(cell_dir / "evals.jsonl")
+        if not evals:
+            continue
+        cell = Cell(**json.loads((cell_dir / "spec.json").read_text()))
+        log_path = cell_dir / "stderr.log"
+        tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+        last = evals[-1]["wall_s"]
+        record, _ = _cell_record(cell, cell_dir, None, tail, last)
+        counted = last >= RECOVERED_SHARE * cell.budget_s
+        record["status"] = "timeout" if counted else "deadline"
+        record["error"] = (
+            f"killed from outside the harness (no result written; e.g. the machine's time limit) after its last "
+            f"evaluation at {last:.0f} s of its {cell.budget_s:.0f} s budget; its evaluations are kept and "
+            + ("count until it is rerun" if counted else f"do not count (less than {RECOVERED_SHARE:.0%} of the "
+               "budget); rerun next time") + f"; log tail:\n{tail}"
+        )  # fmt: skip
+        mtime = (cell_dir / "evals.jsonl").stat().st_mtime
+        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime))
+        records[cell.cell_id] = record
+        runs = [r for r in _read_jsonl(folder / "runs.jsonl") if r["cell_id"] != cell.cell_id]
+        runs += [{"cell_id": cell.cell_id, "env": cell.env, "agent": cell.agent, "seed": cell.seed, **e} for e in evals]
+        _write_jsonl(folder / "runs.jsonl", runs)
+        recovered.append(cell.cell_id)
+        log(f"recovered {cell.cell_id}: killed from outside after {last:.0f} s, recorded as {record['status']}")
+    if recovered:
+        _write_jsonl(folder / "cells.jsonl", list(records.values()))
+    return recovered
+
+
 def merge_boards(out: Path, sources: list[Path], log: Any = print) -> dict[str, int]:
     """Fold the cells of the board folders ``sources`` into ``out`` (which may hold cells already): per cell id the
     best record wins (ok > timeout > skipped > error, then the later one), with its evaluations and its
-    ``cells/<id>/`` folder; board.json's parts are concatenated. Returns counts of cells taken from the sources and
-    of cells in ``out`` after the merge."""
+    ``cells/<id>/`` folder; board.json's parts are concatenated. A source's cells killed from outside the harness
+    are recorded first (``recover_killed_cells``). Returns counts of cells taken from the sources and of cells in
+    ``out`` after the merge."""
     out.mkdir(parents=True, exist_ok=True)
     rank = {"ok": 3, "timeout": 2, "skipped": 1}
 
@@ -461,6 +513,7 @@ def merge_boards(out: Path, sources: list[Path], log: Any = print) -> dict[str, 
             continue
         if not (src / "cells.jsonl").exists():
             raise FileNotFoundError(f"--merge {src}: no cells.jsonl there; expected a board folder written by --out")
+        recover_killed_cells(src, log)
         for rec in _read_jsonl(src / "cells.jsonl"):
             held = best.get(rec["cell_id"])
             if held is None or key(rec) > key(held[0]):

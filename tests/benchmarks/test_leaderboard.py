@@ -269,6 +269,61 @@ def test_a_killed_cell_keeps_its_evaluations_and_is_retried(tmp_path):
     assert math.isnan(row["at_half_budget"])  # killed at 3 s of a 40 s budget: nothing known at 20 s
 
 
+def _killed_cell(folder, seed, evals, started_at="2026-12-02T10:00:00"):
+    """A cell folder as the harness leaves it when something outside kills it mid-run: spec, start, evaluations."""
+    cell = lb.Cell("Hopper", "eggroll", seed, 480.0, "brax", "spring", 1000, "cuda")
+    cell_dir = folder / "cells" / cell.cell_id
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "spec.json").write_text(json.dumps(cell.spec()))
+    (cell_dir / "started.json").write_text(json.dumps({"started_at": started_at, "limit_s": 840.0}))
+    (cell_dir / "evals.jsonl").write_text("".join(
+        json.dumps({"wall_s": t, "env_steps": 1000 * t, "eval_return": r}) + "\n" for t, r in evals))  # fmt: skip
+    return cell
+
+
+def test_cells_killed_from_outside_are_recovered_at_merge(tmp_path):
+    """A lane whose machine was taken back mid-cell: the cell wrote evaluations but no result and no record. The merge
+    records it: counted ("timeout") when its last evaluation is past 90 % of the budget, else kept uncounted
+    ("deadline"); a cell the harness recorded after its start, or one with no evaluation, is left as it is."""
+    lane = tmp_path / "lane0"
+    # the lane started from the board's records: seed 2 was recorded (an older run) before this start
+    older = _cell("Hopper", "eggroll", 2, finished_at="2026-12-01T09:00:00", final_return=1.0)
+    _part(lane, [], [], "lane")
+    lb._write_jsonl(lane / "cells.jsonl", [older])
+    lb._write_jsonl(lane / "runs.jsonl", _runs("Hopper", "eggroll", 2, [(400, 1.0)]))
+    _killed_cell(lane, 0, [(60, 500.0), (300, 2500.0), (460, 3100.0)])
+    _killed_cell(lane, 1, [(60, 400.0), (100, 900.0)])
+    _killed_cell(lane, 2, [(60, 700.0), (470, 3300.0)])
+    _killed_cell(lane, 3, [])
+    recorded = _killed_cell(lane, 4, [(60, 1.0)])
+    (lane / "cells" / recorded.cell_id / "result.json").write_text("{}")  # it ended normally
+    board = tmp_path / "board"
+    lb.merge_boards(board, [lane], log=lambda *_: None)
+    cells = {c["seed"]: c for c in lb._read_jsonl(board / "cells.jsonl")}
+    assert sorted(cells) == [0, 1, 2]
+    assert cells[0]["status"] == "timeout" and cells[0]["final_return"] == 3100.0 and cells[0]["wall_s"] == 460
+    assert "killed from outside" in cells[0]["error"] and "460 s of its 480 s" in cells[0]["error"]
+    assert cells[1]["status"] == "deadline" and cells[1]["final_return"] == 900.0
+    assert cells[2]["status"] == "timeout" and cells[2]["final_return"] == 3300.0  # newer than the older record
+    runs = lb._read_jsonl(board / "runs.jsonl")
+    assert [r["eval_return"] for r in runs if r["seed"] == 2] == [700.0, 3300.0]
+    assert [r["eval_return"] for r in runs if r["seed"] == 0] == [500.0, 2500.0, 3100.0]
+    row = lb.summarize(runs, list(cells.values()), {("Hopper", "eggroll"): 3})[0]
+    assert row["seeds"] == 2 and row["final_mean"] == (3100.0 + 3300.0) / 2  # the deadline cell does not count
+    # merging again recovers nothing new: the records are newer than the starts now
+    assert lb.recover_killed_cells(lane, log=lambda *_: None) == []
+
+
+def test_run_board_marks_each_cell_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(lb, "_launch_cell", lambda cell_dir, env, limit: (1, "stub"))
+    cells = lb.make_cells(["CartPole"], ["eggroll"], [0], 10.0, "torch", "cpu")
+    lb.run_board(cells, tmp_path / "lb", log=lambda *_: None)
+    started = json.loads((tmp_path / "lb" / "cells" / "CartPole__eggroll__s0" / "started.json").read_text())
+    (record,) = lb._read_jsonl(tmp_path / "lb" / "cells.jsonl")
+    assert started["limit_s"] == 1.5 * 10.0 + 120.0 and record["finished_at"] >= started["started_at"]
+    assert lb.recover_killed_cells(tmp_path / "lb", log=lambda *_: None) == []
+
+
 def test_env_names_are_canonical_and_gpu_slots_follow_cuda_visible_devices(monkeypatch):
     cells = lb.make_cells(["halfcheetah"], ["eggroll"], [0], 10.0, "brax", "cuda")
     assert cells[0].cell_id == "HalfCheetah__eggroll__s0" and cells[0].brax_backend == "spring"
