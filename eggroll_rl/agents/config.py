@@ -296,7 +296,8 @@ def _layer_widths(value: Any) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(h, int) and not isinstance(h, bool) for h in value):
         return tuple(value)
     raise ValueError(
-        f"hidden_sizes={value!r} is invalid: expected a layer width or a list of them (integers, e.g. [64, 64])"
+        f"hidden_sizes={value!r} is invalid: expected a layer width or a list of them (integers, e.g. [64, 64]; "
+        "[] for a linear policy)"
     )
 
 
