@@ -146,7 +146,9 @@ def make_cells(
 
 # ======================================================================================= the cell's subprocess
 class _Emitter:
-    """``emit(env_steps, eval_return)``: one evaluation, stamped with the cell's clock, streamed to a file."""
+    """``emit(env_steps, eval_return, eval_length=None)``: one evaluation, stamped with the cell's clock, streamed to
+    a file. ``eval_length`` (the evaluation's mean episode length, where the agent reports it) lets the board take
+    an alive bonus out of the return: its mean is ``eval_return - bonus * eval_length``."""
 
     def __init__(self, t0: float, path: Path) -> None:
         self.t0, self.file, self.count = t0, path.open("w"), 0
@@ -154,8 +156,10 @@ class _Emitter:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def __call__(self, env_steps: int, eval_return: float) -> None:
+    def __call__(self, env_steps: int, eval_return: float, eval_length: float | None = None) -> None:
         line = {"wall_s": self.elapsed(), "env_steps": int(env_steps), "eval_return": float(eval_return)}
+        if eval_length is not None and math.isfinite(eval_length):
+            line["eval_length"] = float(eval_length)
         self.file.write(json.dumps(line) + "\n")
         self.file.flush()
         self.count += 1

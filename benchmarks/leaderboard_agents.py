@@ -1,7 +1,8 @@
 """The leaderboard's agents: one adapter per peer, each ``run(cell, budget_s, emit) -> dict``.
 
 An adapter trains on ``cell.env`` (same env, physics backend and episode length for every agent) until
-``budget_s`` seconds of the harness's clock have passed, and calls ``emit(env_steps, eval_return)`` after every
+``budget_s`` seconds of the harness's clock have passed, and calls ``emit(env_steps, eval_return)`` (with the mean
+episode length as a third argument where the peer reports it) after every
 evaluation of its current policy (``emit.elapsed()`` is that clock: it starts before the adapter is called, so
 imports of the peer's package, env construction and compilation all count). It returns::
 
@@ -144,7 +145,7 @@ def run_eggroll(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[s
         last.update(wall=record["wall_time_s"], steps=record["env_steps"], generations=last["generations"] + 1)
         last["eval_s"] += record.get("eval_time_s") or 0.0  # within the chunks: the evaluations' share of them
         if record.get("eval_return") is not None:
-            emit(record["env_steps"], record["eval_return"])
+            emit(record["env_steps"], record["eval_return"], record.get("eval_length_mean"))
             if emit.elapsed() >= budget_s:
                 raise BudgetReached
 
@@ -252,7 +253,7 @@ def run_openes(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
                 policy, eval_env, seed=generation_seed(config.seed, generation, salt=1),
                 max_steps=episode_limit(eval_env, config), rollout=config.rollout,
             )  # fmt: skip
-            emit(steps, ev["return_mean"])
+            emit(steps, ev["return_mean"], ev["length_mean"])
         if done:
             break
     stopped = "generations" if generation_cap_reached(config, generation) else "budget"
@@ -294,7 +295,8 @@ def _brax_progress(budget_s: float, emit: Callable[..., None], chunks: list) -> 
             wall = float(metrics["training/walltime"])
             chunks.append((wall - last["wall"], int(step) - last["steps"]))
             last.update(wall=wall, steps=int(step))
-        emit(int(step), float(metrics["eval/episode_reward"]))
+        length = metrics.get("eval/avg_episode_length")
+        emit(int(step), float(metrics["eval/episode_reward"]), None if length is None else float(length))
         if emit.elapsed() >= budget_s:
             raise BudgetReached
 

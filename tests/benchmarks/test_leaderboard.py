@@ -166,6 +166,10 @@ def test_quick_tier_runs_every_cell_and_records_the_failing_peer(board):
     runs = lb._read_jsonl(out / "runs.jsonl")
     egg = [r for r in runs if r["cell_id"] == "CartPole__eggroll__s0"]
     assert egg and all(a["wall_s"] < b["wall_s"] for a, b in zip(egg, egg[1:]))
+    # the ES agents report their evaluations' mean episode length: on CartPole (1 per step) it is the return
+    for agent in ("eggroll", "openes"):
+        rows = [r for r in runs if r["cell_id"] == f"CartPole__{agent}__s0"]
+        assert rows and all(r["eval_length"] == pytest.approx(r["eval_return"]) for r in rows)
     md = (out / "compare.md").read_text()
     assert "fake peer broke" in md and "Where eggroll loses" in md
     header = (out / "compare.csv").read_text().splitlines()[0].split(",")
@@ -365,7 +369,7 @@ class _FakeClock:
     def elapsed(self) -> float:
         return float(self.ticks)
 
-    def __call__(self, env_steps: int, eval_return: float) -> None:
+    def __call__(self, env_steps: int, eval_return: float, eval_length: float | None = None) -> None:
         self.evals.append((env_steps, eval_return))
 
 
