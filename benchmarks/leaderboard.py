@@ -52,6 +52,9 @@ THRESHOLDS: dict[str, float] = {
     "Walker2d": 3000.0,
     "Humanoid": 5000.0,
 }
+# Brax's alive bonus per step (``healthy_reward``) of the envs that pay one: a return without it says whether the
+# policy moves or only stays up. Taken out of the mean return with the evaluation's mean length (``eval_length``).
+ALIVE_BONUS: dict[str, float] = {"Ant": 1.0, "Hopper": 1.0, "Walker2d": 1.0, "Humanoid": 5.0}
 # Episode length of the torch-native envs (their own time limits); Brax envs get BRAX_EPISODE_LENGTH.
 EPISODE_LENGTHS: dict[str, int] = {"CartPole": 500, "Pendulum": 200, "Acrobot": 500, "MountainCarContinuous": 999}
 BRAX_EPISODE_LENGTH = 1000
@@ -609,11 +612,15 @@ def summarize(runs: list[dict], cells: list[dict], planned: dict[tuple[str, str]
         if agent == "brax_ppo":
             ppo_best[env] = mean_std([max(y for _, y in c) for c in seeds.values()])[0]
     keys = sorted({(c["env"], c["agent"]) for c in cells} | set(planned or {}))
+    last_of = {r["cell_id"]: r for r in runs}  # runs are in evaluation order: the last one per cell wins
     rows = []
     for env, agent in keys:
         group = [c for c in ok if (c["env"], c["agent"]) == (env, agent)]
         seeds = by_wall.get((env, agent), {})
         finals = [seeds[c["seed"]][-1][1] for c in group if c["seed"] in seeds]
+        lasts = [last_of[c["cell_id"]] for c in group if c["cell_id"] in last_of]
+        lengths = [r["eval_length"] for r in lasts if r.get("eval_length") is not None]
+        with_lengths = env in ALIVE_BONUS and lasts and len(lengths) == len(lasts)
         budget = group[0]["spec"]["budget_s"] if group else math.nan
         thr = THRESHOLDS.get(env)
         reach = [time_to_threshold(seeds[s], thr) for s in seeds] if thr is not None else []
@@ -652,6 +659,10 @@ def summarize(runs: list[dict], cells: list[dict], planned: dict[tuple[str, str]
             "last_eval_s": mean_std([c[-1][0] for c in seeds.values()])[0],
             **_equal_wall(seeds, by_wall.get((env, "eggroll"), {})),
             "minutes": avg("wall_s") / 60, "budget_s": budget, "status": "; ".join(notes),
+            # every seed's last evaluation less the alive bonus (NaN unless each reported its mean length)
+            "final_length": mean_std(lengths)[0] if with_lengths else math.nan,
+            "final_no_bonus": mean_std([r["eval_return"] - ALIVE_BONUS[env] * r["eval_length"] for r in lasts])[0]
+            if with_lengths else math.nan,
         })  # fmt: skip
     return rows
 
@@ -733,7 +744,7 @@ COLUMNS = [
     "env", "agent", "seeds", "planned", "missing", "final_mean", "final_std", "iqm", "at_half_budget", "threshold",
     "reached", "time_to_threshold_s", "ppo_best", "reached_ppo_best", "time_to_ppo_best_s", "compile_s", "first_eval_s",
     "steps_per_s", "peak_mem_torch_mb", "peak_mem_jax_mb", "last_eval_s", "equal_wall_s",
-    "at_equal_wall", "eggroll_at_equal_wall", "minutes", "budget_s", "status",
+    "at_equal_wall", "eggroll_at_equal_wall", "minutes", "budget_s", "status", "final_length", "final_no_bonus",
 ]  # fmt: skip
 
 
@@ -844,6 +855,14 @@ def write_report(out: Path, planned: dict[tuple[str, str], int] | None = None, p
             f"{_fmt(r['peak_mem_torch_mb'], 0)}/{_fmt(r['peak_mem_jax_mb'], 0)} | {_fmt(r['minutes'], 2)} | "
             f"{r['status'] or ''} |"
         )
+    bonus = [r for r in rows if not math.isnan(r["final_no_bonus"])]
+    if bonus:
+        lines += ["", "## Without the alive bonus", "",
+                  "The final return less the env's alive bonus per step times the evaluation's mean episode length "
+                  "(mean over the seeds whose agent reports it): what the policy earns by moving.", ""]  # fmt: skip
+        lines += [f"- {r['env']} {r['agent']}: {_fmt(r['final_no_bonus'])} ({_fmt(r['final_mean'])} less "
+                  f"{_fmt(ALIVE_BONUS[r['env']], 0)} × {_fmt(r['final_length'])} steps, {r['seeds']} seeds)"
+                  for r in bonus]  # fmt: skip
     won, lost = wins(rows), losses(rows)
     lines += ["", "## Where eggroll wins", ""] + ([f"- {s}" for s in won] or ["- nowhere on this board."])
     lines += ["", "## Where eggroll loses", ""] + ([f"- {s}" for s in lost] or ["- nowhere on this board."])
