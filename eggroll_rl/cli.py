@@ -336,9 +336,21 @@ def _cmd_train(argv: list[str]) -> int:
     print(
         f"done: {len(result.metrics)} generations recorded, {last.get('env_steps', 0):,} env steps, "
         f"{last.get('wall_time_s', 0.0):.1f} s; final eval return {result.final_eval_return}, "
-        f"best {result.best_eval_return:.2f}\nrun directory: {result.run_dir}"
+        f"best {result.best_eval_return:.2f}{_without_shift(config, result.metrics)}\nrun directory: {result.run_dir}"
     )
     return 0
+
+
+def _without_shift(config, metrics: list[dict[str, Any]]) -> str:
+    """With a ``reward_shift`` (the alive bonus the recipes take out of the fitness): the final evaluation's return
+    less that shift per step, what the policy earns by moving rather than by staying up ("" without one)."""
+    evals = [r for r in metrics if r.get("eval_return") is not None and r.get("eval_length_mean") is not None]
+    if not config.reward_shift or not evals:
+        return ""
+    ret, length = evals[-1]["eval_return"], evals[-1]["eval_length_mean"]
+    moving = ret - config.reward_shift * length
+    shift = f"reward_shift={config.reward_shift:g}"
+    return f"; less {shift} a step (the alive bonus): {moving:.2f} over {length:.0f}-step episodes"
 
 
 # ------------------------------------------------------------------------------------------------------------- eval

@@ -40,6 +40,18 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def test_the_summary_takes_the_reward_shift_out_of_the_final_return(tmp_path, capsys):
+    # CartPole pays 1 a step, so its return is its length: less a shift of 1 a step, nothing is left.
+    assert main(["train", "CartPole", *TINY, "--reward-shift", "1", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [x for x in lines if x.get("eval_return") is not None][-1]
+    assert last["eval_return"] == pytest.approx(last["eval_length_mean"])
+    assert f"less reward_shift=1 a step (the alive bonus): 0.00 over {last['eval_length_mean']:.0f}-step" in out
+    assert main(["train", "CartPole", *TINY, "--out", str(tmp_path / "plain")]) == 0
+    assert "alive bonus" not in capsys.readouterr().out  # no shift: no such figure
+
+
 def test_smoke_train_resume_eval_envs(tmp_path):
     out = tmp_path / "run"
     r = run_cli("train", "CartPole", *TINY, "--out", str(out), cwd=tmp_path)
