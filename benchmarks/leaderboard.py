@@ -518,9 +518,9 @@ def merge_boards(out: Path, sources: list[Path], log: Any = print) -> dict[str, 
     for src in sources:
         if src.resolve() == out.resolve():
             continue
+        recover_killed_cells(src, log)  # first: a lane whose only cell was killed has no cells.jsonl until then
         if not (src / "cells.jsonl").exists():
             raise FileNotFoundError(f"--merge {src}: no cells.jsonl there; expected a board folder written by --out")
-        recover_killed_cells(src, log)
         for rec in _read_jsonl(src / "cells.jsonl"):
             held = best.get(rec["cell_id"])
             if held is None or key(rec) > key(held[0]):

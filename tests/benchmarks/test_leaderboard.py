@@ -346,6 +346,11 @@ def test_cells_killed_from_outside_are_recovered_at_merge(tmp_path):
     assert row["seeds"] == 2 and row["final_mean"] == (3100.0 + 3300.0) / 2  # the deadline cell does not count
     # merging again recovers nothing new: the records are newer than the starts now
     assert lb.recover_killed_cells(lane, log=lambda *_: None) == []
+    # a lane that started from no board and whose only cell was killed has no cells.jsonl: merged all the same
+    fresh = tmp_path / "fresh"
+    _killed_cell(fresh, 5, [(450, 2000.0)])
+    lb.merge_boards(board, [fresh], log=lambda *_: None)
+    assert {c["seed"]: c["status"] for c in lb._read_jsonl(board / "cells.jsonl")}[5] == "timeout"
 
 
 def test_run_board_marks_each_cell_start(tmp_path, monkeypatch):
