@@ -508,8 +508,8 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
 
     @jax.jit
     def evaluation(es_state: Any, stats: Any, key: Any) -> Any:
-        ret, *_ = episodes(strategy.get_mean(es_state), stats, key, config.eval_episodes, False, 0.0)
-        return ret.mean()
+        ret, steps, *_ = episodes(strategy.get_mean(es_state), stats, key, config.eval_episodes, False, 0.0)
+        return ret.mean(), steps / config.eval_episodes  # the mean return and the mean episode length
 
     key, key_init = jax.random.split(key)
     es_state = strategy.init(key_init, mean, es_params)
@@ -525,7 +525,8 @@ def run_evosax(cell: Any, budget_s: float, emit: Callable[..., None]) -> dict[st
         steps, gen = steps + gen_steps, gen + 1
         last = generation_cap_reached(config, gen)
         if last or gen % config.eval_every == 0 or emit.elapsed() >= budget_s:
-            emit(steps, float(evaluation(es_state, stats, key_eval)))
+            ret, length = evaluation(es_state, stats, key_eval)
+            emit(steps, float(ret), float(length))
             if emit.elapsed() >= budget_s or last:
                 stopped = "generations" if last else "budget"
                 break

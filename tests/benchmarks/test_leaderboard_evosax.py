@@ -79,12 +79,14 @@ def test_evosax_cell_runs_and_mirrors_the_shared_config():
     class Clock:
         def __init__(self) -> None:
             self.evals: list[tuple[int, float]] = []
+            self.lengths: list[float | None] = []
 
         def elapsed(self) -> float:
             return 0.0  # never past the budget: the generations end the run
 
-        def __call__(self, env_steps: int, eval_return: float) -> None:
+        def __call__(self, env_steps: int, eval_return: float, eval_length: float | None = None) -> None:
             self.evals.append((env_steps, eval_return))
+            self.lengths.append(eval_length)
 
     cell = lb.Cell(env="InvertedPendulum", agent="evosax", seed=0, budget_s=600.0, backend="brax",
                    brax_backend="spring", episode_length=20, device="cpu",
@@ -98,6 +100,8 @@ def test_evosax_cell_runs_and_mirrors_the_shared_config():
     assert [s for s, _ in clock.evals] == [sum(steps[:2]), sum(steps)]
     assert all(0 < c[1] <= 8 * 20 for c in out["chunks"])
     assert all(0.0 <= r <= 20.0 for _, r in clock.evals)  # inverted pendulum: 1 per step alive, 20 steps
+    # so the evaluation's mean episode length is its mean return
+    assert [n for n in clock.lengths] == pytest.approx([r for _, r in clock.evals])
     config = out["config"]
     assert (config["population"], config["sigma"], config["lr"]) == (8, shared.sigma, shared.lr)
     assert config["hidden_sizes"] == list(shared.hidden_sizes) and config["episode_length"] == 20
