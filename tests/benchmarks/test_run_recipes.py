@@ -84,7 +84,9 @@ def test_runs_summarizes_and_skips_finished_jobs(tmp_path, capsys):
 
 def test_deadline_stops_a_run_that_keeps_its_results(tmp_path):
     job = f"Pendulum:{TINY},generations=100000,tag=long"
-    argv = [job, "--device", "cpu", "--results", str(tmp_path), "--deadline-s", "15", "--grace-s", "60"]
+    # the deadline must fall after the first generation (a job cut before it writes nothing, as documented): 30 s,
+    # since under the suite's load (2 workers on 2 cores) the job's start-up alone once took more than 15 s
+    argv = [job, "--device", "cpu", "--results", str(tmp_path), "--deadline-s", "30", "--grace-s", "60"]
     assert rr.main(argv) == 0
     data = json.loads((tmp_path / "train_pendulum_cpu_long.json").read_text())
     assert data["interrupted"] == "SIGTERM" and 0 < data["generations"] < 100000
