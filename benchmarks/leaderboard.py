@@ -430,12 +430,7 @@ def run_board(
             code, tail = _launch_cell(cell_dir, env, limit)
             record, evals = _cell_record(cell, cell_dir, code, tail, limit, deadline=by_deadline)
             with lock:
-                runs = [r for r in _read_jsonl(out / "runs.jsonl") if r["cell_id"] != cell.cell_id]
-                runs += [{"cell_id": cell.cell_id, "env": cell.env, "agent": cell.agent, "seed": cell.seed, **e}
-                         for e in evals]  # fmt: skip
-                _write_jsonl(out / "runs.jsonl", runs)
-                rows = [r for r in _read_jsonl(out / "cells.jsonl") if r["cell_id"] != cell.cell_id] + [record]
-                _write_jsonl(out / "cells.jsonl", rows)
+                _store_cell(out, cell, record, evals)
                 counts[record["status"]] += 1
                 done_count[0] += 1
                 final = record["final_return"]
@@ -450,6 +445,15 @@ def run_board(
     for t in threads:
         t.join()
     return counts
+
+
+def _store_cell(folder: Path, cell: Cell, record: dict[str, Any], evals: list[dict[str, Any]]) -> None:
+    """Put a cell's record in ``cells.jsonl`` and its evaluations in ``runs.jsonl``, replacing any it had there."""
+    runs = [r for r in _read_jsonl(folder / "runs.jsonl") if r["cell_id"] != cell.cell_id]
+    runs += [{"cell_id": cell.cell_id, "env": cell.env, "agent": cell.agent, "seed": cell.seed, **e} for e in evals]
+    _write_jsonl(folder / "runs.jsonl", runs)
+    rows = [r for r in _read_jsonl(folder / "cells.jsonl") if r["cell_id"] != cell.cell_id] + [record]
+    _write_jsonl(folder / "cells.jsonl", rows)
 
 
 RECOVERED_SHARE = 0.9  # a cell killed from outside counts when its last evaluation is past this share of its budget
@@ -490,14 +494,9 @@ def recover_killed_cells(folder: Path, log: Any = print) -> list[str]:
         )  # fmt: skip
         mtime = (cell_dir / "evals.jsonl").stat().st_mtime
         record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mtime))
-        records[cell.cell_id] = record
-        runs = [r for r in _read_jsonl(folder / "runs.jsonl") if r["cell_id"] != cell.cell_id]
-        runs += [{"cell_id": cell.cell_id, "env": cell.env, "agent": cell.agent, "seed": cell.seed, **e} for e in evals]
-        _write_jsonl(folder / "runs.jsonl", runs)
+        _store_cell(folder, cell, record, evals)
         recovered.append(cell.cell_id)
         log(f"recovered {cell.cell_id}: killed from outside after {last:.0f} s, recorded as {record['status']}")
-    if recovered:
-        _write_jsonl(folder / "cells.jsonl", list(records.values()))
     return recovered
 
 
