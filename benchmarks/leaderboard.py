@@ -618,8 +618,8 @@ def summarize(runs: list[dict], cells: list[dict], planned: dict[tuple[str, str]
         seeds = by_wall.get((env, agent), {})
         finals = [seeds[c["seed"]][-1][1] for c in group if c["seed"] in seeds]
         lasts = [last_of[c["cell_id"]] for c in group if c["cell_id"] in last_of]
-        lengths = [r["eval_length"] for r in lasts if r.get("eval_length") is not None]
-        with_lengths = env in ALIVE_BONUS and lasts and len(lengths) == len(lasts)
+        # the seeds whose last evaluation reports its mean episode length (older cells and some peers do not)
+        measured = [r for r in lasts if r.get("eval_length") is not None] if env in ALIVE_BONUS else []
         budget = group[0]["spec"]["budget_s"] if group else math.nan
         thr = THRESHOLDS.get(env)
         reach = [time_to_threshold(seeds[s], thr) for s in seeds] if thr is not None else []
@@ -658,10 +658,11 @@ def summarize(runs: list[dict], cells: list[dict], planned: dict[tuple[str, str]
             "last_eval_s": mean_std([c[-1][0] for c in seeds.values()])[0],
             **_equal_wall(seeds, by_wall.get((env, "eggroll"), {})),
             "minutes": avg("wall_s") / 60, "budget_s": budget, "status": "; ".join(notes),
-            # every seed's last evaluation less the alive bonus (NaN unless each reported its mean length)
-            "final_length": mean_std(lengths)[0] if with_lengths else math.nan,
-            "final_no_bonus": mean_std([r["eval_return"] - ALIVE_BONUS[env] * r["eval_length"] for r in lasts])[0]
-            if with_lengths else math.nan,
+            # the last evaluation less the alive bonus, over the seeds that report their length (NaN if none does)
+            "no_bonus_seeds": len(measured),
+            "final_length": mean_std([r["eval_length"] for r in measured])[0],
+            "final_measured": mean_std([r["eval_return"] for r in measured])[0],
+            "final_no_bonus": mean_std([r["eval_return"] - ALIVE_BONUS[env] * r["eval_length"] for r in measured])[0],
         })  # fmt: skip
     return rows
 
@@ -743,7 +744,8 @@ COLUMNS = [
     "env", "agent", "seeds", "planned", "missing", "final_mean", "final_std", "iqm", "at_half_budget", "threshold",
     "reached", "time_to_threshold_s", "ppo_best", "reached_ppo_best", "time_to_ppo_best_s", "compile_s", "first_eval_s",
     "steps_per_s", "peak_mem_torch_mb", "peak_mem_jax_mb", "last_eval_s", "equal_wall_s",
-    "at_equal_wall", "eggroll_at_equal_wall", "minutes", "budget_s", "status", "final_length", "final_no_bonus",
+    "at_equal_wall", "eggroll_at_equal_wall", "minutes", "budget_s", "status", "final_length", "final_measured",
+    "final_no_bonus", "no_bonus_seeds",
 ]  # fmt: skip
 
 
@@ -858,10 +860,11 @@ def write_report(out: Path, planned: dict[tuple[str, str], int] | None = None, p
     if bonus:
         lines += ["", "## Without the alive bonus", "",
                   "The final return less the env's alive bonus per step times the evaluation's mean episode length "
-                  "(mean over the seeds whose agent reports it): what the policy earns by moving.", ""]  # fmt: skip
-        lines += [f"- {r['env']} {r['agent']}: {_fmt(r['final_no_bonus'])} ({_fmt(r['final_mean'])} less "
-                  f"{_fmt(ALIVE_BONUS[r['env']], 0)} × {_fmt(r['final_length'])} steps, {r['seeds']} seeds)"
-                  for r in bonus]  # fmt: skip
+                  "(mean over the seeds whose evaluations report it; older cells do not): what the policy earns by "
+                  "moving.", ""]  # fmt: skip
+        lines += [f"- {r['env']} {r['agent']}: {_fmt(r['final_no_bonus'])} ({_fmt(r['final_measured'])} less "
+                  f"{_fmt(ALIVE_BONUS[r['env']], 0)} × {_fmt(r['final_length'])} steps; {r['no_bonus_seeds']} of "
+                  f"{r['seeds']} seeds)" for r in bonus]  # fmt: skip
     won, lost = wins(rows), losses(rows)
     lines += ["", "## Where eggroll wins", ""] + ([f"- {s}" for s in won] or ["- nowhere on this board."])
     lines += ["", "## Where eggroll loses", ""] + ([f"- {s}" for s in lost] or ["- nowhere on this board."])

@@ -103,30 +103,35 @@ def test_summarize_on_fixed_inputs():
     ]
 
 
-def test_the_alive_bonus_is_taken_out_where_every_seed_reports_its_length(tmp_path):
+def test_the_alive_bonus_is_taken_out_over_the_seeds_that_report_their_length(tmp_path):
     # Humanoid pays 5 a step: seed 0 ends at 8000 over 1000-step episodes (3000 by moving), seed 1 at 6000 over 900
-    # steps (1500); PPO's seed 1 reports no length, so its row has no such figure; HalfCheetah pays no bonus.
+    # steps (1500); PPO's seed 0 ends at 7000 over 1000 steps (2000) and its seed 1 (7500) reports no length, so its
+    # figure rests on seed 0 alone and says so; HalfCheetah pays no bonus.
     def with_lengths(rows, lengths):
         return [dict(r, eval_length=n) if n is not None else r for r, n in zip(rows, lengths)]
 
     runs = with_lengths(_runs("Humanoid", "eggroll", 0, [(10, 100.0), (40, 8000.0)]), [50.0, 1000.0])
     runs += with_lengths(_runs("Humanoid", "eggroll", 1, [(10, 200.0), (40, 6000.0)]), [60.0, 900.0])
     runs += with_lengths(_runs("Humanoid", "brax_ppo", 0, [(40, 7000.0)]), [1000.0])
-    runs += _runs("Humanoid", "brax_ppo", 1, [(40, 7000.0)])
+    runs += _runs("Humanoid", "brax_ppo", 1, [(40, 7500.0)])
     runs += with_lengths(_runs("HalfCheetah", "eggroll", 0, [(40, 5000.0)]), [1000.0])
     cells = [_cell(e, a, s) for e, a, s in [("Humanoid", "eggroll", 0), ("Humanoid", "eggroll", 1),
              ("Humanoid", "brax_ppo", 0), ("Humanoid", "brax_ppo", 1), ("HalfCheetah", "eggroll", 0)]]  # fmt: skip
     rows = {(r["env"], r["agent"]): r for r in lb.summarize(runs, cells)}
     egg = rows[("Humanoid", "eggroll")]
     assert egg["final_no_bonus"] == ((8000 - 5 * 1000) + (6000 - 5 * 900)) / 2 and egg["final_length"] == 950.0
-    assert math.isnan(rows[("Humanoid", "brax_ppo")]["final_no_bonus"])
+    assert egg["no_bonus_seeds"] == 2 and egg["final_measured"] == 7000.0
+    ppo = rows[("Humanoid", "brax_ppo")]
+    assert ppo["final_no_bonus"] == 7000 - 5 * 1000 and ppo["no_bonus_seeds"] == 1 and ppo["final_mean"] == 7250.0
     assert math.isnan(rows[("HalfCheetah", "eggroll")]["final_no_bonus"])
     out = tmp_path / "board"
     _part(out, cells, runs, "python benchmarks/leaderboard.py --tier gpu")
     lb.write_report(out, {}, plot=False)
     md = (out / "compare.md").read_text()
-    assert "- Humanoid eggroll: 2,250.0 (7,000.0 less 5 × 950.0 steps, 2 seeds)" in md
-    assert "Humanoid brax_ppo:" not in md.split("## Without the alive bonus")[1].split("##")[0]
+    section = md.split("## Without the alive bonus")[1].split("##")[0]
+    assert "- Humanoid eggroll: 2,250.0 (7,000.0 less 5 × 950.0 steps; 2 of 2 seeds)" in section
+    assert "- Humanoid brax_ppo: 2,000.0 (7,000.0 less 5 × 1,000.0 steps; 1 of 2 seeds)" in section
+    assert "HalfCheetah" not in section
     row = next(
         r for r in csv.DictReader((out / "compare.csv").open()) if r["agent"] == "eggroll" and r["env"] == "Humanoid"
     )
