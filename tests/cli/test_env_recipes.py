@@ -23,7 +23,7 @@ TUNED = {
     "reacher": dict(brax_backend="generalized", max_episode_steps=50, members_per_start=2, sigma=0.01, lr=0.005),
 }
 TUNED_CPU = {
-    "reacher": dict(backend="gym", lr=0.005),
+    "reacher": dict(backend="gym", lr=0.005, time_limit_s=600.0, eval_episodes=100),  # train_reacher_cpu_*_eval100.md
     "walker2d": dict(hidden_sizes=()),
     "hopper": dict(hidden_sizes=(), sigma=0.02),  # the linear policy was measured with 0.02 (train_hopper_cpu_2core.md)
     "swimmer": dict(hidden_sizes=(), sigma=0.05, lr=0.05, eval_every=5, time_limit_s=600.0),
