@@ -37,10 +37,6 @@ def _runs(folder: Path, cells: dict[int, dict]) -> list[dict]:
     return [r for r in lb._read_jsonl(folder / "runs.jsonl") if r["cell_id"] in ids]
 
 
-def _fmt(x: float | None, digits: int = 0) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
-
-
 def compare(
     base: Path,
     variant: Path,
@@ -75,9 +71,8 @@ def compare(
         })  # fmt: skip
     if rows:
 
-        def mean(values: list[float | None]) -> float:
-            xs = [v for v in values if v is not None and not math.isnan(v)]
-            return sum(xs) / len(xs) if len(xs) == len(values) else math.nan  # a seed that never got there: no mean
+        def mean(values: list[float | None]) -> float:  # a seed that never got there: no mean
+            return lb.mean_std(values)[0] if all(v is not None and not math.isnan(v) for v in values) else math.nan
 
         def column(key: str, i: int | None = None) -> tuple[float, float]:
             return tuple(mean([(r[key][i] if i is not None else r[key])[side] for r in rows]) for side in (0, 1))
@@ -113,10 +108,10 @@ def to_markdown(
     ]
     for r in rows:
         cells = [str(r["seed"])]
-        cells += [f"{_fmt(a)} / {_fmt(b)}" for a, b in r["wall"] + r["steps"]]
-        cells += [f"{_fmt(a)} / {_fmt(b)}" for a, b in r["first"]]
-        cells += [f"{_fmt(r['final'][0])} / {_fmt(r['final'][1])}"]
-        cells += [f"{_fmt(r['steps_per_s'][0] / 1e6, 2)}M / {_fmt(r['steps_per_s'][1] / 1e6, 2)}M"]
+        cells += [f"{lb._fmt(a, 0)} / {lb._fmt(b, 0)}" for a, b in r["wall"] + r["steps"]]
+        cells += [f"{lb._fmt(a, 0)} / {lb._fmt(b, 0)}" for a, b in r["first"]]
+        cells += [f"{lb._fmt(r['final'][0], 0)} / {lb._fmt(r['final'][1], 0)}"]
+        cells += [f"{lb._fmt(r['steps_per_s'][0] / 1e6, 2)}M / {lb._fmt(r['steps_per_s'][1] / 1e6, 2)}M"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
