@@ -405,9 +405,11 @@ ENV_DEFAULTS |= {
     # Gymnasium's 50-step episodes (Brax's run 1000 steps): returns comparable with its -3.75 threshold. The target is
     # random, and its draw moved a member's return more than its noise did: each antithetic pair shares its start,
     # and a smaller step lets the return climb instead of drifting down. Generalized physics: with spring physics the
-    # return stayed flat on the CPU (benchmarks/results/recipes_2026-11-30.md).
+    # return stayed flat on the CPU (benchmarks/results/recipes_2026-11-30.md). Ten minutes, as the CPU recipe: alone
+    # on one H200 the return still climbed after 180 s (-5.9 there, -4.4 to -4.8 from 350 s on; the CPU recipe beside
+    # it on the same host level with it at equal wall clock: reacher_gpu_host_2026-12-02.md).
     "reacher": _locomotion(
-        brax_backend="generalized", time_limit_s=180.0, max_episode_steps=50, members_per_start=2, sigma=0.01, lr=0.005
+        brax_backend="generalized", time_limit_s=600.0, max_episode_steps=50, members_per_start=2, sigma=0.01, lr=0.005
     ),
     "swimmer": _locomotion(brax_backend="generalized", time_limit_s=240.0),
     # The reward is the alive bonus itself (1 per step; 10 less a distance penalty): no shift.
@@ -459,7 +461,7 @@ ENV_DEFAULTS["walker2d"] |= _EVOSAX_NET
 ENV_DEFAULTS["humanoid"] |= _EVOSAX_NET
 # Reacher on a CPU: gymnasium's Reacher-v5, which seeds each sub-env as asked, so a pair can share its target
 # (EnvPool cannot), and the GPU recipe's step (recipes_2026-11-30.md: -8.1 to -5.4 in 230 s on one core). Ten minutes
-# (the budget) instead of the GPU recipe's three: on one core the return still climbs after 180 s (~-6.2
+# (the budget), as the GPU recipe: on one core the return still climbs after 180 s (~-6.2
 # there, ~-4.7 from 400 s on; seeds 1-2, train_reacher_cpu_cpu_1core_s{1,2}_eval100.md); and 100 evaluation episodes,
 # as gymnasium's -3.75 threshold is a 100-episode mean (16 episodes drew up to ~1 above the policy's mean; 5000 env
 # steps an evaluation, under a generation's 6400).

@@ -20,7 +20,10 @@ ALIVE_BONUS = {"hopper": 1.0, "walker2d": 1.0, "humanoid": 5.0}
 # Where an env's recipe departs from HalfCheetah's, as measured (benchmarks/results/recipes_2026-11-30.md).
 TUNED = {
     "hopper": dict(sigma=0.05),  # recipes_2026-11-30c_gpu.md: 2146 at 231 s where sigma 0.02 had 1217 at 250 s
-    "reacher": dict(brax_backend="generalized", max_episode_steps=50, members_per_start=2, sigma=0.01, lr=0.005),
+    # reacher_gpu_host_2026-12-02.md: still climbing after 180 s on one H200
+    "reacher": dict(
+        brax_backend="generalized", max_episode_steps=50, members_per_start=2, sigma=0.01, lr=0.005, time_limit_s=600.0
+    ),
 }
 TUNED_CPU = {
     "reacher": dict(backend="gym", lr=0.005, time_limit_s=600.0, eval_episodes=100),  # train_reacher_cpu_*_eval100.md
@@ -101,7 +104,7 @@ def test_locomotion_recipes_start_from_halfcheetah(env):
     assert {k: getattr(gpu, k) for k in expected} == expected
     net = ("glorot", "tanh") if key in GLOROT_TANH_ON_GPU else ("torch", "pqn")
     assert (gpu.weight_init, gpu.activation, gpu.obs_norm, gpu.action_mode) == (*net, True, "tanh")
-    assert 0 < gpu.time_limit_s <= 540.0
+    assert 0 < gpu.time_limit_s <= (600.0 if key == "reacher" else 540.0)  # Reacher: the ten minutes
     assert gpu.reward_shift == ALIVE_BONUS.get(_canonical_env_key(env), 0.0)
     assert gpu.brax_backend == ("generalized" if env in ("Swimmer", "Reacher") else "spring")
     jax = key in JAX_ROLLOUT_ON_GPU
