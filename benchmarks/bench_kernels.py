@@ -371,18 +371,23 @@ def sweep_shapes() -> list[update.GemmShape]:
         G(64, 128, 64, 4, 4, prefetch_c=True),
         G(64, 128, 64, 4, 2, prefetch_c=True),
         G(64, 64, 64, 4, 3, prefetch_c=True),
+        # the persistent kernel with TMA operand loads (a program walks its tiles; session 20, not yet timed)
+        *update.TMA_GEMM_SHAPES,
     ]
     return list(dict.fromkeys(candidates))
 
 
 def shape_key(shape: update.GemmShape) -> str:
-    """``64x128x64x4x4x8`` (block m/n/k, warps, stages, group; then the register cap and ``pf`` for a prefetched C
-    tile when set): the launch shape's name in the sweep's columns."""
+    """``64x128x64x4x4x8`` (block m/n/k, warps, stages, group; then the register cap, ``pf`` for a prefetched C
+    tile and ``tmaP`` for the persistent TMA kernel at P programs an SM, when set): the launch shape's name in the
+    sweep's columns."""
     parts = [str(x) for x in shape[:6]]
     if shape.maxnreg is not None:
         parts.append(str(shape.maxnreg))
     if shape.prefetch_c:
         parts.append("pf")
+    if shape.persistent:
+        parts.append(f"tma{shape.persistent}")
     return "x".join(parts)
 
 

@@ -46,12 +46,19 @@ TTGIR_OPS = (
 M = N = 8192
 J = 512  # noise indices of the paper shape (1024 members = 512 antithetic pairs)
 EXCERPT_LINES = 40
+H200_SMS = 132
+
+
+def _tma_shapes(update) -> dict:
+    """The persistent TMA kernel's candidates (``update.TMA_GEMM_SHAPES``), by name."""
+    return {f"tma{shape.block_m}x{shape.block_n}": shape for shape in update.TMA_GEMM_SHAPES}
 
 
 def _cases(update):
     """(name, kernel, args, constexprs, launch shape, note) per case; args: name -> (signature type, value)."""
     out = []
     addmm_shapes = {"gemm0": update.GEMM_SHAPES[0]}
+    TMA_SHAPES = _tma_shapes(update)
     for rank in (1, 4):
         for tag, shape in addmm_shapes.items():
             args = {
@@ -61,6 +68,15 @@ def _cases(update):
             }  # fmt: skip
             const = dict(READ_C=True, HAS_COPY=True, UPCAST=False)
             out.append((f"addmm_{tag}_r{rank}", update.lowrank_addmm_kernel, args, const, shape))
+        for tag, shape in TMA_SHAPES.items():  # the persistent TMA kernel (GemmShape.persistent), 132 SMs
+            args = {
+                "at_desc": (f"tensordesc<bf16[{shape.block_k}, {shape.block_m}]>", None),
+                "bt_desc": (f"tensordesc<bf16[{shape.block_k}, {shape.block_n}]>", None), "c_ptr": ("*fp32", None),
+                "copy_ptr": ("*bf16", None), "sq_ptr": ("*fp32", None), "M": ("i32", M), "N": ("i32", N),
+                "K": ("i32", J * rank), "stride_cm": ("i32", N), "alpha": ("fp32", 1e-3), "beta": ("fp32", 1.0),
+            }  # fmt: skip
+            const = dict(READ_C=True, HAS_COPY=True, UPCAST=False, PROGRAMS=shape.persistent * H200_SMS, FLATTEN=True)
+            out.append((f"addmm_{tag}_r{rank}", update.lowrank_addmm_tma_kernel, args, const, shape))
     shape = update.ADAM_GEMM_SHAPES[0]
     for rank in (1, 4):
         args = {
@@ -126,22 +142,28 @@ def compile_jit(kernel, args, const, shape):
     """Launch ``kernel`` once on real CUDA tensors (the sizes of ``args``) and return the compiled kernel."""
     import torch
     import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
 
     dtypes = {"*bf16": torch.bfloat16, "*fp32": torch.float32}
     Mv, Nv, Kv = args["M"][1], args["N"][1], args["K"][1]
     tiles = triton.cdiv(Mv, shape.block_m) * triton.cdiv(Nv, shape.block_n)
-    sizes = {"at_ptr": (Kv, Mv), "bt_ptr": (Kv, Nv), "sq_ptr": (2, tiles)}
+    sizes = {"at_ptr": (Kv, Mv), "bt_ptr": (Kv, Nv), "sq_ptr": (2, tiles), "at_desc": (Kv, Mv), "bt_desc": (Kv, Nv)}
     call = []
     for name in kernel.arg_names:
         if name in const or name in _meta(shape):
             continue
         ty, value = args[name]
-        if ty.startswith("*"):
+        if ty.startswith("tensordesc"):  # "tensordesc<bf16[BK, BM]>": a descriptor of a random bf16 operand
+            block = [int(b) for b in ty[ty.index("[") + 1 : ty.index("]")].split(",")]
+            t = torch.randn(sizes[name], device="cuda").to(torch.bfloat16)
+            call.append(TensorDescriptor.from_tensor(t, block))
+        elif ty.startswith("*"):
             t = torch.randn(sizes.get(name, (Mv, Nv)), device="cuda").to(dtypes[ty])
             call.append(t.abs_() if name == "v_ptr" else t)
         else:
             call.append(value)
-    compiled = kernel[(tiles,)](*call, **const, **_meta(shape), **_options(shape))
+    grid = const.get("PROGRAMS", tiles)  # the persistent kernel's grid
+    compiled = kernel[(grid,)](*call, **const, **_meta(shape), **_options(shape))
     torch.cuda.synchronize()
     return compiled
 

@@ -65,8 +65,10 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 class GemmShape(NamedTuple):
     """Launch shape of ``lowrank_addmm_kernel``: tile sizes, warps, pipeline stages, row tiles per L2 group, an
-    optional register cap per thread (``maxnreg``; None: the compiler's choice), and whether the kernel loads its C
-    tile before the main loop (``prefetch_c``; the Adam kernel ignores it)."""
+    optional register cap per thread (``maxnreg``; None: the compiler's choice), whether the kernel loads its C
+    tile before the main loop (``prefetch_c``; the Adam kernel ignores it), and ``persistent``: programs an SM of
+    ``lowrank_addmm_tma_kernel`` instead (0: one program a tile; the Adam kernel ignores it; a candidate of
+    ``bench_kernels.py --cases update_sweep``, not a default until timed)."""
 
     block_m: int
     block_n: int
@@ -76,6 +78,7 @@ class GemmShape(NamedTuple):
     group_m: int = 8
     maxnreg: int | None = None
     prefetch_c: bool = False  # plain/SGD update: load the C tile before the main loop (its latency under the MMAs)
+    persistent: int = 0  # plain/SGD update: >0 runs lowrank_addmm_tma_kernel with this many programs an SM
 
 
 # The first whose grid fills every SM once is taken. Two programs of 64 x 128 tiles (one warpgroup, 4 stages:
@@ -88,6 +91,11 @@ GEMM_SHAPES = (GemmShape(64, 128, 64, 4, 4, prefetch_c=True), GemmShape(64, 64, 
 # Adam in the epilogue holds the parameter and both moments besides the accumulators: 64 x 64 tiles (~250
 # registers a thread, no spills, two programs an SM); 64 x 128 spills.
 ADAM_GEMM_SHAPES = (GemmShape(64, 64, 64, 4, 3),)
+# Candidates for the persistent TMA kernel (lowrank_addmm_tma_kernel), not defaults until ``bench_kernels.py --cases
+# update_sweep`` times them (NOTES_kernels.md, session 20). Offline sm_90 compile (Triton 3.9): TMA loads and async
+# wgmma; 128 x 128 / 8 warps: 248 registers, 160 KiB of shared memory (one program an SM); 64 x 128 / 4 warps /
+# 3 stages: 255 registers, 104 KiB (two). 128 x 256 needs 272 KiB (more than an H200 SM has) and spills.
+TMA_GEMM_SHAPES = (GemmShape(128, 128, 64, 8, 3, persistent=1), GemmShape(64, 128, 64, 4, 3, persistent=2))
 INTERPRET_GEMM_SHAPE = GemmShape(32, 32, 16, 4, 1)  # several tiles on small test shapes, fast on the CPU
 
 
@@ -197,18 +205,24 @@ def _store_signs(
 
 
 @triton.jit
-def tile_rows_cols(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """This program's tile: its row and column indices. GROUP_M row tiles walk the column tiles together (their Bt
+def tile_origin(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Tile number ``tile``'s first row and column. GROUP_M row tiles walk the column tiles together (their Bt
     slices stay in L2)."""
-    pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
     width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
+    first_m = (tile // width) * GROUP_M
     group_size = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_size
-    pid_n = (pid % width) // group_size
-    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_m = first_m + (tile % width) % group_size
+    pid_n = (tile % width) // group_size
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+
+@triton.jit
+def tile_rows_cols(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's tile (``tile_origin`` of the program id): its row and column indices."""
+    row, col = tile_origin(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    return row + tl.arange(0, BLOCK_M), col + tl.arange(0, BLOCK_N)
 
 
 @triton.jit
@@ -291,16 +305,26 @@ def lowrank_addmm_kernel(
         acc = tile_product(at_ptr, bt_ptr, rm, rn, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
     else:  # the tile's addresses are formed after the main loop: no registers held through it
         acc, rm, rn = lowrank_tile(at_ptr, bt_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST)
+        c_old = 0.0  # loaded by the epilogue
+    addmm_epilogue(acc, c_old, rm, rn, c_ptr, copy_ptr, sq_ptr, pid, tiles, M, N, stride_cm, alpha, beta, READ_C,
+                   HAS_COPY, PREFETCH_C)  # fmt: skip
 
-    # Epilogue: ||acc||^2 first, then the update, its rounded copy and the measured change (acc's registers are
-    # free once out is formed).
-    tl.store(sq_ptr + pid, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+
+@triton.jit
+def addmm_epilogue(
+    acc, c_old, rm, rn, c_ptr, copy_ptr, sq_ptr, tile, tiles, M, N, stride_cm, alpha, beta, READ_C: tl.constexpr,
+    HAS_COPY: tl.constexpr, C_LOADED: tl.constexpr,
+):  # fmt: skip
+    """``lowrank_addmm_kernel``'s epilogue for tile number ``tile`` (of ``tiles``): ||acc||^2 first, then the update
+    ``beta C + alpha acc``, its rounded copy and the measured change (acc's registers are free once out is formed).
+    ``c_old``: the float32 C tile where ``C_LOADED`` (read here otherwise)."""
+    tl.store(sq_ptr + tile, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
     ok = (rm < M)[:, None] & (rn < N)[None, :]
     rows = rm.to(tl.int64)[:, None]
     c_ptrs = c_ptr + rows * stride_cm + rn[None, :]
     out = alpha * acc
     if READ_C:
-        if not PREFETCH_C:
+        if not C_LOADED:
             c_old = tl.load(c_ptrs, mask=ok, other=0.0).to(tl.float32)
         out = beta * c_old + out
     stored = out.to(c_ptr.dtype.element_ty)
@@ -309,9 +333,52 @@ def lowrank_addmm_kernel(
         tl.store(copy_ptr + rows * N + rn[None, :], out.to(copy_ptr.dtype.element_ty), mask=ok)
     if READ_C:
         d = stored.to(tl.float32) - c_old  # 0 outside the matrix (both masked to 0)
-        tl.store(sq_ptr + tiles + pid, tl.sum(tl.sum(d * d, axis=1), axis=0))
+        tl.store(sq_ptr + tiles + tile, tl.sum(tl.sum(d * d, axis=1), axis=0))
     else:
-        tl.store(sq_ptr + tiles + pid, 0.0)
+        tl.store(sq_ptr + tiles + tile, 0.0)
+
+
+@triton.jit
+def lowrank_addmm_tma_kernel(
+    at_desc,  # TensorDescriptor of At (K, M), blocks (BLOCK_K, BLOCK_M); zero outside the matrix
+    bt_desc,  # TensorDescriptor of Bt (K, N), blocks (BLOCK_K, BLOCK_N)
+    c_ptr,
+    copy_ptr,
+    sq_ptr,
+    M,
+    N,
+    K,
+    stride_cm,
+    alpha,
+    beta,
+    READ_C: tl.constexpr,
+    HAS_COPY: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PROGRAMS: tl.constexpr,  # the grid: each program takes every PROGRAMS-th tile
+    FLATTEN: tl.constexpr,  # one software pipeline over a program's k steps (next tile's loads under the epilogue)
+):
+    """``lowrank_addmm_kernel``'s update (the same values and outputs) as a persistent kernel whose operands come
+    through TMA descriptors: a program per SM slot walks its tiles, so the loads of its next tile can run under the
+    epilogue of this one (NOTES_kernels.md: the fused GEMM ran at ~340 TFLOP/s against cuBLAS's ~460 at r=4)."""
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    k_steps = tl.cdiv(K, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=FLATTEN):
+        row, col = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ks in range(k_steps):
+            a = at_desc.load([ks * BLOCK_K, row])
+            b = bt_desc.load([ks * BLOCK_K, col])
+            if UPCAST:
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(tl.trans(a), b, acc)
+        rm = row + tl.arange(0, BLOCK_M)
+        rn = col + tl.arange(0, BLOCK_N)
+        addmm_epilogue(acc, 0.0, rm, rn, c_ptr, copy_ptr, sq_ptr, tile, tiles, M, N, stride_cm, alpha, beta, READ_C,
+                       HAS_COPY, False)  # fmt: skip
 
 
 @triton.jit
@@ -476,13 +543,28 @@ def _addmm(at, bt, c, *, alpha, beta, read_c, copy, shape: GemmShape) -> torch.T
     tiles = triton.cdiv(M, shape.block_m) * triton.cdiv(N, shape.block_n)
     sq = torch.empty(2, tiles, dtype=torch.float32, device=c.device)
     extra = {} if shape.maxnreg is None else {"maxnreg": shape.maxnreg}
-    lowrank_addmm_kernel[(tiles,)](
-        at, bt, c, copy if copy is not None else c, sq, M, N, K, c.stride(0), float(alpha), float(beta),
-        READ_C=read_c, HAS_COPY=copy is not None, BLOCK_M=shape.block_m, BLOCK_N=shape.block_n,
-        BLOCK_K=shape.block_k, GROUP_M=shape.group_m, UPCAST=INTERPRET, PREFETCH_C=shape.prefetch_c,
-        num_warps=shape.num_warps, num_stages=shape.num_stages, **extra,
-    )  # fmt: skip
+    outputs = (c, copy if copy is not None else c, sq, M, N, K, c.stride(0), float(alpha), float(beta))
+    meta = dict(READ_C=read_c, HAS_COPY=copy is not None, BLOCK_M=shape.block_m, BLOCK_N=shape.block_n,
+                BLOCK_K=shape.block_k, GROUP_M=shape.group_m, UPCAST=INTERPRET, num_warps=shape.num_warps,
+                num_stages=shape.num_stages, **extra)  # fmt: skip
+    if shape.persistent and _tma_ready(at, bt):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        programs = min(tiles, shape.persistent * num_sms(c.device.index or 0))
+        at_desc = TensorDescriptor.from_tensor(at, [shape.block_k, shape.block_m])
+        bt_desc = TensorDescriptor.from_tensor(bt, [shape.block_k, shape.block_n])
+        lowrank_addmm_tma_kernel[(programs,)](at_desc, bt_desc, *outputs, PROGRAMS=programs, FLATTEN=True, **meta)
+    else:  # one program a tile (a persistent shape whose operands TMA cannot take keeps its tile sizes)
+        lowrank_addmm_kernel[(tiles,)](at, bt, *outputs, PREFETCH_C=shape.prefetch_c, **meta)
     return sq.sum(1)
+
+
+def _tma_ready(*operands: torch.Tensor) -> bool:
+    """Whether TMA descriptors can address these row-major operands: a 16-byte aligned base and row stride (Hopper's
+    rule), unit column stride."""
+    return all(
+        t.stride(1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in operands
+    )
 
 
 def _adam_gemm(at, bt, param, exp_avg, exp_avg_sq, hyper: AdamStep, *, copy, shape: GemmShape) -> torch.Tensor:

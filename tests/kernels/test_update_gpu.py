@@ -37,7 +37,7 @@ def _no_tf32(monkeypatch):
 
 
 @pytest.mark.parametrize("m,n,rank,J", SHAPES)
-@pytest.mark.parametrize("shape", ["auto", *update.GEMM_SHAPES])
+@pytest.mark.parametrize("shape", ["auto", *update.GEMM_SHAPES, *update.TMA_GEMM_SHAPES])
 def test_fused_apply_into_master_with_copy(m, n, rank, J, shape):
     kw = _kw(m, n, rank, J)
     if shape == "auto":
@@ -146,3 +146,21 @@ def test_adam_in_the_gemm_epilogue_equals_torch_adam(m, n, rank, J, cls, kwargs)
         assert torch.equal(copy, p.to(torch.bfloat16))
         assert abs(sq.item() / G.square().sum().item() - 1) <= 1e-5
         assert abs(sq_change.item() / (ref.detach() - before).square().sum().item() - 1) <= 1e-3
+
+
+@pytest.mark.parametrize("shape", update.TMA_GEMM_SHAPES)
+def test_persistent_tma_kernel_matches_the_tiled_one(shape):
+    """The persistent TMA kernel against ``lowrank_addmm_kernel`` with the same tiles: the same master, copy and
+    norms up to the accumulation order within a tile (measured equal bit for bit in the interpreter)."""
+    kw = _kw(4096, 2048, 4, 512)
+    p0 = torch.randn(4096, 2048, device=DEV)
+    out = []
+    for s in (shape._replace(persistent=0), shape):
+        p, copy = p0.clone(), torch.empty(4096, 2048, dtype=torch.bfloat16, device=DEV)
+        sq = update.lowrank_apply_triton(p, 1e-2, beta=0.999, copy=copy, factor_dtype=torch.bfloat16, gemm_shape=s,
+                                         **kw)  # fmt: skip
+        out.append((p, copy, torch.stack(sq)))
+    (p, copy, sq), (p_t, copy_t, sq_t) = out
+    assert _rel(p_t - 0.999 * p0, p - 0.999 * p0) <= 1e-6
+    assert (copy_t.float() - copy.float()).abs().max() <= (p.abs() * 2**-7).max()  # at most one bf16 step
+    assert _rel(sq_t, sq) <= 1e-5

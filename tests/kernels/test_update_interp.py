@@ -73,6 +73,61 @@ def test_fused_apply_into_a_float32_master_with_copy(m, n, rank, J, shape):
     assert _rel(p - beta * p0, alpha * update.lowrank_update_reference(**kw)) <= 1e-2
 
 
+class _Counting:
+    """Wraps a Triton kernel and counts its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("m,n,rank,J", [(80, 72, 2, 4), (48, 136, 3, 5), (40, 24, 1, 9)])
+@pytest.mark.parametrize("persistent", [1, 2])
+@pytest.mark.parametrize("beta,copy", [(0.995, True), (1.0, False)])
+def test_persistent_tma_kernel_equals_the_tiled_one(monkeypatch, m, n, rank, J, persistent, beta, copy):
+    """``GemmShape.persistent``: ``lowrank_addmm_tma_kernel`` (TMA descriptors, each program walking several tiles:
+    the interpreter counts 4 SMs) writes what ``lowrank_addmm_kernel`` writes with the same tiles, bit for bit:
+    the master, its copy and both norms (row strides of 16 bytes' multiples, as TMA needs)."""
+    tma = _Counting(update.lowrank_addmm_tma_kernel)
+    monkeypatch.setattr(update, "lowrank_addmm_tma_kernel", tma)
+    kw = _kw(m, n, rank, J)
+    p0 = torch.randn(m, n)
+    tiled = update.GemmShape(16, 32, 16, 4, 1, 2)
+    out = {}
+    for shape in (tiled, tiled._replace(persistent=persistent)):
+        p = p0.clone()
+        c = torch.full((m, n), float("nan"), dtype=torch.bfloat16) if copy else None
+        sq = update.lowrank_apply_triton(p, 1e-2, beta=beta, copy=c, factor_dtype=torch.bfloat16, gemm_shape=shape,
+                                         **kw)  # fmt: skip
+        out[shape.persistent] = (p, c, torch.stack(sq))
+    assert tma.launches == 1
+    (p, c, sq), (p_t, c_t, sq_t) = out[0], out[persistent]
+    assert torch.equal(p_t, p) and torch.equal(sq_t, sq)
+    assert not copy or torch.equal(c_t, c)
+    assert _rel(p - beta * p0, 1e-2 * _previous_G(kw)) <= 1e-5  # and both are the update
+
+
+def test_persistent_shape_without_tma_alignment_takes_the_tiled_kernel(monkeypatch):
+    """Operands whose rows are not 16-byte multiples (m = 41 bf16 elements) cannot be TMA descriptors: the same tile
+    sizes run through ``lowrank_addmm_kernel``, with the same result."""
+    tma = _Counting(update.lowrank_addmm_tma_kernel)
+    monkeypatch.setattr(update, "lowrank_addmm_tma_kernel", tma)
+    kw = _kw(41, 97, 3, 5)
+    p0 = torch.randn(41, 97)
+    results = []
+    for shape in (update.GemmShape(16, 32, 16, 4, 1, 2), update.GemmShape(16, 32, 16, 4, 1, 2, persistent=1)):
+        p = p0.clone()
+        update.lowrank_apply_triton(p, 1e-2, factor_dtype=torch.bfloat16, gemm_shape=shape, **kw)
+        results.append(p)
+    assert tma.launches == 0 and torch.equal(results[0], results[1])
+    assert not update._tma_ready(torch.empty(3, 41, dtype=torch.bfloat16))
+    assert update._tma_ready(torch.empty(3, 40, dtype=torch.bfloat16))
+    assert not update._tma_ready(torch.empty(3, 40, dtype=torch.bfloat16)[:, 1:])  # base not 16-byte aligned
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fused_apply_into_a_low_precision_weight(dtype):
     """No master: the weight itself is C (one rounding of beta C + alpha G to its dtype)."""
