@@ -294,10 +294,19 @@ def gpu_and_wall_ms(fn, n: int = 10) -> tuple[float, float]:
     return gpu_us / n / 1e3, wall
 
 
-STEP_OPTIMIZERS = {"plain": None, "sgd": "sgd", "adam": "adam", "adam_g": "adam"}  # label -> optimizer=...
+# label -> optimizer=...
+STEP_OPTIMIZERS = {
+    "plain": None,
+    "sgd": "sgd",
+    "adam": "adam",
+    "adam_g": "adam",
+    "plain_tma": None,
+    "adam_g_tma": "adam",
+}
 # "adam" runs Adam in the update GEMM's epilogue; "adam_g" stores G in float32, then runs the one-pass Adam kernel
 # (strategy.ADAM_IN_EPILOGUE forced True / False; by default the strategy picks by the matrix's size, and at this
-# shape it takes the adam_g route).
+# shape it takes the adam_g route). "..._tma": the same with the first persistent TMA candidate
+# (update.TMA_GEMM_SHAPES[0]) put first in update.GEMM_SHAPES for that step only (not yet the default).
 
 
 def case_update(rows, features, rank, noise, dtype, device):
@@ -335,14 +344,24 @@ def case_update(rows, features, rank, noise, dtype, device):
     with torch.no_grad():
         rec["plain_ms"] = timed([lambda x=x: F.linear(x, lin.weight, lin.bias) for x in xs], graph=False)
         rec["grad_ms"] = timed([lambda: grad_only(fit[:J])], graph=False)
+        default_shapes = update.GEMM_SHAPES
         for label, optimizer in STEP_OPTIMIZERS.items():
             es = EggrollStrategy(sigma=SIGMA, lr=1e-4, rank=rank, noise=noise, optimizer=optimizer, seed=SEED)
             es.setup(lin)
             if label.startswith("adam"):
                 es._adam_in_epilogue = label == "adam"
-            rec[f"step_{label}_ms"], rec[f"step_{label}_wall_ms"] = gpu_and_wall_ms(lambda es=es: step(es))
-            rec[f"{label}_over_forward"] = rec[f"step_{label}_ms"] / rec["plain_ms"]
-            rec[f"kernels_{label}_us"] = kernel_breakdown(lambda es=es: step(es))
+            if label.endswith("_tma"):
+                update.GEMM_SHAPES = (update.TMA_GEMM_SHAPES[0], *default_shapes)
+            try:
+                rec[f"step_{label}_ms"], rec[f"step_{label}_wall_ms"] = gpu_and_wall_ms(lambda es=es: step(es))
+                rec[f"{label}_over_forward"] = rec[f"step_{label}_ms"] / rec["plain_ms"]
+                rec[f"kernels_{label}_us"] = kernel_breakdown(lambda es=es: step(es))
+            except Exception as exc:  # noqa: BLE001 - a candidate that fails must not lose the other labels
+                if not label.endswith("_tma"):
+                    raise
+                rec[f"step_{label}_error"] = repr(exc)[:200]
+            finally:
+                update.GEMM_SHAPES = default_shapes
             del es
             torch.cuda.empty_cache()
     rec["eggroll_ms"] = rec["step_plain_ms"]

@@ -502,12 +502,14 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch
 
 
 def gemm_launch_shape(
-    m: int, n: int, device: torch.device, shapes: tuple[GemmShape, ...] = GEMM_SHAPES
+    m: int, n: int, device: torch.device, shapes: tuple[GemmShape, ...] | None = None
 ) -> GemmShape | None:
-    """The first of ``shapes`` whose tiles fill every SM once for an ``(m, n)`` update; None: too small (the
-    update goes through cuBLAS, whose split-K keeps the SMs busy on small matrices with long ``K``)."""
+    """The first of ``shapes`` (None: ``GEMM_SHAPES``, read at the call) whose tiles fill every SM once for an
+    ``(m, n)`` update; None: too small (the update goes through cuBLAS, whose split-K keeps the SMs busy on small
+    matrices with long ``K``)."""
     if INTERPRET:
         return INTERPRET_GEMM_SHAPE
+    shapes = GEMM_SHAPES if shapes is None else shapes
     sms = num_sms(device.index or 0)
     for shape in shapes:
         if triton.cdiv(m, shape.block_m) * triton.cdiv(n, shape.block_n) >= sms:
@@ -515,7 +517,7 @@ def gemm_launch_shape(
     return None
 
 
-def _gemm_shape(gemm_shape, m, n, factor_dtype, device, shapes=GEMM_SHAPES) -> GemmShape | None:
+def _gemm_shape(gemm_shape, m, n, factor_dtype, device, shapes=None) -> GemmShape | None:
     """The launch shape of the fused GEMM for this call, or None for the cuBLAS path (float32 factors)."""
     if factor_dtype not in LOW_PRECISION:
         return None  # float32 factors: cuBLAS's float32 GEMM keeps full precision (the kernel's dot would be tf32)
