@@ -66,7 +66,7 @@ def _cases(update):
                 "copy_ptr": ("*bf16", None), "sq_ptr": ("*fp32", None), "M": ("i32", M), "N": ("i32", N),
                 "K": ("i32", J * rank), "stride_cm": ("i32", N), "alpha": ("fp32", 1e-3), "beta": ("fp32", 1.0),
             }  # fmt: skip
-            const = dict(READ_C=True, HAS_COPY=True, UPCAST=False)
+            const = dict(READ_C=True, HAS_COPY=True, UPCAST=False, PREFETCH_C=shape.prefetch_c)
             out.append((f"addmm_{tag}_r{rank}", update.lowrank_addmm_kernel, args, const, shape))
         for tag, shape in TMA_SHAPES.items():  # the persistent TMA kernel (GemmShape.persistent), 132 SMs
             args = {
@@ -149,9 +149,9 @@ def compile_jit(kernel, args, const, shape):
     tiles = triton.cdiv(Mv, shape.block_m) * triton.cdiv(Nv, shape.block_n)
     sizes = {"at_ptr": (Kv, Mv), "bt_ptr": (Kv, Nv), "sq_ptr": (2, tiles), "at_desc": (Kv, Mv), "bt_desc": (Kv, Nv)}
     call = []
-    for name in kernel.arg_names:
-        if name in const or name in _meta(shape):
-            continue
+    for i, name in enumerate(kernel.arg_names):
+        if name in const or name in _meta(shape) or (name not in args and kernel.params[i].is_constexpr):
+            continue  # a constexpr given here, or left to its default (as compile_for_target does)
         ty, value = args[name]
         if ty.startswith("tensordesc"):  # "tensordesc<bf16[BK, BM]>": a descriptor of a random bf16 operand
             block = [int(b) for b in ty[ty.index("[") + 1 : ty.index("]")].split(",")]
