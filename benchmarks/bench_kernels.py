@@ -302,11 +302,13 @@ STEP_OPTIMIZERS = {
     "adam_g": "adam",
     "plain_tma": None,
     "adam_g_tma": "adam",
+    "plain_sr": None,
 }
 # "adam" runs Adam in the update GEMM's epilogue; "adam_g" stores G in float32, then runs the one-pass Adam kernel
 # (strategy.ADAM_IN_EPILOGUE forced True / False; by default the strategy picks by the matrix's size, and at this
 # shape it takes the adam_g route). "..._tma": the same with the first persistent TMA candidate
-# (update.TMA_GEMM_SHAPES[0]) put first in update.GEMM_SHAPES for that step only (not yet the default).
+# (update.TMA_GEMM_SHAPES[0]) put first in update.GEMM_SHAPES for that step only (not yet the default). "plain_sr":
+# low_precision="stochastic" (no master: the bf16 weight updated in place, rounded stochastically in the epilogue).
 
 
 def case_update(rows, features, rank, noise, dtype, device):
@@ -346,7 +348,9 @@ def case_update(rows, features, rank, noise, dtype, device):
         rec["grad_ms"] = timed([lambda: grad_only(fit[:J])], graph=False)
         default_shapes = update.GEMM_SHAPES
         for label, optimizer in STEP_OPTIMIZERS.items():
-            es = EggrollStrategy(sigma=SIGMA, lr=1e-4, rank=rank, noise=noise, optimizer=optimizer, seed=SEED)
+            low_precision = "stochastic" if label.endswith("_sr") else "master"
+            es = EggrollStrategy(sigma=SIGMA, lr=1e-4, rank=rank, noise=noise, optimizer=optimizer, seed=SEED,
+                                 low_precision=low_precision)  # fmt: skip
             es.setup(lin)
             if label.startswith("adam"):
                 es._adam_in_epilogue = label == "adam"
@@ -421,7 +425,8 @@ def case_update_sweep(rows, features, dtype, device):
     """The update's GEMM alone at the paper shape, r = 1 and 4, per launch shape, against cuBLAS.
 
     ``fused_<shape>_ms``: one ``lowrank_addmm_kernel`` launch (float32 master += lr At^T Bt, bf16 copy, both norms:
-    what ``step()`` runs for a bf16 model with plain ascent / SGD); ``adam_fused_<shape>_ms``: one
+    what ``step()`` runs for a bf16 model with plain ascent / SGD); ``sr_<shape>_ms``: the same into the bf16 weight
+    itself, rounded stochastically (``low_precision="stochastic"``); ``adam_fused_<shape>_ms``: one
     ``lowrank_adam_kernel`` launch (Adam on the master and its moments in the epilogue, bf16 copy: ``step()`` with
     Adam); ``store_g_ms``: the same GEMM writing G in float32 (the Adam path with ``grad_clip``). References:
     ``cublas_f32_ms`` (``torch.addmm`` of the same factors into a
@@ -459,6 +464,11 @@ def case_update_sweep(rows, features, dtype, device):
             key = "fused_" + shape_key(shape) + "_ms"
             kw = dict(alpha=1e-6, beta=1.0, read_c=True, copy=copy, shape=shape)
             attempt(rec, key, [lambda kw=kw: update._addmm(at, bt, master, **kw)])
+        weight = lin.weight.detach().clone()
+        for shape in update.GEMM_SHAPES:  # low_precision="stochastic": into the bf16 weight, no master, no copy
+            key = "sr_" + shape_key(shape) + "_ms"
+            kw = dict(alpha=1e-6, beta=1.0, read_c=True, copy=None, shape=shape, round_keys=(12345, 678))
+            attempt(rec, key, [lambda kw=kw: update._addmm(at, bt, weight, **kw)])
         g_buf = torch.empty_like(master)
         store = [lambda: update._addmm(at, bt, g_buf, alpha=1.0, beta=0.0, read_c=False, copy=None,
                                        shape=update.GEMM_SHAPES[0])]  # fmt: skip

@@ -65,15 +65,21 @@ def _cases(update):
                 "at_ptr": ("*bf16", None), "bt_ptr": ("*bf16", None), "c_ptr": ("*fp32", None),
                 "copy_ptr": ("*bf16", None), "sq_ptr": ("*fp32", None), "M": ("i32", M), "N": ("i32", N),
                 "K": ("i32", J * rank), "stride_cm": ("i32", N), "alpha": ("fp32", 1e-3), "beta": ("fp32", 1.0),
+                "round_k0": ("i32", 12345), "round_k1": ("i32", 54321),  # do_not_specialize: plain i32 (odd values)
             }  # fmt: skip
             const = dict(READ_C=True, HAS_COPY=True, UPCAST=False, PREFETCH_C=shape.prefetch_c)
             out.append((f"addmm_{tag}_r{rank}", update.lowrank_addmm_kernel, args, const, shape))
+            # low_precision="stochastic": C is the bf16 weight itself, rounded stochastically, no copy
+            sr_args = {**args, "c_ptr": ("*bf16", None)}
+            sr_const = dict(const, HAS_COPY=False, STOCHASTIC=True)
+            out.append((f"addmm_{tag}_sr_r{rank}", update.lowrank_addmm_kernel, sr_args, sr_const, shape))
         for tag, shape in TMA_SHAPES.items():  # the persistent TMA kernel (GemmShape.persistent), 132 SMs
             args = {
                 "at_desc": (f"tensordesc<bf16[{shape.block_k}, {shape.block_m}]>", None),
                 "bt_desc": (f"tensordesc<bf16[{shape.block_k}, {shape.block_n}]>", None), "c_ptr": ("*fp32", None),
                 "copy_ptr": ("*bf16", None), "sq_ptr": ("*fp32", None), "M": ("i32", M), "N": ("i32", N),
                 "K": ("i32", J * rank), "stride_cm": ("i32", N), "alpha": ("fp32", 1e-3), "beta": ("fp32", 1.0),
+                "round_k0": ("i32", 12345), "round_k1": ("i32", 54321),  # do_not_specialize: plain i32 (odd values)
             }  # fmt: skip
             const = dict(READ_C=True, HAS_COPY=True, UPCAST=False, PROGRAMS=shape.persistent * H200_SMS, FLATTEN=True)
             out.append((f"addmm_{tag}_r{rank}", update.lowrank_addmm_tma_kernel, args, const, shape))

@@ -16,6 +16,7 @@ __all__ = [
     "Device",
     "EnvBackend",
     "FitnessShaping",
+    "LowPrecision",
     "NoiseKind",
     "Optimizer",
     "RolloutPath",
@@ -29,6 +30,9 @@ Optimizer = Literal["adam", "adamw", "sgd", "none"]
 FitnessShaping = Literal["zscore", "centered_rank", "none"]
 NoiseKind = Literal["gaussian", "rademacher", "gaussian_fast"]
 """Noise of the perturbations: Gaussian (the default), +-1 signs, or the cheaper capped Gaussian (``noise.py``)."""
+LowPrecision = Literal["master", "stochastic"]
+"""How bf16/fp16 evolved parameters are updated: through float32 master copies, or in place in bf16 with stochastic
+rounding (``kernels/rounding.py``)."""
 EnvBackend = Literal["auto", "torch", "gym", "envpool", "brax"]
 BraxBackend = Literal["generalized", "positional", "spring", "mjx"]
 Device = Literal["auto", "cuda", "cpu"]

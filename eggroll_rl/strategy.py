@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import kernels
-from .choices import FitnessShaping, NoiseKind, Optimizer, options
+from .choices import FitnessShaping, LowPrecision, NoiseKind, Optimizer, options
 from .fitness import SHAPINGS, check_fitness, shape_fitness
 from .module import ESModule, ParamSpec
 from .noise import NOISE_TYPES, member_noise_and_sign
@@ -114,6 +114,14 @@ class EggrollStrategy:
         allow_cpu: run on CPU tensors through the pure-torch path (tests, CI, small experiments).
         noise: ``"gaussian"`` (default), ``"rademacher"`` (+-1 factors, cheaper to generate) or ``"gaussian_fast"``
             (Philox-7, Box-Muller on 16-bit halves: 8 normals a call, ``|z| <= 4.855``; ``noise.py``).
+        low_precision: how bf16/fp16 evolved parameters are updated: ``"master"`` (default, below) or
+            ``"stochastic"``: in place in bf16, each updated value rounded up or down at random with the
+            probabilities that make its expectation exact (``kernels/rounding.py``), so updates below half a bf16
+            step still move the weights on average; no master copies (4 bytes a weight less memory, and on CUDA the
+            fused update reads and writes 2-byte weights instead of a 4-byte master plus the copy). For plain
+            ascent and ``"sgd"`` without momentum (Adam's moments need float32 state: use ``"master"``); bf16
+            parameters only (fp16 ones raise at ``setup()``). Seeded by ``seed`` and the step counter, so a run
+            is reproducible.
 
     Mixed precision: each bf16/fp16 evolved parameter gets a float32 master copy at ``setup()``, as mixed-precision
     trainers keep one. ``step()`` and the optimizer (whose state is then float32 too) act on the master copies and
@@ -143,6 +151,7 @@ class EggrollStrategy:
         seed: int = 0,
         allow_cpu: bool = False,
         noise: NoiseKind = "gaussian",
+        low_precision: LowPrecision = "master",
     ):
         self.es_module: ESModule | None = None
         self.specs: list[ParamSpec] = []
@@ -168,6 +177,14 @@ class EggrollStrategy:
         if not (optimizer is None or named or isinstance(optimizer, torch.optim.Optimizer)):
             raise invalid("optimizer", optimizer, f"one of {list(options(Optimizer))}, None or a torch.optim.Optimizer")
         self.noise = noise
+        self.low_precision = check_choice("low_precision", low_precision, options(LowPrecision))
+        if self.low_precision == "stochastic" and not (optimizer is None or optimizer == "sgd"):
+            name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
+            raise invalid(
+                "low_precision", low_precision,
+                f"'master' with optimizer={name!r} ('stochastic' rounds the plain ascent / 'sgd' step only: an "
+                "optimizer's float32 state needs float32 master weights)",
+            )  # fmt: skip
         self.antithetic = antithetic
         self._lr = float(lr)
         self.optimizer_name = optimizer if not isinstance(optimizer, torch.optim.Optimizer) else "custom"
@@ -372,9 +389,23 @@ class EggrollStrategy:
         self._masters = self._make_masters(specs)
         self._synced = [self._param_key(s) if m is not None else None for s, m in zip(specs, self._masters)]
         self.optimizer = self._make_optimizer()
+        if self.low_precision == "stochastic" and (self._own_rule() or _OwnStep("")).kind != "ascent":
+            raise ValueError(
+                f"setup(model): low_precision='stochastic' needs a step that step() rounds itself (plain ascent, or "
+                f"'sgd' without momentum or nesterov); optimizer_kwargs={self.optimizer_kwargs!r} make it "
+                "torch's optimizer step: drop them or use low_precision='master'"
+            )
 
     def _make_masters(self, specs: list[ParamSpec]) -> list[torch.Tensor | None]:
         low = [s for s in specs if s.param.dtype in _LOW_PRECISION]
+        if self.low_precision == "stochastic":
+            fp16 = [s.name for s in low if s.param.dtype != torch.bfloat16]
+            if fp16:
+                raise ValueError(
+                    f"setup(model): low_precision='stochastic' rounds into bfloat16 only, but parameters {fp16} are "
+                    "float16; convert the model to bfloat16, or use low_precision='master' (float32 master weights)"
+                )
+            return [None] * len(specs)
         if low and self._user_optimizer is not None:
             warnings.warn(
                 f"setup(model): parameters {[s.name for s in low]} are {low[0].param.dtype}, and the optimizer "
@@ -594,6 +625,13 @@ class EggrollStrategy:
             return _OwnStep("adam", group=group, decoupled=decoupled)
         return None
 
+    def _round_keys(self, i: int) -> tuple[int, int] | None:
+        """The stochastic-rounding keys of parameter ``i`` at this step (None: it is rounded to nearest)."""
+        spec = self.specs[i]
+        if self.low_precision != "stochastic" or spec.param.dtype != torch.bfloat16:
+            return None
+        return kernels.round_keys(self.seed, self.num_steps, spec.index)
+
     def _copy_target(self, i: int) -> torch.Tensor | None:
         """The low-precision parameter a kernel writes beside its float32 master (None: no master, or not
         contiguous: ``_refresh_params`` copies it)."""
@@ -643,13 +681,15 @@ class EggrollStrategy:
                 sq_g, sq_d = kernels.lowrank_apply(
                     target, rule.alpha, beta=rule.beta, copy=None if copy is None else copy.view(spec.m, spec.n),
                     weights=w_j / math.sqrt(self.rank), m=spec.m, n=spec.n, rank=self.rank,
-                    factor_dtype=spec.param.dtype, **common,
+                    factor_dtype=spec.param.dtype, round_keys=self._round_keys(i), **common,
                 )  # fmt: skip
                 if target.data_ptr() != p.data_ptr():
                     p.data.copy_(target.view(p.shape))
             else:  # a vector, or a matrix with fixed rows (its gradient is built, then those rows zeroed)
                 g, sq_g = self._gradient(spec, noise_ids, w_j, t_eff)
-                sq_d = kernels.ascent_step(p.data, g, alpha=rule.alpha, beta=rule.beta, copy=copy)
+                sq_d = kernels.ascent_step(
+                    p.data, g, alpha=rule.alpha, beta=rule.beta, copy=copy, round_keys=self._round_keys(i)
+                )
             grad_sq, update_sq = grad_sq + sq_g, update_sq + sq_d
             if copy is not None:
                 copied.add(i)
@@ -734,7 +774,9 @@ class EggrollStrategy:
         if copy is not None:
             copied.add(i)
         if rule.kind == "ascent":
-            return kernels.ascent_step(p, g, alpha=rule.alpha, beta=rule.beta, scale=scale, copy=copy)
+            return kernels.ascent_step(
+                p, g, alpha=rule.alpha, beta=rule.beta, scale=scale, copy=copy, round_keys=self._round_keys(i)
+            )
         state = self._adam_state(i)
         hyper = self._adam_hyper(rule, state)
         return kernels.adam_step(p, g, state["exp_avg"], state["exp_avg_sq"], hyper, scale=scale, copy=copy)
@@ -777,7 +819,7 @@ class EggrollStrategy:
             "optimizer_kwargs": self.optimizer_kwargs, "antithetic": self.antithetic,
             "noise_reuse": self.noise_reuse, "fitness_shaping": self.fitness_shaping,
             "group_size": self.group_size, "grad_clip": self.grad_clip, "weight_decay": self.weight_decay,
-            "seed": self.seed, "noise": self.noise,
+            "seed": self.seed, "noise": self.noise, "low_precision": self.low_precision,
         }  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:

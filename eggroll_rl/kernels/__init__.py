@@ -27,6 +27,7 @@ from . import update as _update
 from ._launch import TRITON_IMPORT_ERROR
 from .linear import NoiseSource
 from .optim import AdamStep
+from .rounding import round_keys, stochastic_round_reference
 
 __all__ = [
     "perturbed_linear",
@@ -38,6 +39,8 @@ __all__ = [
     "ascent_step",
     "adam_step",
     "AdamStep",
+    "round_keys",
+    "stochastic_round_reference",
     "triton_available",
     "use_triton",
 ]
@@ -171,16 +174,19 @@ def lowrank_apply(
     rank: int,
     noise: str = "gaussian",
     factor_dtype: torch.dtype | None = None,
+    round_keys: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``param = beta * param + alpha * sum_j w_j A_j B_j^T`` in place (and ``copy``, the result rounded to its
-    dtype); returns ``(||G||_F^2, ||param_new - param_old||_F^2)`` (0-d float32 each).
+    dtype); returns ``(||G||_F^2, ||param_new - param_old||_F^2)`` (0-d float32 each). ``round_keys``: round
+    stochastically into a bf16 ``param`` (``rounding.py``) instead of to nearest.
 
     On CUDA the sum goes straight into ``param`` (one GEMM over the regenerated factors with the update, the copy
     and both norms in its epilogue; no ``(m, n)`` float32 buffer); elsewhere the twin builds it. The other arguments
     are ``lowrank_update``'s; see ``update.lowrank_apply_reference``.
     """
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
-              rank=rank, noise=noise, factor_dtype=factor_dtype, beta=beta, copy=copy)  # fmt: skip
+              rank=rank, noise=noise, factor_dtype=factor_dtype, beta=beta, copy=copy,
+              round_keys=round_keys)  # fmt: skip
     if use_triton(weights.device):
         with _launch_device(weights.device):
             return _update.lowrank_apply_triton(param, alpha, **kw)
@@ -214,11 +220,17 @@ def ascent_step(
     beta: float = 1.0,
     scale: torch.Tensor | None = None,
     copy: torch.Tensor | None = None,
+    round_keys: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``param = beta * param + alpha * scale * grad`` in one pass; returns the measured ``||param change||^2``.
 
-    See ``optim.ascent_step_reference``; the Triton kernel runs for contiguous CUDA tensors, the twin otherwise.
+    See ``optim.ascent_step_reference``; the Triton kernel runs for contiguous CUDA tensors, the twin otherwise
+    (always with ``round_keys``: stochastic rounding into a bf16 ``param``, used for vectors, whose pass is small).
     """
+    if round_keys is not None:
+        return _optim.ascent_step_reference(
+            param, grad, alpha=alpha, beta=beta, scale=scale, copy=copy, round_keys=round_keys
+        )
     kw = dict(alpha=alpha, beta=beta, scale=scale, copy=copy)
     if use_triton(param.device) and _optim.steppable(param, grad, copy):
         with _launch_device(param.device):

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from ._launch import FLOAT_DTYPES, tl, triton
+from .rounding import ROUNDING_DTYPES, stochastic_round_reference
 
 # Elements per program and warps: a streaming kernel (4 to 5 tensors in, 3 to 4 out), 8 elements per thread.
 STEP_BLOCK = 1024
@@ -278,9 +279,11 @@ def ascent_step_reference(
     beta: float = 1.0,
     scale: torch.Tensor | None = None,
     copy: torch.Tensor | None = None,
+    round_keys: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``param = beta * param + alpha * scale * grad`` in place (float32 arithmetic, float64 for a float64
-    ``param``; one rounding to ``param``'s dtype).
+    ``param``; one rounding to ``param``'s dtype: to nearest, or stochastically into a bf16 ``param`` with
+    ``round_keys``, ``rounding.stochastic_round_reference``).
 
     Args:
         param: any float tensor; grad: its shape (float32 in practice).
@@ -294,7 +297,20 @@ def ascent_step_reference(
     dtype = _compute_dtype(param)
     g = grad.to(dtype) if scale is None else grad.to(dtype) * scale.reshape(()).to(dtype)
     new = param.to(dtype) * beta + g * alpha if beta != 1 else param.to(dtype) + g * alpha
+    if round_keys is not None:
+        check_stochastic_target(param, copy)
+        new = stochastic_round_reference(new, round_keys)
     return _finish(param, new, copy)
+
+
+def check_stochastic_target(param: torch.Tensor, copy: torch.Tensor | None) -> None:
+    """Stochastic rounding writes a bf16 parameter in place, with no copy beside it."""
+    if param.dtype not in ROUNDING_DTYPES:
+        raise ValueError(
+            f"stochastic rounding (round_keys) writes bfloat16 parameters; got param of dtype {param.dtype}"
+        )
+    if copy is not None:
+        raise ValueError("stochastic rounding (round_keys) updates the parameter in place; copy must be None")
 
 
 def adam_step_reference(

@@ -44,6 +44,7 @@ from .philox import (
     sign_words_next,
     vector_block,
 )
+from .rounding import kernel_keys, stochastic_round_tl
 
 # Bound on the regenerated factor elements held at once: the kernels' buffer (bf16: 128 MiB) and the twin's (fp32
 # elements, 64 MiB).
@@ -270,7 +271,7 @@ def lowrank_tile(
     return tile_product(at_ptr, bt_ptr, rm, rn, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST), rm, rn
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["round_k0", "round_k1"])
 def lowrank_addmm_kernel(
     # pointers
     at_ptr,  # (K, M) stacked weighted factors A^T (bf16)
@@ -286,6 +287,8 @@ def lowrank_addmm_kernel(
     # scalars
     alpha,
     beta,
+    round_k0,  # int32 keys of the stochastic rounding (rounding.py; unused without STOCHASTIC)
+    round_k1,
     # meta-parameters
     READ_C: tl.constexpr,
     HAS_COPY: tl.constexpr,
@@ -295,6 +298,7 @@ def lowrank_addmm_kernel(
     GROUP_M: tl.constexpr,
     UPCAST: tl.constexpr,  # the interpreter's dot of bf16 operands is wrong (numpy has no bf16): float32 there
     PREFETCH_C: tl.constexpr = False,  # with READ_C: load the C tile before the main loop
+    STOCHASTIC: tl.constexpr = False,  # round C_new into C's bf16 stochastically (rounding.stochastic_round_tl)
 ):
     pid = tl.program_id(0)
     tiles = tl.num_programs(0)
@@ -306,18 +310,19 @@ def lowrank_addmm_kernel(
     else:  # the tile's addresses are formed after the main loop: no registers held through it
         acc, rm, rn = lowrank_tile(at_ptr, bt_ptr, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST)
         c_old = 0.0  # loaded by the epilogue
-    addmm_epilogue(acc, c_old, rm, rn, c_ptr, copy_ptr, sq_ptr, pid, tiles, M, N, stride_cm, alpha, beta, READ_C,
-                   HAS_COPY, PREFETCH_C)  # fmt: skip
+    addmm_epilogue(acc, c_old, rm, rn, c_ptr, copy_ptr, sq_ptr, pid, tiles, M, N, stride_cm, alpha, beta, round_k0,
+                   round_k1, READ_C, HAS_COPY, PREFETCH_C, STOCHASTIC)  # fmt: skip
 
 
 @triton.jit
 def addmm_epilogue(
-    acc, c_old, rm, rn, c_ptr, copy_ptr, sq_ptr, tile, tiles, M, N, stride_cm, alpha, beta, READ_C: tl.constexpr,
-    HAS_COPY: tl.constexpr, C_LOADED: tl.constexpr,
+    acc, c_old, rm, rn, c_ptr, copy_ptr, sq_ptr, tile, tiles, M, N, stride_cm, alpha, beta, round_k0, round_k1,
+    READ_C: tl.constexpr, HAS_COPY: tl.constexpr, C_LOADED: tl.constexpr, STOCHASTIC: tl.constexpr,
 ):  # fmt: skip
     """``lowrank_addmm_kernel``'s epilogue for tile number ``tile`` (of ``tiles``): ||acc||^2 first, then the update
     ``beta C + alpha acc``, its rounded copy and the measured change (acc's registers are free once out is formed).
-    ``c_old``: the float32 C tile where ``C_LOADED`` (read here otherwise)."""
+    ``c_old``: the float32 C tile where ``C_LOADED`` (read here otherwise). ``STOCHASTIC``: the update is rounded
+    into C's bf16 stochastically, element ``(i, j)`` taking the random bits of index ``i N + j``."""
     tl.store(sq_ptr + tile, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
     ok = (rm < M)[:, None] & (rn < N)[None, :]
     rows = rm.to(tl.int64)[:, None]
@@ -327,6 +332,8 @@ def addmm_epilogue(
         if not C_LOADED:
             c_old = tl.load(c_ptrs, mask=ok, other=0.0).to(tl.float32)
         out = beta * c_old + out
+    if STOCHASTIC:
+        out = stochastic_round_tl(out, rows * N + rn[None, :], round_k0, round_k1)
     stored = out.to(c_ptr.dtype.element_ty)
     tl.store(c_ptrs, stored, mask=ok)
     if HAS_COPY:
@@ -338,7 +345,7 @@ def addmm_epilogue(
         tl.store(sq_ptr + tiles + tile, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["round_k0", "round_k1"])
 def lowrank_addmm_tma_kernel(
     at_desc,  # TensorDescriptor of At (K, M), blocks (BLOCK_K, BLOCK_M); zero outside the matrix
     bt_desc,  # TensorDescriptor of Bt (K, N), blocks (BLOCK_K, BLOCK_N)
@@ -351,6 +358,8 @@ def lowrank_addmm_tma_kernel(
     stride_cm,
     alpha,
     beta,
+    round_k0,
+    round_k1,
     READ_C: tl.constexpr,
     HAS_COPY: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -360,6 +369,7 @@ def lowrank_addmm_tma_kernel(
     UPCAST: tl.constexpr,
     PROGRAMS: tl.constexpr,  # the grid: each program takes every PROGRAMS-th tile
     FLATTEN: tl.constexpr,  # one software pipeline over a program's k steps (next tile's loads under the epilogue)
+    STOCHASTIC: tl.constexpr = False,
 ):
     """``lowrank_addmm_kernel``'s update (the same values and outputs) as a persistent kernel whose operands come
     through TMA descriptors: a program per SM slot walks its tiles, so the loads of its next tile can run under the
@@ -377,8 +387,8 @@ def lowrank_addmm_tma_kernel(
             acc = tl.dot(tl.trans(a), b, acc)
         rm = row + tl.arange(0, BLOCK_M)
         rn = col + tl.arange(0, BLOCK_N)
-        addmm_epilogue(acc, 0.0, rm, rn, c_ptr, copy_ptr, sq_ptr, tile, tiles, M, N, stride_cm, alpha, beta, READ_C,
-                       HAS_COPY, False)  # fmt: skip
+        addmm_epilogue(acc, 0.0, rm, rn, c_ptr, copy_ptr, sq_ptr, tile, tiles, M, N, stride_cm, alpha, beta, round_k0,
+                       round_k1, READ_C, HAS_COPY, False, STOCHASTIC)  # fmt: skip
 
 
 @triton.jit
@@ -533,9 +543,10 @@ def _chunk_size(J: int, rank: int, m: int, n: int, chunk_elements: int) -> int:
     return max(1, min(J, chunk_elements // (rank * (m + n))))
 
 
-def _addmm(at, bt, c, *, alpha, beta, read_c, copy, shape: GemmShape) -> torch.Tensor:
+def _addmm(at, bt, c, *, alpha, beta, read_c, copy, shape: GemmShape, round_keys=None) -> torch.Tensor:
     """``c = beta c + alpha at^T bt`` (and ``copy``) through ``lowrank_addmm_kernel``; returns ``(sum acc^2,
-    sum (c_new - c_old)^2)`` as a ``(2,)`` float32 tensor."""
+    sum (c_new - c_old)^2)`` as a ``(2,)`` float32 tensor. ``round_keys``: stochastic rounding into a bf16 ``c``
+    (``rounding.py``; None: to nearest)."""
     K, M = at.shape
     N = bt.shape[1]
     if c.shape != (M, N) or c.stride(1) != 1:
@@ -545,10 +556,11 @@ def _addmm(at, bt, c, *, alpha, beta, read_c, copy, shape: GemmShape) -> torch.T
     tiles = triton.cdiv(M, shape.block_m) * triton.cdiv(N, shape.block_n)
     sq = torch.empty(2, tiles, dtype=torch.float32, device=c.device)
     extra = {} if shape.maxnreg is None else {"maxnreg": shape.maxnreg}
-    outputs = (c, copy if copy is not None else c, sq, M, N, K, c.stride(0), float(alpha), float(beta))
+    outputs = (c, copy if copy is not None else c, sq, M, N, K, c.stride(0), float(alpha), float(beta),
+               *kernel_keys(round_keys))  # fmt: skip
     meta = dict(READ_C=read_c, HAS_COPY=copy is not None, BLOCK_M=shape.block_m, BLOCK_N=shape.block_n,
                 BLOCK_K=shape.block_k, GROUP_M=shape.group_m, UPCAST=INTERPRET, num_warps=shape.num_warps,
-                num_stages=shape.num_stages, **extra)  # fmt: skip
+                num_stages=shape.num_stages, STOCHASTIC=round_keys is not None, **extra)  # fmt: skip
     if shape.persistent and _tma_ready(at, bt):
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -712,6 +724,7 @@ def lowrank_apply_triton(
     gram_max: int = APPLY_GRAM_MAX,
     gemm_shape: GemmShape | str | None = "auto",
     factor_block: int | None = None,
+    round_keys: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of ``lowrank_apply_reference``: ``param = beta param + alpha G`` (and ``copy``), ``G`` never
     stored in memory where it can be helped; returns ``(||G||_F^2, ||param_new - param_old||_F^2)``.
@@ -726,6 +739,9 @@ def lowrank_apply_triton(
        accumulation, one rounding) and the norm is ``||At^T Bt||^2 = sum((At At^T) * (Bt Bt^T))``; the change is
        reported as ``alpha^2 ||G||^2`` (it differs from the measured one by rounding only).
     3. Otherwise ``G`` is built in float32 (``lowrank_gradient_triton``) and one ``optim.ascent_step`` pass applies it.
+
+    With ``round_keys`` (a bf16 ``param``, no ``copy``) the result is rounded stochastically: path 1 in its epilogue,
+    path 3 by the twin's rounding; path 2 (cuBLAS rounds to nearest) is not taken.
     """
     kw = dict(seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n,
               rank=rank, noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements,
@@ -736,6 +752,8 @@ def lowrank_apply_triton(
         check_int(name, v, 1)
     if param.shape != (m, n):
         raise ValueError(f"param has shape {tuple(param.shape)}; expected ({m}, {n})")
+    if round_keys is not None:
+        optim.check_stochastic_target(param, copy)
     J = ids.numel()
     one_chunk = 0 < J <= _chunk_size(J, rank, m, n, chunk_elements)
     shape = _gemm_shape(gemm_shape, m, n, factor_dtype, w.device)
@@ -743,11 +761,11 @@ def lowrank_apply_triton(
         ((at, bt),) = _factor_chunks(
             ids, w, seed, param_index, t_eff, m, n, rank, code, factor_dtype, chunk_elements, factor_block
         )
-        sq = _addmm(at, bt, param, alpha=alpha, beta=beta, read_c=True, copy=copy, shape=shape)
+        sq = _addmm(at, bt, param, alpha=alpha, beta=beta, read_c=True, copy=copy, shape=shape, round_keys=round_keys)
         return sq[0], sq[1]
     # The Gram matrices cost 2 (J r)^2 (m + n) FLOPs against the update's 2 J r m n: take them up to a quarter.
     gram = one_chunk and J * rank <= gram_max and 4 * J * rank * (m + n) <= m * n and beta == 1 and copy is None
-    gram = gram and not (param.dtype == torch.float32 and factor_dtype in LOW_PRECISION)
+    gram = gram and not (param.dtype == torch.float32 and factor_dtype in LOW_PRECISION) and round_keys is None
     if gram and param.dtype in FLOAT_DTYPES and not (INTERPRET and param.dtype != torch.float32):
         ((at, bt),) = _factor_chunks(
             ids, w, seed, param_index, t_eff, m, n, rank, code, param.dtype, chunk_elements, factor_block
@@ -756,6 +774,8 @@ def lowrank_apply_triton(
         param.addmm_(at.T.to(param.dtype), bt.to(param.dtype), alpha=alpha)  # no-op casts unless fp16
         return sq, sq * float(alpha) ** 2
     G, sq = lowrank_gradient_triton(gemm_shape=gemm_shape, **kw)
+    if round_keys is not None:
+        return sq, optim.ascent_step_reference(param, G, alpha=alpha, beta=beta, round_keys=round_keys)
     step = optim.ascent_step_triton if optim.steppable(param, copy) else optim.ascent_step_reference
     return sq, step(param, G, alpha=alpha, beta=beta, copy=copy)
 
@@ -937,6 +957,7 @@ def lowrank_apply_reference(
     chunk_elements: int = REFERENCE_CHUNK_ELEMENTS,
     gram_max: int = APPLY_GRAM_MAX,
     gemm_shape: GemmShape | str | None = "auto",
+    round_keys: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``param = beta * param + alpha * G`` in place (``G`` of ``lowrank_update_reference``, built in float32; one
     rounding to ``param``'s dtype), and ``copy`` = the result rounded to ``copy``'s dtype when given.
@@ -945,6 +966,8 @@ def lowrank_apply_reference(
         param: ``(m, n)``; beta: ``1 - lr * weight_decay`` for decayed plain ascent (1: none).
         copy: e.g. the bf16 parameter whose float32 master copy ``param`` is.
         gram_max, gemm_shape: only matter to the kernels.
+        round_keys: round stochastically into a bf16 ``param`` (no ``copy``) with these keys
+            (``rounding.round_keys``); None: to nearest.
     Returns:
         ``(||G||_F^2, ||param_new - param_old||_F^2)``, 0-d float32 each.
     """
@@ -952,7 +975,9 @@ def lowrank_apply_reference(
         seed=seed, param_index=param_index, t_eff=t_eff, noise_ids=noise_ids, weights=weights, m=m, n=n, rank=rank,
         noise=noise, factor_dtype=factor_dtype, chunk_elements=chunk_elements,
     )  # fmt: skip
-    return G.square().sum(), optim.ascent_step_reference(param, G, alpha=alpha, beta=beta, copy=copy)
+    return G.square().sum(), optim.ascent_step_reference(
+        param, G, alpha=alpha, beta=beta, copy=copy, round_keys=round_keys
+    )
 
 
 def lowrank_adam_reference(

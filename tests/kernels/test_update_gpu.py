@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from eggroll_rl.kernels import optim, update  # noqa: E402
+from eggroll_rl.kernels import optim, rounding, update  # noqa: E402
 
 DEV = torch.device("cuda")
 SHAPES = [(2048, 2048, 4, 256), (1999, 3001, 3, 77), (4096, 1024, 1, 512)]  # m, n, rank, J
@@ -74,6 +74,30 @@ def test_fused_apply_into_bf16_weight():
     G = update.lowrank_update_triton(factor_dtype=torch.bfloat16, gemm_shape=None, **kw)
     expected = p0.float() + 0.05 * G
     assert ((p.float() - expected).abs() <= 2**-8 * expected.abs() + 1e-6).all()  # one rounding to bf16
+
+
+@pytest.mark.parametrize("shape", ["auto", *update.GEMM_SHAPES, *update.TMA_GEMM_SHAPES])
+def test_fused_apply_rounds_stochastically_as_the_twin(shape):
+    """``round_keys``: the epilogue's stochastic rounding into the bf16 weight is the twin's (``rounding.py``) applied
+    to what the same kernel writes into a float32 copy of the weight, bit for bit; it is unbiased where nearest
+    rounding drops the update (every step here is below half a bf16 step)."""
+    m, n, rank, J = 1999, 3001, 3, 77
+    kw = _kw(m, n, rank, J)
+    p0 = (torch.randn(m, n, device=DEV) + 4).bfloat16()  # |w| in [2, 8): bf16 steps of 2^-6 .. 2^-5
+    alpha = 1e-4 / update.lowrank_update_triton(factor_dtype=torch.bfloat16, gemm_shape=None, **kw).abs().max()
+    exact = p0.float()
+    update.lowrank_apply_triton(exact, float(alpha), factor_dtype=torch.bfloat16, gemm_shape=shape, **kw)
+    keys = rounding.round_keys(7, 3, 1)
+    p = p0.clone()
+    _, sq_change = update.lowrank_apply_triton(
+        p, float(alpha), factor_dtype=torch.bfloat16, gemm_shape=shape, round_keys=keys, **kw
+    )
+    assert torch.equal(p, rounding.stochastic_round_reference(exact, keys))
+    assert torch.equal(exact.bfloat16(), p0)  # to nearest, the update would vanish
+    d, delta = (p.float() - p0.float()).double(), (exact - p0.float()).double()
+    slope = (d * delta).sum() / delta.square().sum()  # E[d | delta] = delta: 1 (standard error ~0.01 here)
+    assert abs(slope.item() - 1) < 0.05
+    assert abs(sq_change.item() / (p.float() - p0.float()).square().sum().item() - 1) <= 1e-5
 
 
 def _hyper(opt: torch.optim.Optimizer, step: int) -> optim.AdamStep:

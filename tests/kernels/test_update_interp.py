@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from eggroll_rl.kernels import _launch, optim, update  # noqa: E402
+from eggroll_rl.kernels import _launch, optim, rounding, update  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _launch.INTERPRET, reason="needs TRITON_INTERPRET=1 set before Triton's import")
 
@@ -138,6 +138,45 @@ def test_fused_apply_into_a_low_precision_weight(dtype):
     expected = (p0.float() + 0.05 * _previous_G(kw)).to(dtype)
     assert (p.float() - expected.float()).abs().max().item() <= torch.finfo(dtype).eps * 8
     assert abs(sq_change.item() / (p.float() - p0.float()).square().sum().item() - 1) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "m,n,rank,J,shape",
+    [(*s, update.INTERPRET_GEMM_SHAPE._replace(prefetch_c=True)) for s in SHAPES]
+    + [(*SHAPES[0], update.INTERPRET_GEMM_SHAPE)],  # the C tile loaded by the epilogue
+)
+def test_fused_apply_rounds_stochastically_as_the_twin(m, n, rank, J, shape):
+    """``round_keys``: the epilogue rounds ``beta C + alpha acc`` into the bf16 weight with the bits of
+    ``rounding.py``'s contract. Reference: the same kernel into a float32 copy of the weight (the same ``out`` in
+    float32), then the pure-torch rounding: bit for bit."""
+    kw = _kw(m, n, rank, J)
+    p0 = (torch.randn(m, n) * 4).to(torch.bfloat16)
+    alpha, beta = 3e-3, 0.999
+    exact = p0.float()
+    update.lowrank_apply_triton(exact, alpha, beta=beta, factor_dtype=torch.bfloat16, gemm_shape=shape, **kw)
+    keys = rounding.round_keys(5, 11, 2)
+    p = p0.clone()
+    sq, sq_change = update.lowrank_apply_triton(
+        p, alpha, beta=beta, factor_dtype=torch.bfloat16, gemm_shape=shape, round_keys=keys, **kw
+    )
+    assert torch.equal(p, rounding.stochastic_round_reference(exact, keys))
+    assert abs(sq_change.item() / (p.float() - p0.float()).square().sum().item() - 1) <= 1e-5
+    # Not round-to-nearest: a share of the elements went the other way (each is rounded up with probability
+    # equal to the dropped fraction of a bf16 step).
+    nearest = exact.to(torch.bfloat16)
+    assert 0 < (p != nearest).float().mean().item() < 0.5
+    assert ((p.float() - exact).abs() < torch.finfo(torch.bfloat16).eps * exact.abs().clamp_min(1e-30)).all()
+
+
+def test_stochastic_rounding_refuses_other_targets():
+    kw = _kw(30, 20, 2, 5)
+    keys = rounding.round_keys(0, 0, 0)
+    bf16 = torch.zeros(30, 20, dtype=torch.bfloat16)
+    for p, copy in ((torch.zeros(30, 20), None), (bf16.half(), None), (bf16, bf16.clone())):
+        with pytest.raises(ValueError, match="stochastic rounding"):
+            update.lowrank_apply_triton(p, 0.1, copy=copy, factor_dtype=torch.bfloat16, round_keys=keys, **kw)
+        with pytest.raises(ValueError, match="stochastic rounding"):
+            update.lowrank_apply_reference(p, 0.1, copy=copy, factor_dtype=torch.bfloat16, round_keys=keys, **kw)
 
 
 @pytest.mark.parametrize("m,n,rank,J", SHAPES)

@@ -186,3 +186,66 @@ def test_batched_forward_under_autocast_matches_the_materialized_member(device):
     assert y.dtype == ref.dtype == torch.bfloat16
     # Within a few times the error autocast itself makes on the materialized member.
     assert (y.float() - exact).abs().max() <= 3 * (ref.float() - exact).abs().max() + 1e-3
+
+
+# --- low_precision="stochastic": bf16 weights updated in place with stochastic rounding --------------------------
+
+
+def test_stochastic_rounding_moves_a_bf16_model_like_its_float32_twin(device, optimizer=None):
+    """Every element's step is below half a bf16 step (round-to-nearest in place would leave the model unchanged:
+    asserted in the test above); rounded stochastically, the bf16 model follows the float32 twin in expectation."""
+    lr, steps = 6e-5, 4 * NUM_STEPS
+    model32, model_lp = _twins(device, torch.bfloat16)
+    w0 = {n: p.detach().float().clone() for n, p in model32.named_parameters()}
+    fitness = torch.randn(NUM_MEMBERS, generator=torch.Generator().manual_seed(1)).to(device)
+    _, hist32 = _train(model32, device, optimizer, lr, fitness, steps)
+    st, hist_lp = _train(model_lp, device, optimizer, lr, fitness, steps, low_precision="stochastic")
+    assert st.state_dict()["master"] == {}
+    assert all(p.dtype == torch.bfloat16 for p in model_lp.parameters())
+    for name, w in w0.items():
+        moved32 = hist32[-1][name] - w
+        moved = hist_lp[-1][name] - w
+        # The twin moves each element by the same sub-half-step amount every step (same noise and fitness), ~8 bf16
+        # steps in all on average; the rounding adds zero-mean noise of at most one step per step (measured on the
+        # CPU: relative error 0.26-0.31, norm ratio 0.90-1.05, cosine 0.95-0.97; at 64 steps 0.47-0.64).
+        err = ((moved - moved32).norm() / moved32.norm()).item()
+        assert err < 0.45, f"{name}: moved {err:.2f} (relative) away from the float32 twin"
+        assert 0.75 < (moved.norm() / moved32.norm()).item() < 1.3, name
+        assert torch.nn.functional.cosine_similarity(moved.flatten(), moved32.flatten(), dim=0) > 0.9, name
+
+
+def test_stochastic_rounding_is_reproducible_and_seeded(device):
+    fitness = torch.randn(NUM_MEMBERS, generator=torch.Generator().manual_seed(4)).to(device)
+    runs = []
+    for seed in (42, 42, 43):
+        _, model = _twins(device, torch.bfloat16)
+        _train(model, device, None, 6e-5, fitness, 4, low_precision="stochastic", seed=seed)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    # Another seed: other noise and other rounding bits.
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+def test_stochastic_rounding_leaves_float32_parameters_as_before(device):
+    """A float32 model has nothing to round: low_precision changes nothing, bit for bit."""
+    fitness = torch.randn(NUM_MEMBERS, generator=torch.Generator().manual_seed(5)).to(device)
+    results = []
+    for mode in ("master", "stochastic"):
+        model32, _ = _twins(device, torch.bfloat16)
+        _train(model32, device, None, 1e-3, fitness, 3, low_precision=mode)
+        results.append([p.detach().clone() for p in model32.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_stochastic_rounding_rejects_what_it_cannot_round(device):
+    with pytest.raises(ValueError, match=r"low_precision.*'adam'"):
+        make_strategy(device, optimizer="adam", low_precision="stochastic")
+    with pytest.raises(ValueError, match="low_precision"):
+        make_strategy(device, optimizer=None, low_precision="bf16")
+    _, fp16 = _twins(device, torch.float16)
+    with pytest.raises(ValueError, match=r"float16.*'master'"):
+        make_strategy(device, optimizer=None, low_precision="stochastic").setup(fp16)
+    _, bf16 = _twins(device, torch.bfloat16)
+    st = make_strategy(device, optimizer="sgd", optimizer_kwargs={"momentum": 0.9}, low_precision="stochastic")
+    with pytest.raises(ValueError, match="momentum"):
+        st.setup(bf16)
