@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..choices import FitnessShaping
+from ..choices import FitnessShaping, LowPrecision
 from ..strategy import EggrollStrategy
 from ..validation import check_choice, check_int, invalid
 from .checkpoint import atomic_torch_save
@@ -140,6 +140,8 @@ class EGGROLLTrainer:
             evaluated in chunks of ``max(1, max_batch_rows // B)`` members (rounded down to an even count when
             antithetic). It bounds memory and leaves the results unchanged.
         fitness_shaping: ``"zscore"``, ``"centered_rank"`` or ``"none"``; None follows ``normalize_fitness``.
+        low_precision: how a bf16/fp16 model's weights are updated: ``"master"`` (float32 master copies) or
+            ``"stochastic"`` (bf16 in place, rounded stochastically; plain ascent or SGD); see ``EggrollStrategy``.
 
     Attributes:
         last_losses: ``(n_workers,)`` float32 mean loss of each member in the last ``train_step`` (fitness is its
@@ -170,6 +172,7 @@ class EGGROLLTrainer:
         batched: bool | None = None,
         max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
         fitness_shaping: FitnessShaping | None = None,
+        low_precision: LowPrecision = "master",
     ):
         device = torch.device(device) if device is not None else next(model.parameters()).device
         if save_steps is not None and results_dir is None:
@@ -208,6 +211,7 @@ class EGGROLLTrainer:
             grad_clip=grad_clip,
             seed=base_seed,
             allow_cpu=device.type == "cpu",
+            low_precision=low_precision,
         )
         self.strategy.setup(model)
         self.global_step = 0

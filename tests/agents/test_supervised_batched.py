@@ -204,3 +204,21 @@ class DictOutput(nn.Module):
 
     def forward(self, batch):
         return {"logits": self.net(batch)}
+
+
+def test_low_precision_reaches_the_strategy():
+    """``low_precision="stochastic"`` reaches the strategy: a bf16 model trained without master copies, its weights
+    moved in place (a share of them each step: the update is smaller than a bf16 step), and Adam refused with the
+    argument named."""
+    model = _mlp().to(torch.bfloat16)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = _data("mlp")
+    _, _, trainer = _train(model, x.bfloat16(), y, steps=4, optimizer=None, learning_rate=2e-3,
+                           low_precision="stochastic")  # fmt: skip
+    assert trainer.strategy.low_precision == "stochastic"
+    assert trainer.strategy.state_dict()["master"] == {}
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    moved = [(p.detach() != b).float().mean().item() for p, b in zip(model.parameters(), before)]
+    assert all(0 < share < 0.9 for share in moved), moved
+    with pytest.raises(ValueError, match="low_precision"):
+        EGGROLLTrainer(_mlp().to(torch.bfloat16), "cpu", optimizer="adam", low_precision="stochastic")
