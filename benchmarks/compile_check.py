@@ -98,6 +98,9 @@ def _workload(quick: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
     master, copy = torch.randn(48, 40), torch.empty(48, 40, dtype=torch.bfloat16)
     shape = update.INTERPRET_GEMM_SHAPE._replace(prefetch_c=True)
     update._addmm(at, bt, master, alpha=1e-3, beta=1.0, read_c=True, copy=copy, shape=shape)
+    # low_precision="stochastic": the bf16 weight as C, rounded stochastically in the epilogue
+    weight = torch.randn(48, 40).to(torch.bfloat16)
+    update._addmm(at, bt, weight, alpha=1e-3, beta=1.0, read_c=True, copy=None, shape=shape, round_keys=(123, 4567))
 
 
 def capture(path: Path, quick: bool = False, shard: tuple[int, int] = (0, 1)) -> None:

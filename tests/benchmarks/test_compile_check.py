@@ -30,6 +30,7 @@ def test_every_kernel_branch_compiles_for_sm90(tmp_path):
     assert {"lowrank_addmm_kernel", "lowrank_adam_kernel", "vector_update_kernel"} <= kernels
     assert all(r["constexprs"]["FAST_MATH"] for r in results if "FAST_MATH" in r["constexprs"])
     assert any(r["constexprs"].get("PREFETCH_C") for r in results)
+    assert any(r["constexprs"].get("STOCHASTIC") for r in results)  # low_precision="stochastic"
 
 
 def _delta_sass(*flags):
