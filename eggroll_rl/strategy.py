@@ -41,6 +41,8 @@ _TORCH_OPTIMIZERS: dict[Optimizer, type[torch.optim.Optimizer]] = {
 _SIGMA_LARGE = 1e3
 _SEED_BOUND = 1 << 32  # the seed is the generator's uint32 key
 _CLIP_EPS = 1e-12  # keeps the clip scale finite when the gradient is 0
+# SGD options that send the step through torch's optimizer.step() instead of step()'s own (_own_rule).
+_SGD_OWN_STEP_OFF = ("momentum", "nesterov", "capturable", "fused", "differentiable")
 # Adam on a matrix takes one of two routes with the same math: in the update GEMM's epilogue (kernels.lowrank_adam:
 # G never stored, one launch), or G stored in float32 and the one-pass kernels.adam_step (the grad_clip path, two
 # launches). ADAM_IN_EPILOGUE = None picks by size: matrices of ADAM_G_MIN_NUMEL entries or more store G (on the H200
@@ -184,6 +186,13 @@ class EggrollStrategy:
                 "low_precision", low_precision,
                 f"'master' with optimizer={name!r} ('stochastic' rounds the plain ascent / 'sgd' step only: an "
                 "optimizer's float32 state needs float32 master weights)",
+            )  # fmt: skip
+        torch_step = [k for k in _SGD_OWN_STEP_OFF if (optimizer_kwargs or {}).get(k)]
+        if self.low_precision == "stochastic" and torch_step:
+            raise invalid(
+                "optimizer_kwargs", optimizer_kwargs,
+                f"no {torch_step} with low_precision='stochastic' (they make it torch's SGD step, which rounds to "
+                "nearest); drop them or use low_precision='master'",
             )  # fmt: skip
         self.antithetic = antithetic
         self._lr = float(lr)
@@ -389,12 +398,6 @@ class EggrollStrategy:
         self._masters = self._make_masters(specs)
         self._synced = [self._param_key(s) if m is not None else None for s, m in zip(specs, self._masters)]
         self.optimizer = self._make_optimizer()
-        if self.low_precision == "stochastic" and (self._own_rule() or _OwnStep("")).kind != "ascent":
-            raise ValueError(
-                f"setup(model): low_precision='stochastic' needs a step that step() rounds itself (plain ascent, or "
-                f"'sgd' without momentum or nesterov); optimizer_kwargs={self.optimizer_kwargs!r} make it "
-                "torch's optimizer step: drop them or use low_precision='master'"
-            )
 
     def _make_masters(self, specs: list[ParamSpec]) -> list[torch.Tensor | None]:
         low = [s for s in specs if s.param.dtype in _LOW_PRECISION]
@@ -552,6 +555,12 @@ class EggrollStrategy:
         noise_ids, w_j = self._noise_weights(z, num_members)
         t_eff = self.t_eff(epoch)
         rule = self._own_rule()
+        if self.low_precision == "stochastic" and (rule is None or rule.kind != "ascent"):
+            raise RuntimeError(
+                "step(): low_precision='stochastic' rounds the update step() applies itself, but the optimizer's "
+                "step now goes through optimizer.step() (a hook or a wrapper on it, or changed options), which "
+                "rounds to nearest; remove it or use low_precision='master'"
+            )
         if rule is None:
             grad_sq, update_sq, copied = self._optimizer_step(noise_ids, w_j, t_eff)
         elif rule.kind == "ascent" and self.grad_clip is None:

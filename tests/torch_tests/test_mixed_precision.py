@@ -245,7 +245,16 @@ def test_stochastic_rounding_rejects_what_it_cannot_round(device):
     _, fp16 = _twins(device, torch.float16)
     with pytest.raises(ValueError, match=r"float16.*'master'"):
         make_strategy(device, optimizer=None, low_precision="stochastic").setup(fp16)
+    with pytest.raises(ValueError, match=r"optimizer_kwargs.*momentum"):
+        make_strategy(device, optimizer="sgd", optimizer_kwargs={"momentum": 0.9}, low_precision="stochastic")
+    # A hook on the optimizer's step takes the update to torch's optimizer.step(): refused at step(), nothing moved.
     _, bf16 = _twins(device, torch.bfloat16)
-    st = make_strategy(device, optimizer="sgd", optimizer_kwargs={"momentum": 0.9}, low_precision="stochastic")
-    with pytest.raises(ValueError, match="momentum"):
-        st.setup(bf16)
+    st = make_strategy(device, optimizer="sgd", low_precision="stochastic")
+    st.setup(bf16)
+    st.optimizer.register_step_post_hook(lambda *args: None)
+    before = [p.detach().clone() for p in bf16.parameters()]
+    with st.perturb(NUM_MEMBERS, epoch=0):
+        pass
+    with pytest.raises(RuntimeError, match="low_precision='stochastic'"):
+        st.step(torch.randn(NUM_MEMBERS).to(device))
+    assert all(torch.equal(p, b) for p, b in zip(bf16.parameters(), before))
